@@ -1,0 +1,97 @@
+"""Settings from the environment (``AUTOTUNE_*``) with every data path under one home directory."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from autotune.units import parse_duration, parse_size
+
+__all__ = ["BACKEND_CHOICES", "PROFILE_CHOICES", "Settings", "get_settings"]
+
+BACKEND_CHOICES = ("auto", "embedded", "ollama", "lmstudio", "llamacpp", "openai")
+PROFILE_CHOICES = ("fast", "balanced", "quality")
+
+
+def _default_home() -> Path:
+    return Path(platformdirs.user_data_dir("autotune", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Every knob autotune reads, each overridable by ``AUTOTUNE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="AUTOTUNE_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Where all data lives.")
+    backend: str = Field("auto", description="auto | embedded | ollama | lmstudio | llamacpp | openai")
+    ollama_url: str = "http://127.0.0.1:11434"
+    lmstudio_url: str = "http://127.0.0.1:1234"
+    llamacpp_url: str = "http://127.0.0.1:8080"
+    openai_url: str | None = Field(None, description="Any other OpenAI-compatible server (vLLM, SGLang…).")
+    openai_api_key: str | None = None
+    probe_timeout: float = Field(0.3, description="Seconds to wait for an engine when auto-detecting.")
+
+    models_dir: Path | None = Field(None, description="An extra folder searched for GGUF files.")
+    memory_budget: int | None = Field(
+        None, description="Bytes autotune may plan to use for models (accepts 8GiB, 512MiB…)."
+    )
+    default_model: str = "smollm2:135m"
+    profile: str = "balanced"
+    keep_alive: float = Field(-1, description="Seconds an idle model stays loaded; negative = forever.")
+    threads: int | None = Field(None, description="Engine threads; default = physical cores.")
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    api_key: str | None = None
+    max_concurrent: int = 1
+    max_queued: int = 8
+    wait_timeout: float = 120.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    cors_origins: str | None = None
+    log_prompts: bool = False
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in BACKEND_CHOICES:
+            raise ValueError(f"unknown backend {value!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+        return value
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in PROFILE_CHOICES:
+            raise ValueError(f"unknown profile {value!r}; choose one of {', '.join(PROFILE_CHOICES)}")
+        return value
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_size(value) if value.strip() else None
+        return value
+
+    @field_validator("keep_alive", "wait_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "autotune.db"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

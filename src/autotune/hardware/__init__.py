@@ -1,0 +1,1 @@
+"""Hardware: the static profile of this machine and live memory sampling."""

@@ -1,0 +1,1 @@
+"""Models: GGUF metadata, discovery on disk, memory estimates, fit verdicts and the catalog."""
