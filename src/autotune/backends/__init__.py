@@ -1,1 +1,1 @@
-"""Engine backends: one module per engine, all behind the interface in :mod:`autotune.backends.base`."""
+"""Engine backends: one module per engine, behind the interface in :mod:`.base`."""

@@ -21,8 +21,11 @@ __all__ = [
     "Chunk",
     "EngineStats",
     "EngineUnavailable",
+    "InsufficientMemory",
+    "InvalidRequest",
     "LoadSettings",
     "ModelEntry",
+    "ModelLoadError",
     "ModelMeta",
     "ModelNotFound",
     "NotSupported",
@@ -83,6 +86,32 @@ class UnsupportedOption(BackendError):
     def __init__(self, param: str, engine: str, why: str = "") -> None:
         self.param = param
         super().__init__(f"{engine} cannot honour {param!r}{': ' + why if why else '.'}")
+
+
+class InvalidRequest(BackendError):
+    """The request itself is wrong (a bad field, an unknown profile); ``param`` names the field."""
+
+    status = 400
+    code = "invalid_request"
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ModelLoadError(BackendError):
+    """The engine could not load a model file (broken, truncated, or unsupported architecture)."""
+
+    status = 500
+    code = "model_load_failed"
+
+
+class InsufficientMemory(BackendError):
+    """Loading would exceed the memory budget; the message says what would fit."""
+
+    status = 503
+    code = "insufficient_memory"
 
 
 class NotSupported(BackendError):
@@ -204,6 +233,8 @@ class LoadSettings:
     cache_type_v: str | None = None
     n_threads: int | None = None
     n_parallel: int = 1
+    #: Host-RAM prompt cache of llama-server (``--cache-ram``, default 8192 MiB); 0 disables.
+    cache_ram_mib: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -304,11 +335,17 @@ class Backend(ABC):
     def pull(self, model: str) -> AsyncIterator[PullProgress]:
         raise NotSupported(f"{self.name} cannot pull models.")
 
-    async def aclose(self) -> None:
+    async def set_priority(self, model: str, nice: int) -> str | None:
+        """Set the OS priority of the process serving ``model``; None when it is not ours."""
+        return None
+
+    async def aclose(self) -> None:  # noqa: B027 (optional: most backends hold nothing)
         """Release connections and engines."""
 
     def unavailable(self, detail: str = "") -> EngineUnavailable:
         """The error for "this engine does not answer", naming it and how to start it."""
         where = f" at {self.base_url}" if self.base_url else ""
         extra = f" ({detail})" if detail else ""
-        return EngineUnavailable(f"{self.name} is not reachable{where}{extra}.", hint=self.start_hint)
+        return EngineUnavailable(
+            f"{self.name} is not reachable{where}{extra}.", hint=self.start_hint
+        )

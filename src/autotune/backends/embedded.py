@@ -1,0 +1,468 @@
+"""The embedded engine: GGUF models on llama.cpp, loaded and unloaded as plans and memory require.
+
+Each loaded model is an :mod:`autotune.backends.engine_worker` child process serving the
+llama-server HTTP API on a free 127.0.0.1 port; chat goes to it over real HTTP through
+:class:`~autotune.backends.openai_compat.OpenAICompatBackend`. This module decides *when*
+a model is (re)loaded or unloaded and counts every load, so a caller can see whether a
+request caused a reload. Context size, batch, flash attention, KV types, threads and slots
+are launch-time settings on llama.cpp: a request whose settings differ from the loaded
+ones reloads the model (and drops its prompt cache) — the planner's job is to avoid that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from autotune.backends.base import (
+    Backend,
+    Capabilities,
+    ChatRequest,
+    Chunk,
+    InsufficientMemory,
+    LoadSettings,
+    ModelEntry,
+    ModelLoadError,
+    ModelMeta,
+    RunningModel,
+    UnsupportedOption,
+)
+from autotune.backends.openai_compat import OpenAICompatBackend
+from autotune.units import format_bytes
+
+__all__ = ["EmbeddedBackend", "EngineEvent"]
+
+#: What one model may use when no plan says otherwise: the trained context, capped.
+DEFAULT_N_CTX = 4096
+
+
+@dataclass
+class EngineEvent:
+    """Something notable the engine did: ``load``, ``reload``, ``unload``, ``unexpected_unload``."""
+
+    kind: str
+    model: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+
+
+@dataclass
+class _Worker:
+    name: str
+    path: Path
+    settings: LoadSettings
+    proc: subprocess.Popen[bytes]
+    url: str
+    client: OpenAICompatBackend
+    estimate: int
+    keep_alive: float
+    loaded_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+    in_flight: int = 0
+    supports_tools: bool = True
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def expired(self, now: float) -> bool:
+        return (
+            self.keep_alive >= 0 and self.in_flight == 0 and now - self.last_used >= self.keep_alive
+        )
+
+
+def _default_estimator(meta: ModelMeta, settings: LoadSettings) -> int:
+    from autotune.models.estimate import estimate_memory
+
+    return estimate_memory(
+        meta,
+        settings.n_ctx,
+        cache_type_k=settings.cache_type_k or "f16",
+        cache_type_v=settings.cache_type_v or "f16",
+        n_parallel=settings.n_parallel,
+        n_batch=settings.n_batch or 2048,
+        n_ubatch=settings.n_ubatch or 512,
+        flash_attn=settings.flash_attn is not False,
+    ).total
+
+
+def _default_budget() -> int:
+    from autotune.config import get_settings
+    from autotune.hardware.profile import detect_hardware, effective_budget
+
+    return effective_budget(detect_hardware(), get_settings().memory_budget)
+
+
+class EmbeddedBackend(Backend):
+    """Runs local GGUF files on llama.cpp in autotune-owned worker processes."""
+
+    name = "embedded"
+    start_hint = "The embedded engine needs the xllamacpp package: run `make setup`."
+    capabilities = Capabilities(
+        per_request_context=False,
+        context_change_reloads=True,
+        load_control=True,
+        kv_cache_type=True,
+        flash_attention=True,
+        prefix_cache=True,
+        reports_cached_tokens=True,
+        tokenize=True,
+        running_models=True,
+        keep_alive=True,
+        unload=True,
+    )
+
+    def __init__(
+        self,
+        *,
+        memory_budget: int | None = None,
+        keep_alive: float = -1,
+        threads: int | None = None,
+        log_dir: Path | None = None,
+        verbosity: int = 1,
+        nice: int = 0,
+        estimator: Callable[[ModelMeta, LoadSettings], int] | None = None,
+        on_event: Callable[[EngineEvent], None] | None = None,
+    ) -> None:
+        self._budget = memory_budget
+        self.keep_alive = keep_alive
+        self.threads = threads
+        self.log_dir = log_dir
+        self.verbosity = verbosity
+        self.nice = nice
+        self._estimator = estimator or _default_estimator
+        self.on_event = on_event
+        self._workers: dict[str, _Worker] = {}
+        self._meta: dict[str, ModelMeta] = {}
+        self._lock: asyncio.Lock | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        #: Loads per model since this backend started; a reload counts as a load.
+        self.loads: Counter[str] = Counter()
+        self.events: list[EngineEvent] = []
+
+    # ------------------------------------------------------------------ discovery
+
+    async def health(self) -> bool:
+        try:
+            import xllamacpp  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    async def list_models(self) -> list[ModelEntry]:
+        from autotune.models.discovery import discover
+
+        found = await asyncio.to_thread(discover)
+        return [
+            ModelEntry(name=m.name, backend=self.name, size_bytes=m.size_bytes, path=str(m.path))
+            for m in found.models
+        ]
+
+    async def model_meta(self, model: str) -> ModelMeta:
+        if model in self._meta:
+            return self._meta[model]
+        from autotune.models.discovery import discover
+        from autotune.models.gguf import GGUFError, read_gguf_meta
+
+        local = (await asyncio.to_thread(discover)).find(model)
+        try:
+            meta = await asyncio.to_thread(read_gguf_meta, local.path, local.name)
+        except GGUFError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        self._meta[model] = self._meta[local.name] = meta
+        return meta
+
+    async def running_models(self) -> list[RunningModel]:
+        await self._reap_dead()
+        out = []
+        for w in self._workers.values():
+            try:
+                rss = psutil.Process(w.proc.pid).memory_info().rss
+            except psutil.Error:
+                rss = None
+            out.append(
+                RunningModel(
+                    name=w.name,
+                    backend=self.name,
+                    size_bytes=rss,
+                    vram_bytes=0,
+                    context_length=w.settings.n_ctx,
+                    quantization=self._meta.get(w.name, ModelMeta(w.name)).quantization,
+                    loaded_at=w.loaded_at,
+                    expires_at=None
+                    if w.keep_alive < 0
+                    else time.time() + max(0.0, w.keep_alive - (time.monotonic() - w.last_used)),
+                    loads=self.loads[w.name],
+                    settings={**w.settings.as_dict(), "url": w.url, "pid": w.proc.pid},
+                )
+            )
+        return out
+
+    def loaded_settings(self, model: str) -> LoadSettings | None:
+        """The settings the model is loaded with now, or None when it is not loaded."""
+        worker = self._workers.get(model)
+        return worker.settings if worker and worker.alive() else None
+
+    # ------------------------------------------------------------------ chat
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        worker, loaded_now = await self._ensure(request.model, request.load, request.keep_alive)
+        if request.params.get("tools") and not worker.supports_tools:
+            raise UnsupportedOption(
+                "tools", "The embedded engine", f"{worker.name}'s chat template has no tool support"
+            )
+        worker.in_flight += 1
+        try:
+            async for chunk in worker.client.stream_chat(request):
+                if chunk.stats is not None:
+                    chunk.stats.reloaded = loaded_now
+                yield chunk
+        finally:
+            worker.in_flight -= 1
+            worker.last_used = time.monotonic()
+
+    async def tokenize(self, model: str, text: str) -> list[int]:
+        worker, _ = await self._ensure(model, None, None)
+        return await worker.client.tokenize(model, text)
+
+    # ------------------------------------------------------------------ load / unload
+
+    async def load(self, model: str, settings: LoadSettings | None = None) -> None:
+        await self._ensure(model, settings, None)
+
+    async def unload(self, model: str) -> None:
+        async with self._get_lock():
+            worker = self._workers.pop(model, None)
+        if worker is not None:
+            await self._stop(worker)
+            self._emit("unload", worker.name, reason="requested")
+
+    async def aclose(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await self._reaper
+            self._reaper = None
+        workers, self._workers = list(self._workers.values()), {}
+        await asyncio.gather(*(self._stop(w) for w in workers))
+
+    def _get_lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def _budget_bytes(self) -> int:
+        if self._budget is None:
+            self._budget = await asyncio.to_thread(_default_budget)
+        return self._budget
+
+    def _default_settings(self, meta: ModelMeta) -> LoadSettings:
+        trained = meta.context_length or DEFAULT_N_CTX
+        return LoadSettings(n_ctx=min(DEFAULT_N_CTX, trained), n_threads=self.threads)
+
+    async def _ensure(
+        self, model: str, settings: LoadSettings | None, keep_alive: float | None
+    ) -> tuple[_Worker, bool]:
+        """The worker serving ``model`` with ``settings``, loading or reloading it if needed."""
+        meta = await self.model_meta(model)
+        name = meta.name
+        async with self._get_lock():
+            await self._reap_dead()
+            worker = self._workers.get(name)
+            wanted = settings or (worker.settings if worker else self._default_settings(meta))
+            if worker is not None and worker.settings == wanted:
+                if keep_alive is not None:
+                    worker.keep_alive = keep_alive
+                worker.last_used = time.monotonic()
+                return worker, False
+            reason = "first load"
+            if worker is not None:
+                # Every launch-time setting is fixed for a llama.cpp context: a change reloads.
+                reason = f"settings changed: {_diff(worker.settings, wanted)}"
+                self._workers.pop(name)
+                await self._stop(worker)
+            estimate = self._estimator(meta, wanted)
+            await self._make_room(name, estimate)
+            worker = await self._start(meta, wanted, estimate, keep_alive)
+            self._workers[name] = worker
+            self.loads[name] += 1
+            self._emit(
+                "reload" if reason != "first load" else "load",
+                name,
+                reason=reason,
+                n_ctx=wanted.n_ctx,
+                estimate=estimate,
+            )
+            self._ensure_reaper()
+            return worker, True
+
+    async def _make_room(self, name: str, needed: int) -> None:
+        """Unload least-recently-used idle models until ``needed`` fits in the budget."""
+        budget = await self._budget_bytes()
+        if needed > budget:
+            raise InsufficientMemory(
+                f"{name} needs about {format_bytes(needed)} but the memory budget is "
+                f"{format_bytes(budget)}.",
+                hint="Use a smaller context or profile, a smaller quantisation, "
+                "or raise AUTOTUNE_MEMORY_BUDGET.",
+            )
+        while sum(w.estimate for w in self._workers.values()) + needed > budget:
+            idle = [w for w in self._workers.values() if w.in_flight == 0]
+            if not idle:
+                raise InsufficientMemory(
+                    f"{name} needs about {format_bytes(needed)} and the loaded models are busy.",
+                    hint="Retry when the running requests finish.",
+                )
+            victim = min(idle, key=lambda w: w.last_used)
+            self._workers.pop(victim.name)
+            await self._stop(victim)
+            self._emit("unload", victim.name, reason=f"making room for {name}")
+
+    async def _start(
+        self, meta: ModelMeta, settings: LoadSettings, estimate: int, keep_alive: float | None
+    ) -> _Worker:
+        assert meta.path is not None
+        spec = {
+            "path": meta.path,
+            "alias": meta.name,
+            "verbosity": self.verbosity,
+            "nice": self.nice,
+            **settings.as_dict(),
+        }
+        if settings.n_threads is None and self.threads:
+            spec["n_threads"] = self.threads
+        if spec.get("cache_type_v") not in (None, "f16", "f32", "bf16") and not spec.get(
+            "flash_attn", True
+        ):
+            spec["flash_attn"] = True  # llama.cpp: a quantized V cache requires flash attention
+        proc, url = await asyncio.to_thread(self._spawn, spec)
+        client = OpenAICompatBackend(url, name=self.name, kind="llamacpp")
+        worker = _Worker(
+            name=meta.name,
+            path=Path(meta.path),
+            settings=settings,
+            proc=proc,
+            url=url,
+            client=client,
+            estimate=estimate,
+            keep_alive=self.keep_alive if keep_alive is None else keep_alive,
+        )
+        worker.supports_tools = await self._supports_tools(url)
+        return worker
+
+    def _spawn(self, spec: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
+        log = subprocess.DEVNULL
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec["alias"])
+            log = open(self.log_dir / f"engine-{safe}.log", "ab")  # noqa: SIM115 (child owns it)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autotune.backends.engine_worker", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,  # Ctrl-C in a terminal chat must not kill the engine
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        if log is not subprocess.DEVNULL:
+            log.close()
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode(errors="replace").strip()
+        try:
+            reply = json.loads(line) if line else {"error": f"exited with code {proc.wait()}"}
+        except json.JSONDecodeError:
+            reply = {"error": line[:200]}
+        if "url" not in reply:
+            _terminate(proc)
+            raise ModelLoadError(
+                f"The embedded engine could not load {spec['alias']} ({spec['path']}): "
+                f"{reply.get('error')}.",
+                hint="Check that the file is a complete GGUF of an architecture llama.cpp knows.",
+            )
+        return proc, reply["url"]
+
+    async def _supports_tools(self, url: str) -> bool:
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+                props = (await client.get("/props")).json()
+        except (httpx.HTTPError, ValueError):
+            return True  # unknown: let the engine decide
+        caps = props.get("chat_template_caps") or {}
+        # llama.cpp silently ignores `tools` when the template cannot render them (seen: a 200
+        # with plain text), so autotune refuses them up front rather than drop them unseen.
+        return bool(caps.get("supports_tools", True))
+
+    async def _stop(self, worker: _Worker) -> None:
+        await worker.client.aclose()
+        await asyncio.to_thread(_terminate, worker.proc)
+
+    async def _reap_dead(self) -> None:
+        for name, worker in list(self._workers.items()):
+            if not worker.alive():
+                self._workers.pop(name)
+                await worker.client.aclose()
+                self._emit("unexpected_unload", name, exit_code=worker.proc.returncode)
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
+
+    async def _reap_loop(self) -> None:
+        """Unload models whose keep-alive ran out, and notice workers that died."""
+        while self._workers:
+            await asyncio.sleep(0.5)
+            async with self._get_lock():
+                await self._reap_dead()
+                now = time.monotonic()
+                for name, worker in list(self._workers.items()):
+                    if worker.expired(now):
+                        self._workers.pop(name)
+                        await self._stop(worker)
+                        self._emit("unload", name, reason="keep-alive expired")
+
+    def _emit(self, kind: str, model: str, **detail: Any) -> None:
+        event = EngineEvent(kind, model, detail)
+        self.events.append(event)
+        del self.events[:-200]
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+def _diff(old: LoadSettings, new: LoadSettings) -> str:
+    a, b = old.as_dict(), new.as_dict()
+    return ", ".join(
+        f"{k} {a.get(k)}→{b.get(k)}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
+    )
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    """Close the worker's stdin (it exits on EOF), then escalate if it lingers."""
+    if proc.poll() is None and proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()

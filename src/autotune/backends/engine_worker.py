@@ -1,0 +1,114 @@
+"""A child process that serves one GGUF model with llama.cpp (xllamacpp) on a loopback port.
+
+Why a child process and not a thread: ``xllamacpp.Server()`` holds the GIL for the whole
+model load (measured: a 5 ms ticker thread stalled 0.35 s while the 135M bundled model
+loaded; an 8B model takes seconds), and a GGML assertion aborts the whole process. In a
+child, a load never freezes autotune's API, a crash only ends that model (the parent sees
+it and reports an unexpected unload), and the child's RSS is that model's true footprint.
+
+Protocol: the parent starts ``python -m autotune.backends.engine_worker '<json>'``; the child
+prints one JSON line on stdout, ``{"url": ..., "pid": ...}`` or ``{"error": ...}``, then
+serves until its stdin closes (so it never outlives its parent) or it gets SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+__all__ = ["build_params", "main"]
+
+_KV_TYPES = {
+    "f32": "F32",
+    "f16": "F16",
+    "bf16": "BF16",
+    "q8_0": "Q8_0",
+    "q4_0": "Q4_0",
+    "q4_1": "Q4_1",
+    "q5_0": "Q5_0",
+    "q5_1": "Q5_1",
+    "iq4_nl": "IQ4_NL",
+}
+
+
+def build_params(spec: dict[str, Any]) -> Any:
+    """Turn a load spec (path, alias and :class:`LoadSettings` fields) into ``CommonParams``."""
+    import xllamacpp as x
+
+    p = x.CommonParams()
+    p.model.path = spec["path"]
+    p.model_alias = {spec["alias"]}
+    n_parallel = int(spec.get("n_parallel") or 1)
+    # llama-server splits -c across its slots (seen: n_ctx 512 with 2 slots gives 256 each),
+    # unlike Ollama, which multiplies; autotune's n_ctx is per conversation, so multiply here.
+    p.n_ctx = int(spec["n_ctx"]) * n_parallel
+    p.n_parallel = n_parallel
+    if spec.get("n_batch"):
+        p.n_batch = int(spec["n_batch"])
+    if spec.get("n_ubatch"):
+        p.n_ubatch = int(spec["n_ubatch"])
+    if spec.get("n_threads"):
+        p.cpuparams.n_threads = int(spec["n_threads"])
+        p.cpuparams_batch.n_threads = int(spec["n_threads"])
+    flash = spec.get("flash_attn")
+    kinds = x.llama_flash_attn_type
+    p.flash_attn_type = (
+        kinds.LLAMA_FLASH_ATTN_TYPE_AUTO
+        if flash is None
+        else kinds.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        if flash
+        else kinds.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    )
+    for key in ("cache_type_k", "cache_type_v"):
+        if spec.get(key):
+            setattr(p, key, getattr(x.ggml_type, "GGML_TYPE_" + _KV_TYPES[spec[key]]))
+    if spec.get("cache_ram_mib") is not None:
+        # llama-server keeps finished prompts' KV in host RAM for reuse (--cache-ram,
+        # default 8192 MiB): it counts against memory, so the plan bounds it.
+        p.cache_ram_mib = int(spec["cache_ram_mib"])
+    p.port = 0  # a free loopback port, chosen by the OS
+    p.endpoint_metrics = True
+    p.ui = False
+    p.verbosity = int(spec.get("verbosity", 1))  # 1 keeps llama.cpp to warnings and errors
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(argv[0])
+    if spec.get("nice"):
+        with contextlib.suppress(OSError):
+            os.nice(int(spec["nice"]))
+    try:
+        import xllamacpp as x
+
+        server = x.Server(build_params(spec))
+    except Exception as exc:  # the engine reports load failures as a bare RuntimeError
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        return 1
+    print(json.dumps({"url": server.listening_address, "pid": os.getpid()}), flush=True)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def watch_parent() -> None:
+        sys.stdin.read()  # returns at EOF: the parent closed the pipe or died
+        stop.set()
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    try:
+        while not stop.wait(1.0):  # a timed wait lets the SIGTERM handler run
+            pass
+    except KeyboardInterrupt:
+        pass
+    del server
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

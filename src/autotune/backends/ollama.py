@@ -1,0 +1,581 @@
+"""The Ollama backend: chat, models and memory state through Ollama's native ``/api/*`` API."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import ollama
+
+from autotune.backends.base import (
+    Backend,
+    BackendError,
+    Capabilities,
+    ChatRequest,
+    Chunk,
+    EngineStats,
+    ModelEntry,
+    ModelMeta,
+    ModelNotFound,
+    PullProgress,
+    RunningModel,
+    UnsupportedOption,
+    UpstreamError,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "RELOAD_THRESHOLD_MS",
+    "OllamaBackend",
+    "ollama_chat_body",
+    "ollama_stats",
+]
+
+ENGINE = "Ollama"
+
+#: A cold load takes seconds; a warm request still reports a few ms of scheduler time in
+#: ``load_duration`` (docs/api.md examples: 1.3–6.6 ms warm, 0.53–6.3 s cold). 100 ms sits between.
+RELOAD_THRESHOLD_MS = 100.0
+
+#: Reads wait long: the first line of a chat comes only after a (re)load, which can take minutes.
+DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+
+_HEALTH_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+
+# OpenAI sampling fields that Ollama takes, under the same name, inside ``options``.
+_SAME_NAME_OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
+# Ollama-native sampler options that some clients send alongside OpenAI fields (llama.cpp style).
+_NATIVE_OPTIONS = (
+    "top_k",
+    "min_p",
+    "typical_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "num_keep",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+)
+# Fields that only steer transport or attribution and change nothing Ollama computes.
+_NO_EFFECT = ("stream", "stream_options", "user")
+_THINK_LEVELS = ("low", "medium", "high")
+
+
+# --------------------------------------------------------------------------- request translation
+
+
+def ollama_chat_body(request: ChatRequest) -> dict[str, Any]:
+    """The ``/api/chat`` body for ``request``; :class:`UnsupportedOption` for what Ollama lacks."""
+    options: dict[str, Any] = {}
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": _ollama_messages(request.messages),
+        "stream": True,
+    }
+    for key, value in request.params.items():
+        if value is None or key in _NO_EFFECT:
+            continue
+        if key in _SAME_NAME_OPTIONS or key in _NATIVE_OPTIONS:
+            options[key] = value
+        elif key == "stop":
+            options["stop"] = [value] if isinstance(value, str) else list(value)
+        elif key in ("max_tokens", "max_completion_tokens"):
+            # max_completion_tokens is the newer name; it wins when both are given.
+            if key == "max_completion_tokens" or "max_completion_tokens" not in request.params:
+                options["num_predict"] = value
+        elif key == "response_format":
+            fmt = _format_for(value)
+            if fmt is not None:
+                body["format"] = fmt
+        elif key == "tools":
+            body["tools"] = value
+        elif key == "tool_choice":
+            if value != "auto":
+                raise UnsupportedOption(
+                    key, ENGINE, "Ollama always lets the model decide; only 'auto' is possible"
+                )
+        elif key == "parallel_tool_calls":
+            if value is not True:
+                raise UnsupportedOption(key, ENGINE, "Ollama cannot forbid parallel tool calls")
+        elif key == "n":
+            if value != 1:
+                raise UnsupportedOption(key, ENGINE, "Ollama returns one choice per request")
+        elif key in ("logprobs", "top_logprobs"):
+            if value:
+                raise UnsupportedOption(
+                    key, ENGINE, "autotune does not translate Ollama's native logprobs"
+                )
+        elif key == "reasoning_effort":
+            body["think"] = _think_for(value)
+        elif key == "think":  # Ollama's own field, passed by clients that know it
+            body["think"] = value
+        else:
+            raise UnsupportedOption(key, ENGINE, "it has no equivalent in Ollama's chat API")
+
+    if request.load is not None:
+        # num_ctx/num_batch/num_thread are load-time options: a changed value reloads the model.
+        for ours, theirs in (
+            ("n_ctx", "num_ctx"),
+            ("n_batch", "num_batch"),
+            ("n_threads", "num_thread"),
+        ):
+            value = getattr(request.load, ours)
+            if value is not None:
+                options[theirs] = value
+        # flash_attn and cache_type_k/v are never sent: on Ollama they are server env vars
+        # (OLLAMA_FLASH_ATTENTION, OLLAMA_KV_CACHE_TYPE), unknown options are ignored.
+        # n_ubatch has no Ollama option; n_parallel is OLLAMA_NUM_PARALLEL (env): neither is sent.
+    if options:
+        body["options"] = options
+    if request.keep_alive is not None:
+        body["keep_alive"] = _keep_alive(request.keep_alive)
+    return body
+
+
+def _keep_alive(seconds: float) -> int | float:
+    # Ollama reads a JSON number as seconds and any negative number as "forever".
+    if seconds < 0:
+        return -1
+    return int(seconds) if float(seconds).is_integer() else seconds
+
+
+def _format_for(response_format: Any) -> Any:
+    kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if isinstance(schema, Mapping):
+            return dict(schema)
+        raise UnsupportedOption("response_format", ENGINE, "json_schema needs a 'schema' object")
+    raise UnsupportedOption("response_format", ENGINE, f"unknown type {kind!r}")
+
+
+def _think_for(effort: Any) -> bool | str:
+    # Ollama's `think` takes true/false, or "low"/"medium"/"high" for models with levels (gpt-oss).
+    if effort in _THINK_LEVELS:
+        return str(effort)
+    if effort == "none":
+        return False
+    raise UnsupportedOption("reasoning_effort", ENGINE, "Ollama takes none, low, medium or high")
+
+
+def _ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI chat messages in Ollama's shape; unknown keys are kept (Ollama ignores them)."""
+    out: list[dict[str, Any]] = []
+    tool_names: dict[str, str] = {}
+    for i, message in enumerate(messages):
+        msg = dict(message)
+        if msg.get("role") == "developer":  # OpenAI's newer name; Ollama templates know "system"
+            msg["role"] = "system"
+        content = msg.get("content")
+        if content is None:
+            msg["content"] = ""
+        elif isinstance(content, list):
+            msg["content"], images = _split_parts(content, i)
+            if images:
+                msg["images"] = [*msg.get("images", []), *images]
+        if msg.get("tool_calls"):
+            msg["tool_calls"] = [
+                _ollama_tool_call(call, i, tool_names) for call in msg["tool_calls"]
+            ]
+        if msg.get("role") == "tool" and "tool_name" not in msg:
+            name = tool_names.get(str(msg.get("tool_call_id")))
+            if name:
+                msg["tool_name"] = name  # Ollama names the tool a result belongs to
+        out.append(msg)
+    return out
+
+
+def _split_parts(parts: list[Any], index: int) -> tuple[str, list[str]]:
+    texts: list[str] = []
+    images: list[str] = []
+    for part in parts:
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind == "image_url":
+            ref = part.get("image_url")
+            url = ref.get("url", "") if isinstance(ref, Mapping) else str(ref or "")
+            if not url.startswith("data:") or "," not in url:
+                raise UnsupportedOption(
+                    f"messages[{index}].content", ENGINE, "images must be base64 data: URLs"
+                )
+            images.append(url.split(",", 1)[1])  # Ollama takes bare base64
+        else:
+            raise UnsupportedOption(
+                f"messages[{index}].content", ENGINE, f"content part {kind!r} is not supported"
+            )
+    return "\n".join(texts), images
+
+
+def _ollama_tool_call(call: Mapping[str, Any], index: int, names: dict[str, str]) -> dict[str, Any]:
+    function = dict(call.get("function") or {})
+    args = function.get("arguments")
+    if isinstance(args, str):  # OpenAI sends a JSON string; Ollama wants the object
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError:
+            raise UnsupportedOption(
+                f"messages[{index}].tool_calls", ENGINE, "arguments must be a JSON object"
+            ) from None
+    function["arguments"] = args if args is not None else {}
+    if call.get("id") and function.get("name"):
+        names[str(call["id"])] = str(function["name"])
+    converted: dict[str, Any] = {"function": function}
+    if call.get("id"):
+        converted["id"] = call["id"]
+    return converted
+
+
+# --------------------------------------------------------------------------- response translation
+
+
+def _ms(ns: Any) -> float | None:
+    return ns / 1e6 if isinstance(ns, (int, float)) else None
+
+
+def ollama_stats(final: Mapping[str, Any]) -> EngineStats:
+    """:class:`EngineStats` from Ollama's final ``done`` message (nanoseconds → milliseconds)."""
+    load_ms = _ms(final.get("load_duration"))
+    keys = (
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
+        "done_reason",
+    )
+    return EngineStats(
+        # prompt_eval_count counts the whole prompt even on a cache hit (Go omits it when 0).
+        prompt_tokens=final.get("prompt_eval_count"),
+        cached_tokens=None,  # Ollama does not report it; a short prompt_eval_duration shows a hit
+        prompt_ms=_ms(final.get("prompt_eval_duration")),
+        completion_tokens=final.get("eval_count"),
+        decode_ms=_ms(final.get("eval_duration")),
+        load_ms=load_ms,
+        total_ms=_ms(final.get("total_duration")),
+        reloaded=None if load_ms is None else load_ms > RELOAD_THRESHOLD_MS,
+        raw={k: final[k] for k in keys if k in final},
+    )
+
+
+class _ChunkWriter:
+    """Builds OpenAI ``chat.completion.chunk`` dicts for one streamed reply."""
+
+    def __init__(self, model: str) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = model
+        self.role_sent = False
+        self.tool_calls = 0
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+
+    def delta(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        delta: dict[str, Any] = {}
+        if not self.role_sent:
+            delta["role"] = "assistant"
+        if message.get("thinking"):
+            delta["reasoning_content"] = message["thinking"]
+        if message.get("content"):
+            delta["content"] = message["content"]
+        calls = message.get("tool_calls")
+        if calls:
+            delta["tool_calls"] = [self._tool_call(call) for call in calls]
+        return delta
+
+    def _tool_call(self, call: Mapping[str, Any]) -> dict[str, Any]:
+        # Ollama sends each call whole, with arguments as an object; OpenAI streams a JSON string.
+        function = call.get("function") or {}
+        out = {
+            "index": self.tool_calls,
+            "id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {
+                "name": function.get("name", ""),
+                "arguments": json.dumps(function.get("arguments") or {}, ensure_ascii=False),
+            },
+        }
+        self.tool_calls += 1
+        return out
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def _expiry(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    seconds = value.timestamp()
+    # keep_alive < 0 shows as an expiry centuries ahead (`ollama ps` prints "Forever").
+    return None if seconds - time.time() > 100 * 365 * 86400 else seconds
+
+
+def _first_int(value: Any) -> int | None:
+    if isinstance(value, list):  # per-layer arrays: the largest layer decides head sizes
+        numbers = [v for v in value if isinstance(v, (int, float))]
+        return int(max(numbers)) if numbers else None
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def _int_or_list(value: Any) -> int | list[int] | None:
+    if isinstance(value, list):
+        return [int(v) for v in value]
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def _transport_detail(exc: BaseException) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, (httpx.ConnectError, ConnectionError)):
+        return "connection refused"
+    return type(exc).__name__
+
+
+class OllamaBackend(Backend):
+    """Ollama through its native API, with one pooled official ``ollama.AsyncClient``."""
+
+    name = "ollama"
+    start_hint = "Start it with `ollama serve` (or open the Ollama app)."
+    capabilities = Capabilities(
+        per_request_context=True,
+        context_change_reloads=True,
+        load_control=False,
+        env_load_settings=True,
+        kv_cache_type=False,
+        flash_attention=False,
+        prefix_cache=True,
+        reports_cached_tokens=False,
+        running_models=True,
+        keep_alive=True,
+        pull=True,
+        unload=True,
+        embeddings=True,
+        tokenize=False,
+    )
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:11434",
+        *,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = ollama.AsyncClient(host=self.base_url, timeout=timeout)
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        # The official client's own pooled connection. /api/chat goes through it raw because the
+        # client's pydantic `Tool` model drops JSON-schema keys (nested properties, anyOf,
+        # default…) and its `Message` model drops tool-call ids; /api/version has no method.
+        return self._client._client
+
+    def _error(self, status: int, message: str, model: str | None) -> BackendError:
+        text = str(message)
+        lowered = text.lower()
+        # Ollama answers 404 {"error": "model 'x' not found"}; "404 page not found" is a bad route.
+        if status == 404 and model and "not found" in lowered and "page not found" not in lowered:
+            return ModelNotFound(model)
+        return UpstreamError(status, text, ENGINE)
+
+    async def _call(self, awaitable: Any, model: str | None = None) -> Any:
+        try:
+            return await awaitable
+        except ollama.ResponseError as exc:
+            raise self._error(exc.status_code, exc.error, model) from None
+        except (ConnectionError, httpx.TransportError) as exc:
+            raise self.unavailable(_transport_detail(exc)) from None
+
+    # ---------------------------------------------------------------- simple endpoints
+
+    async def health(self) -> bool:
+        try:
+            response = await self._http.get("/api/version", timeout=_HEALTH_TIMEOUT)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def version(self) -> str:
+        """The Ollama server version (``GET /api/version``)."""
+        try:
+            response = await self._http.get("/api/version", timeout=_HEALTH_TIMEOUT)
+        except httpx.TransportError as exc:
+            raise self.unavailable(_transport_detail(exc)) from None
+        if response.status_code != 200:
+            raise UpstreamError(response.status_code, _error_text(response), ENGINE)
+        return str(response.json().get("version", ""))
+
+    async def list_models(self) -> list[ModelEntry]:
+        listing = await self._call(self._client.list())
+        entries = []
+        for m in listing.models:
+            details = m.details
+            entries.append(
+                ModelEntry(
+                    name=m.model or "",
+                    backend=self.name,
+                    size_bytes=int(m.size) if m.size is not None else None,
+                    quantization=details.quantization_level if details else None,
+                    parameter_size=details.parameter_size if details else None,
+                    family=details.family if details else None,
+                    modified_at=m.modified_at.isoformat() if m.modified_at else None,
+                )
+            )
+        return entries
+
+    async def running_models(self) -> list[RunningModel]:
+        listing = await self._call(self._client.ps())
+        running = []
+        for m in listing.models:
+            running.append(
+                RunningModel(
+                    name=m.model or m.name or "",
+                    backend=self.name,
+                    size_bytes=int(m.size) if m.size is not None else None,
+                    vram_bytes=int(m.size_vram) if m.size_vram is not None else None,
+                    context_length=m.context_length,
+                    quantization=m.details.quantization_level if m.details else None,
+                    expires_at=_expiry(m.expires_at),
+                )
+            )
+        return running
+
+    async def model_meta(self, model: str) -> ModelMeta:
+        shown = await self._call(self._client.show(model), model)
+        info: Mapping[str, Any] = shown.modelinfo or {}
+        arch = info.get("general.architecture")
+
+        def arch_key(key: str) -> Any:
+            return info.get(f"{arch}.{key}") if arch else None
+
+        pattern = arch_key("attention.sliding_window_pattern")
+        details = shown.details
+        return ModelMeta(
+            name=model,
+            architecture=arch,
+            parameter_count=_first_int(info.get("general.parameter_count")),
+            block_count=_first_int(arch_key("block_count")),
+            head_count=_first_int(arch_key("attention.head_count")),
+            head_count_kv=_int_or_list(arch_key("attention.head_count_kv")),
+            embedding_length=_first_int(arch_key("embedding_length")),
+            key_length=_first_int(arch_key("attention.key_length")),
+            value_length=_first_int(arch_key("attention.value_length")),
+            sliding_window=_first_int(arch_key("attention.sliding_window")),
+            swa_layers=[bool(v) for v in pattern] if isinstance(pattern, list) else None,
+            context_length=_first_int(arch_key("context_length")),
+            vocab_size=_first_int(arch_key("vocab_size")),
+            expert_count=_first_int(arch_key("expert_count")),
+            expert_used_count=_first_int(arch_key("expert_used_count")),
+            quantization=details.quantization_level if details else None,
+            family=details.family if details else None,
+        )
+
+    async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        result = await self._call(self._client.embed(model=model, input=texts), model)
+        return [[float(x) for x in vector] for vector in result.embeddings]
+
+    async def unload(self, model: str) -> None:
+        # An empty generate with keep_alive 0 unloads the model (docs/api.md, "Unload a model").
+        await self._call(self._client.generate(model=model, keep_alive=0), model)
+
+    async def pull(self, model: str) -> AsyncIterator[PullProgress]:
+        stream = await self._call(self._client.pull(model, stream=True), model)
+        try:
+            async for step in stream:
+                yield PullProgress(
+                    status=step.status or "", completed=step.completed, total=step.total
+                )
+        except ollama.ResponseError as exc:
+            raise self._error(exc.status_code, exc.error, model) from None
+        except (ConnectionError, httpx.TransportError) as exc:
+            raise self.unavailable(_transport_detail(exc)) from None
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    # ---------------------------------------------------------------- chat
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        body = ollama_chat_body(request)  # raises UnsupportedOption before the engine is contacted
+        writer = _ChunkWriter(request.model)
+        try:
+            async with self._http.stream("POST", "/api/chat", json=body) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise self._error(response.status_code, _error_text(response), request.model)
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    part = _parse_line(line)
+                    if part.get("error"):
+                        raise UpstreamError(500, str(part["error"]), ENGINE)
+                    writer.model = part.get("model") or writer.model
+                    delta = writer.delta(part.get("message") or {})
+                    if part.get("done"):
+                        if set(delta) - {"role"}:
+                            writer.role_sent = True
+                            yield Chunk(writer.chunk(delta))
+                        yield self._final(writer, part)
+                        return
+                    if delta:
+                        writer.role_sent = True
+                        yield Chunk(writer.chunk(delta))
+        except httpx.TransportError as exc:
+            raise self.unavailable(_transport_detail(exc)) from None
+        raise UpstreamError(502, "the reply ended before Ollama said it was done", ENGINE)
+
+    def _final(self, writer: _ChunkWriter, part: Mapping[str, Any]) -> Chunk:
+        if writer.tool_calls:
+            reason = "tool_calls"
+        elif part.get("done_reason") == "length":
+            reason = "length"
+        else:
+            reason = "stop"
+        stats = ollama_stats(part)
+        prompt = stats.prompt_tokens or 0
+        completion = stats.completion_tokens or 0
+        data = writer.chunk({} if writer.role_sent else {"role": "assistant"}, reason)
+        data["usage"] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        return Chunk(data, stats)
+
+
+def _parse_line(line: str) -> dict[str, Any]:
+    try:
+        part = json.loads(line)
+    except json.JSONDecodeError:
+        raise UpstreamError(502, f"unreadable reply line: {line[:120]!r}", ENGINE) from None
+    if not isinstance(part, dict):
+        raise UpstreamError(502, f"unexpected reply line: {line[:120]!r}", ENGINE)
+    return part
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text.strip() or f"HTTP {response.status_code}"
+    if isinstance(payload, dict) and payload.get("error"):
+        return str(payload["error"])
+    return response.text.strip() or f"HTTP {response.status_code}"

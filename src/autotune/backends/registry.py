@@ -1,0 +1,207 @@
+"""Which engines are in use, and which one serves a given model.
+
+The decisions (:func:`choose_engines`, :func:`route_model`) are pure functions of what was
+probed, so they are unit-tested without an engine; :func:`open_backends` does the probing.
+Auto-detection looks for Ollama on :11434, LM Studio on :1234 and llama-server on :8080;
+the embedded engine is always there for GGUF files on disk (including Ollama's own blobs,
+so a model pulled by Ollama runs by its Ollama name with Ollama stopped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import httpx
+
+from autotune.backends.base import Backend, BackendError, ModelEntry, ModelNotFound
+from autotune.config import Settings, get_settings
+
+__all__ = [
+    "ENGINE_ORDER",
+    "BackendSet",
+    "choose_engines",
+    "open_backends",
+    "probe_engines",
+    "route_model",
+]
+
+#: The engines autotune looks for, in order of preference when several run.
+ENGINE_ORDER = ("ollama", "lmstudio", "llamacpp", "openai")
+_PROBE_PATHS = {
+    "ollama": "/api/version",
+    "lmstudio": "/v1/models",
+    "llamacpp": "/health",
+    "openai": "/v1/models",
+}
+_INVENTORY_TTL = 10.0  # seconds a model list from a remote engine is trusted
+
+
+def _url(settings: Settings, engine: str) -> str | None:
+    return {
+        "ollama": settings.ollama_url,
+        "lmstudio": settings.lmstudio_url,
+        "llamacpp": settings.llamacpp_url,
+        "openai": settings.openai_url,
+    }.get(engine)
+
+
+def choose_engines(requested: str, reachable: Mapping[str, bool]) -> list[str]:
+    """The engines to use, first = primary. ``requested`` is ``auto`` or one engine name.
+
+    An explicitly requested engine is used alone, reachable or not (its errors then say how
+    to start it). ``auto`` uses every reachable engine in :data:`ENGINE_ORDER`, then the
+    embedded one, which is always last so that engines the user started win for their models.
+    """
+    if requested != "auto":
+        return [requested]
+    return [e for e in ENGINE_ORDER if reachable.get(e)] + ["embedded"]
+
+
+def route_model(model: str, inventory: Mapping[str, Iterable[str]], order: list[str]) -> str | None:
+    """The first engine in ``order`` whose inventory holds ``model`` (exact, then case-insensitive).
+
+    A bare name also matches its ``:latest`` tag, as Ollama does.
+    """
+    wanted = {model, model.lower(), f"{model}:latest", f"{model.lower()}:latest"}
+    for engine in order:
+        names = {n.lower() for n in inventory.get(engine, ())} | set(inventory.get(engine, ()))
+        if wanted & names:
+            return engine
+    return None
+
+
+async def probe_engines(
+    settings: Settings, engines: Iterable[str] = ENGINE_ORDER
+) -> dict[str, bool]:
+    """Which engines answer on their URLs, probed concurrently with a short timeout."""
+
+    async def one(client: httpx.AsyncClient, engine: str) -> tuple[str, bool]:
+        url = _url(settings, engine)
+        if not url:
+            return engine, False
+        try:
+            response = await client.get(url.rstrip("/") + _PROBE_PATHS[engine])
+        except httpx.HTTPError:
+            return engine, False
+        return engine, response.status_code < 500
+
+    async with httpx.AsyncClient(timeout=settings.probe_timeout) as client:
+        results = await asyncio.gather(*(one(client, e) for e in engines))
+    return dict(results)
+
+
+def make_backend(engine: str, settings: Settings) -> Backend:
+    """A backend object for one engine name (no I/O)."""
+    if engine == "embedded":
+        from autotune.backends.embedded import EmbeddedBackend
+
+        return EmbeddedBackend(
+            memory_budget=settings.memory_budget,
+            keep_alive=settings.keep_alive,
+            threads=settings.threads,
+            log_dir=settings.home / "logs",
+        )
+    if engine == "ollama":
+        from autotune.backends.ollama import OllamaBackend
+
+        return OllamaBackend(settings.ollama_url)
+    from autotune.backends.openai_compat import OpenAICompatBackend
+
+    url = _url(settings, engine)
+    if not url:
+        raise BackendError(
+            f"No URL set for the {engine} engine.", hint="Set AUTOTUNE_OPENAI_URL to its base URL."
+        )
+    api_key = settings.openai_api_key if engine == "openai" else None
+    kind = {"lmstudio": "lmstudio", "llamacpp": "llamacpp"}.get(engine)
+    return OpenAICompatBackend(url, name=engine, api_key=api_key, kind=kind)
+
+
+@dataclass
+class BackendSet:
+    """The engines in use; resolves a model name to the engine that serves it."""
+
+    backends: dict[str, Backend]
+    order: list[str]
+    _inventory: dict[str, tuple[float, list[ModelEntry]]] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> Backend:
+        return self.backends[self.order[0]]
+
+    def get(self, name: str) -> Backend | None:
+        return self.backends.get(name)
+
+    async def inventory(self, *, fresh: bool = False) -> dict[str, list[ModelEntry]]:
+        """Every engine's model list; an unreachable engine contributes nothing."""
+
+        async def one(name: str) -> tuple[str, list[ModelEntry]]:
+            cached = self._inventory.get(name)
+            if cached and not fresh and time.monotonic() - cached[0] < _INVENTORY_TTL:
+                return name, cached[1]
+            try:
+                models = await self.backends[name].list_models()
+            except BackendError:
+                models = []
+            self._inventory[name] = (time.monotonic(), models)
+            return name, models
+
+        return dict(await asyncio.gather(*(one(n) for n in self.order)))
+
+    async def resolve(self, model: str) -> tuple[Backend, str]:
+        """The engine for ``model`` and the name that engine knows it by.
+
+        Raises :class:`ModelNotFound` with the closest names when no engine has it.
+        """
+        for fresh in (False, True):
+            inventory = await self.inventory(fresh=fresh)
+            names = {e: [m.name for m in models] for e, models in inventory.items()}
+            engine = route_model(model, names, self.order)
+            if engine is None and "embedded" in self.backends:
+                engine = await self._embedded_alias(model)
+            if engine is not None:
+                return self.backends[engine], _canonical(model, names.get(engine, []))
+        known = sorted({m.name for models in inventory.values() for m in models})
+        raise ModelNotFound(model, difflib.get_close_matches(model, known, n=3, cutoff=0.4))
+
+    async def _embedded_alias(self, model: str) -> str | None:
+        """Discovery also answers to aliases (``llama3`` for ``llama3:latest``, file stems)."""
+        from autotune.models.discovery import discover
+
+        try:
+            (await asyncio.to_thread(discover)).find(model)
+        except ModelNotFound:
+            return None
+        return "embedded"
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(b.aclose() for b in self.backends.values()))
+
+
+def _canonical(model: str, names: list[str]) -> str:
+    for name in names:
+        if name == model:
+            return name
+    lowered = model.lower()
+    for name in names:
+        if name.lower() in (lowered, f"{lowered}:latest"):
+            return name
+    return model
+
+
+async def open_backends(
+    settings: Settings | None = None, requested: str | None = None
+) -> BackendSet:
+    """Probe for running engines and build the backends to use (``--backend`` wins over auto)."""
+    settings = settings or get_settings()
+    requested = (requested or settings.backend).lower()
+    reachable: dict[str, bool] = {}
+    if requested == "auto":
+        candidates = [e for e in ENGINE_ORDER if _url(settings, e)]
+        reachable = await probe_engines(settings, candidates)
+    order = choose_engines(requested, reachable)
+    return BackendSet({e: make_backend(e, settings) for e in order}, order)
