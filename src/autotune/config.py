@@ -27,13 +27,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AUTOTUNE_", extra="ignore")
 
     home: Path = Field(default_factory=_default_home, description="Where all data lives.")
-    backend: str = Field("auto", description="auto | embedded | ollama | lmstudio | llamacpp | openai")
+    backend: str = Field(
+        "auto", description="auto | embedded | ollama | lmstudio | llamacpp | openai"
+    )
     ollama_url: str = "http://127.0.0.1:11434"
     lmstudio_url: str = "http://127.0.0.1:1234"
     llamacpp_url: str = "http://127.0.0.1:8080"
-    openai_url: str | None = Field(None, description="Any other OpenAI-compatible server (vLLM, SGLang…).")
+    openai_url: str | None = Field(
+        None, description="Any other OpenAI-compatible server (vLLM, SGLang…)."
+    )
     openai_api_key: str | None = None
-    probe_timeout: float = Field(0.3, description="Seconds to wait for an engine when auto-detecting.")
+    probe_timeout: float = Field(
+        0.3, description="Seconds to wait for an engine when auto-detecting."
+    )
 
     models_dir: Path | None = Field(None, description="An extra folder searched for GGUF files.")
     memory_budget: int | None = Field(
@@ -41,7 +47,9 @@ class Settings(BaseSettings):
     )
     default_model: str = "smollm2:135m"
     profile: str = "balanced"
-    keep_alive: float = Field(-1, description="Seconds an idle model stays loaded; negative = forever.")
+    keep_alive: float = Field(
+        -1, description="Seconds an idle model stays loaded; negative = forever."
+    )
     threads: int | None = Field(None, description="Engine threads; default = physical cores.")
 
     host: str = "127.0.0.1"
@@ -59,7 +67,9 @@ class Settings(BaseSettings):
     def _known_backend(cls, value: str) -> str:
         value = value.strip().lower()
         if value not in BACKEND_CHOICES:
-            raise ValueError(f"unknown backend {value!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+            raise ValueError(
+                f"unknown backend {value!r}; choose one of {', '.join(BACKEND_CHOICES)}"
+            )
         return value
 
     @field_validator("profile")
@@ -67,7 +77,9 @@ class Settings(BaseSettings):
     def _known_profile(cls, value: str) -> str:
         value = value.strip().lower()
         if value not in PROFILE_CHOICES:
-            raise ValueError(f"unknown profile {value!r}; choose one of {', '.join(PROFILE_CHOICES)}")
+            raise ValueError(
+                f"unknown profile {value!r}; choose one of {', '.join(PROFILE_CHOICES)}"
+            )
         return value
 
     @field_validator("memory_budget", mode="before")

@@ -15,6 +15,13 @@ from autotune.config import get_settings
 from autotune.models.gguf import GGUFError, check_gguf, is_gguf, read_gguf_meta, split_parts
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests inspect the metadata cache itself: give each a fresh one, not the shared one."""
+    monkeypatch.setenv("AUTOTUNE_HOME", str(tmp_path / "private-home"))
+    get_settings.cache_clear()
+
+
 def write_gguf(
     path: Path,
     arch: str = "llama",

@@ -328,8 +328,8 @@ class EmbeddedBackend(Backend):
                 )
             victim = min(idle, key=lambda w: w.last_used)
             self._workers.pop(victim.name)
-            await self._stop(victim)
             self._emit("unload", victim.name, reason=f"making room for {name}")
+            await self._stop(victim)
 
     async def _start(
         self, meta: ModelMeta, settings: LoadSettings, estimate: int, keep_alive: float | None
@@ -430,8 +430,8 @@ class EmbeddedBackend(Backend):
                 for name, worker in list(self._workers.items()):
                     if worker.expired(now):
                         self._workers.pop(name)
-                        await self._stop(worker)
                         self._emit("unload", name, reason="keep-alive expired")
+                        await self._stop(worker)
 
     def _emit(self, kind: str, model: str, **detail: Any) -> None:
         event = EngineEvent(kind, model, detail)

@@ -1,0 +1,72 @@
+"""The ``autotune`` command: global options, the command groups, and readable errors."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from pydantic import ValidationError
+
+from autotune import __version__
+from autotune.backends.base import BackendError
+from autotune.cli import hardware, models, serve
+from autotune.cli._common import err_console
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="autotune",
+    help="Make local LLMs answer sooner, use less memory, never swap, and remember.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"autotune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    backend: str = typer.Option(
+        None,
+        "--backend",
+        "-b",
+        envvar="AUTOTUNE_BACKEND",
+        help="Engine to use: auto, embedded, ollama, lmstudio, llamacpp or openai.",
+        show_default="auto",
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    ctx.obj = {"backend": backend}
+
+
+hardware.register(app)
+models.register(app)
+serve.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: turns known failures into one readable line."""
+    try:
+        app()
+    except BackendError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}")
+        if exc.hint:
+            err_console.print(f"  {exc.hint}")
+        sys.exit(1)
+    except ValidationError as exc:
+        for problem in exc.errors():
+            where = ".".join(str(p) for p in problem["loc"]) or "setting"
+            err_console.print(f"[bold red]error:[/] AUTOTUNE_{where.upper()}: {problem['msg']}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
