@@ -21,7 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/autotune ls
+	$(BIN)/autotune serve
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench

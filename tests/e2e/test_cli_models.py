@@ -44,14 +44,26 @@ def ollama_store(
     shutil.copyfile(gguf, blobs / DIGEST.replace(":", "-"))
     manifest = root / "manifests" / tag
     manifest.parent.mkdir(parents=True)
-    manifest.write_text(json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                   "digest": "sha256:" + "cd" * 32, "size": 485},
-        "layers": [{"mediaType": "application/vnd.ollama.image.model", "digest": DIGEST,
-                    "size": gguf.stat().st_size}],
-    }))  # fmt: skip
+    manifest.write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "digest": "sha256:" + "cd" * 32,
+                    "size": 485,
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.ollama.image.model",
+                        "digest": DIGEST,
+                        "size": gguf.stat().st_size,
+                    }
+                ],
+            }
+        )
+    )
     return root
 
 
@@ -75,8 +87,12 @@ async def test_the_embedded_engine_answers_under_the_ollama_name(
     get_settings.cache_clear()
     backend = EmbeddedBackend(memory_budget=4 * 1024**3)
     try:
-        request = ChatRequest("tinychat:1b", [{"role": "user", "content": "Hi!"}],
-                              {"max_tokens": 8}, LoadSettings(n_ctx=1024))  # fmt: skip
+        request = ChatRequest(
+            "tinychat:1b",
+            [{"role": "user", "content": "Hi!"}],
+            {"max_tokens": 8},
+            LoadSettings(n_ctx=1024),
+        )
         chunks = [c async for c in backend.stream_chat(request)]
         assert chunks[-1].stats and chunks[-1].stats.completion_tokens
         assert chunks[0].data["model"] == "tinychat:1b"
@@ -111,9 +127,11 @@ def test_broken_gguf_files_are_reported_and_skipped(bundled_gguf: Path, tmp_path
 
 @pytest.mark.parametrize(
     ("engine", "variable", "hint"),
-    [("ollama", "AUTOTUNE_OLLAMA_URL", "ollama serve"),
-     ("lmstudio", "AUTOTUNE_LMSTUDIO_URL", "LM Studio")],
-)  # fmt: skip
+    [
+        ("ollama", "AUTOTUNE_OLLAMA_URL", "ollama serve"),
+        ("lmstudio", "AUTOTUNE_LMSTUDIO_URL", "LM Studio"),
+    ],
+)
 def test_an_unreachable_engine_names_its_url_and_how_to_start_it(
     engine: str, variable: str, hint: str
 ) -> None:
@@ -124,8 +142,12 @@ def test_an_unreachable_engine_names_its_url_and_how_to_start_it(
 
 
 def test_auto_detection_falls_back_to_the_embedded_engine() -> None:
-    free = {"AUTOTUNE_BACKEND": "auto", "AUTOTUNE_OLLAMA_URL": "http://127.0.0.1:9",
-            "AUTOTUNE_LMSTUDIO_URL": "http://127.0.0.1:9", "AUTOTUNE_LLAMACPP_URL": "http://127.0.0.1:9"}  # fmt: skip
+    free = {
+        "AUTOTUNE_BACKEND": "auto",
+        "AUTOTUNE_OLLAMA_URL": "http://127.0.0.1:9",
+        "AUTOTUNE_LMSTUDIO_URL": "http://127.0.0.1:9",
+        "AUTOTUNE_LLAMACPP_URL": "http://127.0.0.1:9",
+    }
     done = cli("ls", "--json", env=free)
     assert done.returncode == 0, done.stderr
     (model,) = json.loads(done.stdout)["models"]

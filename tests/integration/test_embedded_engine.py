@@ -158,3 +158,16 @@ async def test_quantized_kv_cache_loads_and_answers() -> None:
         assert running.settings["cache_type_k"] == "q8_0"
     finally:
         await backend.aclose()
+
+
+async def test_back_to_back_streams_survive_the_engine_closing_kept_alive_connections() -> None:
+    """llama-server silently closes a kept-alive connection after streamed replies; without a
+    retry every third request here failed with "Server disconnected without sending a response"."""
+    backend = EmbeddedBackend(memory_budget=4 * 1024**3)
+    try:
+        for _ in range(40):
+            chunks = await chat(backend, params={"max_tokens": 2})
+            assert chunks[-1].stats is not None
+        assert backend.loads[BUNDLED_NAME] == 1
+    finally:
+        await backend.aclose()

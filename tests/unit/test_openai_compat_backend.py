@@ -493,3 +493,63 @@ async def test_an_error_event_mid_stream_is_an_upstream_error(make_fake: Any) ->
             async for chunk in backend.stream_chat(ChatRequest(model=MODEL, messages=HELLO)):
                 seen.append(chunk)
     assert [c.data["choices"][0]["delta"]["content"] for c in seen] == ["Hel"]
+
+
+async def test_a_stale_kept_alive_connection_is_retried_once() -> None:
+    """Seen on llama-server: a kept-alive connection closed after a streamed reply without
+    notice, so the next request on it gets no response at all. This raw socket server does
+    that deterministically: on each connection it answers one request, then reads the next
+    and closes without a word. The backend must retry on a fresh connection."""
+    import asyncio
+
+    from autotune.backends.base import ChatRequest
+    from autotune.backends.openai_compat import OpenAICompatBackend
+
+    sse = (
+        b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":"ok"}}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+        b'"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    answered = 0
+
+    async def read_request(reader: asyncio.StreamReader) -> bool:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        await reader.readexactly(length)
+        return True
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Keep-Alive: timeout=5, max=100\r\n"
+            + f"Content-Length: {len(sse)}\r\n\r\n".encode()
+            + sse
+        )
+        await writer.drain()
+        answered += 1
+        try:
+            await read_request(reader)  # the client reuses the connection …
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()  # … and gets nothing back
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    backend = OpenAICompatBackend(f"http://127.0.0.1:{port}", kind="llamacpp")
+    try:
+        for _ in range(4):
+            request = ChatRequest("m", [{"role": "user", "content": "hi"}], {"max_tokens": 1})
+            chunks = [c async for c in backend.stream_chat(request)]
+            assert chunks[-1].stats is not None and chunks[-1].stats.completion_tokens == 1
+        assert answered == 4
+    finally:
+        await backend.aclose()
+        server.close()
+        await server.wait_closed()

@@ -193,6 +193,14 @@ def _error_message(response: httpx.Response) -> str:
     return response.text.strip()[:500] or f"HTTP {response.status_code}"
 
 
+#: llama-server answers 500 to some requests it cannot serve (seen: an image or audio part
+#: for a text-only model, "image input is not supported"; a text part without text, "Failed
+#: to parse messages"): they are the client's to fix, so autotune answers 400.
+_LLAMACPP_REQUEST_FAULT = re.compile(
+    r"input is not supported|Failed to parse messages|unsupported content", re.IGNORECASE
+)
+
+
 class OpenAICompatBackend(Backend):
     """Any OpenAI-compatible server over one pooled ``httpx.AsyncClient``; chunks pass unchanged.
 
@@ -303,6 +311,8 @@ class OpenAICompatBackend(Backend):
         # vLLM: 404 "The model `x` does not exist."; a bare 404 is more likely a wrong URL.
         if model and status in (400, 404) and _MODEL_MISSING.search(message):
             return ModelNotFound(model)
+        if status == 500 and self.kind == "llamacpp" and _LLAMACPP_REQUEST_FAULT.search(message):
+            status = 400  # the request asked for something this server cannot do
         return UpstreamError(status, message, self.engine)
 
     async def _request(
@@ -565,21 +575,43 @@ class OpenAICompatBackend(Backend):
         root = await self._url_for(request.model)
         body = self._chat_body(request)
         try:
-            async with self._http.stream("POST", root + "/v1/chat/completions", json=body) as reply:
-                if reply.status_code >= 400:
-                    await reply.aread()
-                    raise self._error_for(reply, request.model)
-                content_type = reply.headers.get("content-type", "")
-                if "text/event-stream" not in content_type:
-                    raise UpstreamError(
-                        502,
-                        f"expected an event stream, got {content_type or 'nothing'}",
-                        self.engine,
-                    )
-                async for chunk in self._relay(EventSource(reply), loaded):
-                    yield chunk
+            reply = await self._open_stream(root + "/v1/chat/completions", body)
         except httpx.TransportError as exc:
             raise self.unavailable(_transport_detail(exc)) from None
+        try:
+            if reply.status_code >= 400:
+                await reply.aread()
+                raise self._error_for(reply, request.model)
+            content_type = reply.headers.get("content-type", "")
+            if "text/event-stream" not in content_type:
+                raise UpstreamError(
+                    502, f"expected an event stream, got {content_type or 'nothing'}", self.engine
+                )
+            async for chunk in self._relay(EventSource(reply), loaded):
+                yield chunk
+        except httpx.TransportError as exc:
+            raise self.unavailable(_transport_detail(exc)) from None
+        finally:
+            await reply.aclose()
+
+    async def _open_stream(self, url: str, body: dict[str, Any]) -> httpx.Response:
+        """POST and return the streaming response, retrying once on a stale kept-alive connection.
+
+        llama-server closes a kept-alive connection after streamed replies without saying so
+        (seen: every third back-to-back streamed request on one connection failed with "Server
+        disconnected without sending a response", despite ``Keep-Alive: timeout=5, max=100``).
+        Nothing came back, so the engine never ran the request: one retry on a fresh
+        connection is safe.
+        """
+        for attempt in (1, 2):
+            try:
+                return await self._http.send(
+                    self._http.build_request("POST", url, json=body), stream=True
+                )
+            except httpx.RemoteProtocolError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _relay(
         self, source: EventSource, loaded: dict[str, Any] | bool | None = None
@@ -589,9 +621,13 @@ class OpenAICompatBackend(Backend):
         the LM Studio load step did for this request (see :meth:`_lmstudio_load`)."""
         held: dict[str, Any] | None = None
         final: dict[str, Any] = {}
+        done = False
         async for event in source.aiter_sse():
-            if event.data == "[DONE]":
-                break
+            # Read on past [DONE] to the end of the response: a fully read response hands its
+            # connection back to the pool; an abandoned one costs a new TCP connection next time.
+            if done or event.data == "[DONE]":
+                done = True
+                continue
             if not event.data:
                 continue
             try:

@@ -128,6 +128,10 @@ class BackendSet:
     backends: dict[str, Backend]
     order: list[str]
     _inventory: dict[str, tuple[float, list[ModelEntry]]] = field(default_factory=dict)
+    #: The last listing error per engine (cleared when it answers again).
+    errors: dict[str, BackendError] = field(default_factory=dict)
+    #: Models already resolved → (engine, name): the hot path never re-lists models.
+    _resolved: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def primary(self) -> Backend:
@@ -145,8 +149,10 @@ class BackendSet:
                 return name, cached[1]
             try:
                 models = await self.backends[name].list_models()
-            except BackendError:
+                self.errors.pop(name, None)
+            except BackendError as exc:
                 models = []
+                self.errors[name] = exc
             self._inventory[name] = (time.monotonic(), models)
             return name, models
 
@@ -155,8 +161,12 @@ class BackendSet:
     async def resolve(self, model: str) -> tuple[Backend, str]:
         """The engine for ``model`` and the name that engine knows it by.
 
-        Raises :class:`ModelNotFound` with the closest names when no engine has it.
+        Raises :class:`ModelNotFound` with the closest names when no engine has it. A model
+        resolved once stays mapped until :meth:`forget` (an engine said it does not have it).
         """
+        if model in self._resolved:
+            engine, name = self._resolved[model]
+            return self.backends[engine], name
         for fresh in (False, True):
             inventory = await self.inventory(fresh=fresh)
             names = {e: [m.name for m in models] for e, models in inventory.items()}
@@ -164,9 +174,21 @@ class BackendSet:
             if engine is None and "embedded" in self.backends:
                 engine = await self._embedded_alias(model)
             if engine is not None:
-                return self.backends[engine], _canonical(model, names.get(engine, []))
+                name = _canonical(model, names.get(engine, []))
+                self._resolved[model] = (engine, name)
+                return self.backends[engine], name
+        for name in self.order:  # it may be in an engine that did not answer: say that
+            if name in self.errors:
+                raise self.errors[name]
         known = sorted({m.name for models in inventory.values() for m in models})
         raise ModelNotFound(model, difflib.get_close_matches(model, known, n=3, cutoff=0.4))
+
+    def forget(self, model: str | None = None) -> None:
+        """Drop a cached resolution (all of them with no argument)."""
+        if model is None:
+            self._resolved.clear()
+        else:
+            self._resolved.pop(model, None)
 
     async def _embedded_alias(self, model: str) -> str | None:
         """Discovery also answers to aliases (``llama3`` for ``llama3:latest``, file stems)."""

@@ -1,1 +1,1 @@
-"""bench"""
+"""Benchmarks: measured comparisons and their reports."""

@@ -1,1 +1,1 @@
-"""context"""
+"""Context: token counting and fitting a conversation into the context budget."""

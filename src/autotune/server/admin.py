@@ -1,0 +1,94 @@
+"""autotune's operational endpoints: health, hardware, profiles, running models and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from autotune.backends.base import BackendError
+from autotune.hardware.pressure import pressure_tier
+from autotune.serialize import to_jsonable
+from autotune.tuning.profiles import PROFILES
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    """Status, queue depth, memory pressure and which engines answer."""
+    state = request.app.state
+    pipeline = state.pipeline
+    names = list(pipeline.backends.order)
+    answers = await asyncio.gather(
+        *(pipeline.backends.backends[n].health() for n in names), return_exceptions=True
+    )
+    reachable = {n: (a is True) for n, a in zip(names, answers, strict=False)}
+    sample = pipeline.sampler.latest
+    primary_ok = reachable.get(names[0], False)
+    return {
+        "status": "ok" if primary_ok else "degraded",
+        "queue": {
+            "running": pipeline.queue.running,
+            "queued": pipeline.queue.queued,
+            "max_concurrent": pipeline.queue.max_concurrent,
+            "max_queued": pipeline.queue.max_queued,
+        },
+        "memory": {
+            "used_fraction": round(sample.ram_used_fraction, 4),
+            "pressure": pressure_tier(sample.ram_used_fraction).label,
+            "available_bytes": sample.ram_available,
+            "swap_used_bytes": sample.swap_used,
+        },
+        "backends": reachable,
+        "primary_backend": names[0],
+    }
+
+
+@router.get("/api/hardware")
+async def hardware(request: Request) -> dict[str, Any]:
+    """The hardware profile (read once at start-up) with live memory."""
+    profile = request.app.state.hardware
+    sample = request.app.state.pipeline.sampler.latest
+    return {**to_jsonable(profile), "live": to_jsonable(sample)}
+
+
+@router.get("/api/profiles")
+async def profiles() -> dict[str, Any]:
+    """The tuning profiles and what each one sets."""
+    return {"profiles": [asdict(p) for p in PROFILES.values()]}
+
+
+@router.get("/api/running_models")
+async def running_models(request: Request) -> dict[str, Any]:
+    """Models resident in each engine's memory (the embedded engine's included)."""
+    backends = request.app.state.pipeline.backends
+    out: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
+    for name in backends.order:
+        backend = backends.backends[name]
+        if not backend.capabilities.running_models:
+            continue
+        try:
+            out.extend(to_jsonable(r) for r in await backend.running_models())
+        except BackendError as exc:
+            errors[name] = str(exc)
+    return {"models": out, "errors": errors}
+
+
+@router.get("/api/requests")
+async def recent_requests(request: Request, limit: int = 50) -> dict[str, Any]:
+    """The latest requests' telemetry (no prompt text), newest first."""
+    limit = max(1, min(limit, 200))
+    recent = request.app.state.pipeline.recent[-limit:]
+    return {"requests": [r.as_dict() for r in reversed(recent)]}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")

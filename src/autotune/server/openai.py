@@ -1,0 +1,188 @@
+"""The OpenAI-compatible routes: ``POST /v1/chat/completions`` and ``GET /v1/models``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from autotune.backends.base import BackendError
+from autotune.pipeline import ChatInput, ChatRun, Pipeline
+from autotune.server.errors import error_body
+from autotune.server.schemas import ChatCompletionRequest, forwardable_params
+
+__all__ = ["ClientGone", "aggregate", "router"]
+
+router = APIRouter()
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request started."""
+
+
+def _pipeline(request: Request) -> Pipeline:
+    return request.app.state.pipeline  # type: ignore[no-any-return]
+
+
+async def _start_watching(pipeline: Pipeline, inp: ChatInput, request: Request) -> ChatRun:
+    """Start the run; if the client disconnects while it waits in the queue, give up its place."""
+    task = asyncio.ensure_future(pipeline.start(inp))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.1)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            try:
+                run = await task
+            except (asyncio.CancelledError, BackendError):
+                raise ClientGone() from None
+            await run.aclose()  # it started just as the client left
+            raise ClientGone()
+
+
+@router.post(
+    "/v1/chat/completions",
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        400: {},
+        404: {},
+        413: {},
+        429: {},
+        503: {},
+    },
+)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    x_autotune_profile: Literal["fast", "balanced", "quality"] | None = Header(
+        None, description="Tuning profile for this request (default: the server's)."
+    ),
+    x_conversation_id: str | None = Header(
+        None, max_length=128, description="Store and resume this conversation."
+    ),
+) -> Response:
+    """Chat completion through autotune's pipeline (OpenAI schema; SSE when ``stream``)."""
+    inp = ChatInput(
+        messages=[m.model_dump(exclude_none=True) for m in body.messages],
+        model=body.model,
+        params=forwardable_params(body),
+        profile=x_autotune_profile,
+        conversation_id=x_conversation_id,
+    )
+    pipeline = _pipeline(request)
+    if pipeline.queue.would_wait:
+        try:
+            run = await _start_watching(pipeline, inp, request)
+        except ClientGone:
+            return Response(status_code=499)
+    else:
+        run = await pipeline.start(inp)  # a free slot: nothing to wait for, nothing to watch
+    model_id = body.model or run.model
+    headers = {"X-Autotune-Plan": run.plan.summary()}
+    if run.conversation_id:
+        headers["X-Conversation-Id"] = run.conversation_id
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _sse(run, model_id, include_usage),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    try:
+        completion = await aggregate(run, model_id)
+    except BackendError as exc:
+        status = exc.status if exc.status >= 400 else 502
+        return JSONResponse(error_body(str(exc), status=status, code=exc.code), status, headers)
+    return JSONResponse(completion, headers=headers)
+
+
+async def _sse(run: ChatRun, model_id: str, include_usage: bool) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in run:
+            data = chunk.data
+            if not include_usage:
+                if not data.get("choices"):
+                    continue  # the usage-only chunk the client did not ask for
+                data.pop("usage", None)
+            data["model"] = model_id
+            yield b"data: " + _dumps(data).encode() + b"\n\n"
+    except BackendError as exc:
+        # Headers are gone already: report the failure the way OpenAI streams do.
+        body = error_body(str(exc), status=exc.status, code=exc.code)
+        yield b"data: " + _dumps(body).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+async def aggregate(run: ChatRun, model_id: str) -> dict[str, Any]:
+    """Fold a run's chunks into one ``chat.completion`` (all choices, tool calls, logprobs)."""
+    choices: dict[int, dict[str, Any]] = {}
+    first: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    async for chunk in run:
+        data = chunk.data
+        first = first or data
+        for choice in data.get("choices") or ():
+            slot = choices.setdefault(
+                choice.get("index", 0),
+                {
+                    "index": choice.get("index", 0),
+                    "message": {"role": "assistant", "content": None},
+                    "finish_reason": None,
+                    "logprobs": None,
+                },
+            )
+            delta = choice.get("delta") or {}
+            message = slot["message"]
+            if delta.get("content") is not None:
+                message["content"] = (message["content"] or "") + delta["content"]
+            for key in ("reasoning_content", "refusal"):
+                if delta.get(key):
+                    message[key] = message.get(key, "") + delta[key]
+            for call in delta.get("tool_calls") or ():
+                calls = message.setdefault("tool_calls", [])
+                index = call.get("index", len(calls))
+                while len(calls) <= index:
+                    calls.append(
+                        {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                    )
+                target, fn = calls[index], call.get("function") or {}
+                target["id"] = call.get("id") or target["id"]
+                target["function"]["name"] += fn.get("name") or ""
+                target["function"]["arguments"] += fn.get("arguments") or ""
+            if choice.get("logprobs"):
+                logprobs = slot["logprobs"] or {"content": []}
+                logprobs["content"].extend(choice["logprobs"].get("content") or [])
+                slot["logprobs"] = logprobs
+            if choice.get("finish_reason"):
+                slot["finish_reason"] = choice["finish_reason"]
+        for key in ("usage", "timings", "system_fingerprint"):
+            if data.get(key) is not None:
+                extra[key] = data[key]
+    return {
+        "id": first.get("id") or "chatcmpl-" + uuid.uuid4().hex,
+        "object": "chat.completion",
+        "created": first.get("created") or int(time.time()),
+        "model": model_id,
+        "choices": [choices[i] for i in sorted(choices)],
+        **extra,
+    }
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """Every model the engines in use can serve."""
+    inventory = await _pipeline(request).backends.inventory()
+    seen: dict[str, dict[str, Any]] = {}
+    for backend, models in inventory.items():
+        for m in models:
+            if m.name not in seen:
+                seen[m.name] = {"id": m.name, "object": "model", "created": 0, "owned_by": backend}
+    return {"object": "list", "data": list(seen.values())}

@@ -1,0 +1,223 @@
+"""The planner is pure: these tests run it on hand-built inputs, no engine involved."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from autotune.backends.base import Capabilities, LoadSettings, ModelMeta
+from autotune.tuning.planner import (
+    CONTEXT_BUCKETS,
+    MemoryState,
+    PlanInput,
+    TunedSettings,
+    bucket_for,
+    context_need,
+    plan,
+)
+from autotune.tuning.profiles import get_profile
+
+EMBEDDED = Capabilities(
+    load_control=True,
+    kv_cache_type=True,
+    flash_attention=True,
+    context_change_reloads=True,
+    keep_alive=True,
+)
+OLLAMA = Capabilities(
+    per_request_context=True, env_load_settings=True, keep_alive=True, context_change_reloads=True
+)
+VLLM = Capabilities(prefix_cache=True, reports_cached_tokens=True)
+META = ModelMeta(
+    name="m",
+    context_length=32768,
+    block_count=30,
+    head_count=9,
+    head_count_kv=3,
+    embedding_length=576,
+    size_bytes=100_000_000,
+)
+
+
+def run(need: int, profile: str = "balanced", caps: Capabilities = EMBEDDED, **kw: object):
+    return plan(
+        PlanInput(
+            profile=get_profile(profile),
+            capabilities=caps,
+            meta=kw.pop("meta", META),
+            need_tokens=need,
+            **kw,
+        )
+    )  # type: ignore[arg-type]
+
+
+def test_first_request_sizes_to_its_need_not_the_profile_maximum() -> None:
+    p = run(1500, "quality")
+    assert p.load is not None and p.load.n_ctx == 2048
+    assert not p.reload_expected
+
+
+def test_a_loaded_context_that_fits_is_kept_without_reload() -> None:
+    current = LoadSettings(n_ctx=4096, cache_type_k="f16", cache_type_v="f16")
+    p = run(3000, current=current, loaded=True)
+    assert p.load == current
+    assert not p.reload_expected
+
+
+def test_context_grows_to_the_next_bucket_only_when_needed() -> None:
+    current = LoadSettings(n_ctx=4096, cache_type_k="f16", cache_type_v="f16")
+    p = run(5000, current=current, loaded=True)
+    assert p.load is not None and p.load.n_ctx == 8192
+    assert p.reload_expected
+
+
+def test_never_shrinks_while_loaded_even_when_the_profile_cap_is_smaller() -> None:
+    current = LoadSettings(n_ctx=8192, cache_type_k="f16", cache_type_v="f16")
+    p = run(1000, "fast", current=current, loaded=True)
+    assert p.load == current  # no q8_0 switch either: that would reload
+    assert any(d.key == "kv" and "next load" in d.reason for d in p.decisions)
+
+
+def test_context_never_exceeds_the_trained_length() -> None:
+    meta = ModelMeta(name="m", context_length=4096)
+    p = run(10_000, "quality", meta=meta)
+    assert p.load is not None and p.load.n_ctx == 4096
+
+
+def test_ollama_gets_num_ctx_but_kv_and_flash_attention_only_as_advice() -> None:
+    p = run(1000, "fast", caps=OLLAMA)
+    assert p.load is not None
+    assert p.load.cache_type_k is None and p.load.cache_type_v is None
+    assert p.load.flash_attn is None
+    assert p.env_advice == {"OLLAMA_FLASH_ATTENTION": "1", "OLLAMA_KV_CACHE_TYPE": "q8_0"}
+
+
+def test_engine_managed_context_gets_no_load_settings() -> None:
+    p = run(1000, caps=VLLM)
+    assert p.load is None
+    assert p.keep_alive is None  # this engine has no keep-alive control
+
+
+def test_quantized_v_cache_turns_flash_attention_on() -> None:
+    p = run(1000, "fast")
+    assert p.load is not None and p.load.cache_type_v == "q8_0" and p.load.flash_attn is True
+
+
+@pytest.mark.parametrize(
+    ("used", "ctx", "kv", "batch"),
+    [
+        (0.50, 8192, "f16", None),
+        (0.82, 7168, "f16", None),
+        (0.90, 6144, "q8_0", None),
+        (0.95, 5120, "q8_0", 512),
+    ],
+)
+def test_pressure_tiers_shape_the_next_load(
+    used: float, ctx: int, kv: str, batch: int | None
+) -> None:
+    memory = MemoryState(available=20 * 1024**3, used_fraction=used)
+    p = run(5000, memory=memory)  # need 5000 → 8192 bucket; halved, but never below 5120
+    assert p.load is not None
+    assert p.load.n_ctx == ctx
+    assert p.load.cache_type_k == kv
+    assert p.load.n_batch == batch
+
+
+def test_pressure_never_shrinks_below_the_request_need() -> None:
+    memory = MemoryState(available=20 * 1024**3, used_fraction=0.95)
+    p = run(7000, memory=memory)
+    assert p.load is not None and p.load.n_ctx >= 7000
+
+
+def test_pressure_leaves_a_loaded_model_alone() -> None:
+    current = LoadSettings(n_ctx=8192, cache_type_k="f16", cache_type_v="f16")
+    memory = MemoryState(available=20 * 1024**3, used_fraction=0.95)
+    p = run(3000, current=current, loaded=True, memory=memory)
+    assert p.load == current and not p.reload_expected
+
+
+def _linear(meta: ModelMeta, s: LoadSettings) -> int:
+    return 1_000_000_000 + 100_000 * s.n_ctx  # 1 GB of weights + 100 kB per token
+
+
+def test_no_swap_guard_shrinks_the_context_to_what_fits() -> None:
+    memory = MemoryState(available=1_500_000_000, used_fraction=0.3)
+    p = run(7000, memory=memory, estimator=_linear)
+    assert p.load is not None
+    assert p.load.n_ctx % 256 == 0
+    assert _linear(META, p.load) <= 1_500_000_000 < _linear(META, LoadSettings(p.load.n_ctx + 256))
+    assert p.refused is None
+    assert any("no-swap" in d.reason for d in p.decisions)
+
+
+def test_no_swap_guard_refuses_with_numbers_when_nothing_fits() -> None:
+    memory = MemoryState(available=900_000_000, used_fraction=0.3)
+    p = run(1000, memory=memory, estimator=_linear)
+    assert p.refused is not None
+    assert "GiB" in p.refused or "MiB" in p.refused
+
+
+def test_guard_counts_the_memory_a_reload_frees() -> None:
+    current = LoadSettings(n_ctx=2048, cache_type_k="f16", cache_type_v="f16")
+    memory = MemoryState(available=100_000_000, used_fraction=0.3)  # little free besides the model
+    p = run(3000, current=current, loaded=True, memory=memory, estimator=_linear)
+    assert p.refused is None and p.load is not None and p.load.n_ctx >= 2048
+
+
+def test_remote_engines_skip_the_memory_guard() -> None:
+    remote = Capabilities(per_request_context=True, remote=True)
+    memory = MemoryState(available=1, used_fraction=0.99)
+    p = run(1000, caps=remote, memory=memory, estimator=_linear)
+    assert p.refused is None
+
+
+def test_profile_temperature_only_fills_an_unset_value() -> None:
+    assert run(100, "fast").params == {"temperature": 0.1}
+    assert run(100, "fast", client_params={"temperature": 1.2}).params == {}
+
+
+def test_measured_settings_are_used_and_attributed() -> None:
+    tuned = TunedSettings(n_batch=1024, n_ubatch=256, n_threads=2, flash_attn=False)
+    p = run(1000, tuned=tuned)
+    assert p.load is not None
+    assert (p.load.n_batch, p.load.n_ubatch, p.load.n_threads, p.load.flash_attn) == (
+        1024,
+        256,
+        2,
+        False,
+    )
+    assert any("measured" in d.reason for d in p.decisions)
+
+
+def test_summary_names_what_was_applied() -> None:
+    s = run(1000, "fast").summary()
+    assert "profile=fast" in s and "ctx=2048" in s and "kv=q8_0" in s
+
+
+def test_context_need_reserves_output_and_margin() -> None:
+    assert context_need(1000, 200) == 1000 + 200 + 256
+    assert context_need(1000, None) > context_need(1000, 200)
+
+
+@given(st.integers(1, 300_000), st.sampled_from([2048, 8192, 32768, 131072]))
+def test_bucket_is_a_bucket_within_the_cap_and_holds_the_need_when_it_can(
+    need: int, cap: int
+) -> None:
+    b = bucket_for(need, cap)
+    assert b <= max(cap, 512)
+    assert b in CONTEXT_BUCKETS or b == cap
+    if need <= cap:
+        assert b >= need
+
+
+@given(st.lists(st.integers(100, 40_000), min_size=1, max_size=30))
+def test_a_conversation_only_ever_grows_its_context(needs: list[int]) -> None:
+    current = None
+    for need in needs:
+        p = run(need, "quality", current=current, loaded=current is not None)
+        assert p.load is not None
+        if current is not None:
+            assert p.load.n_ctx >= current.n_ctx
+            assert p.reload_expected == (p.load.n_ctx != current.n_ctx)
+        current = p.load

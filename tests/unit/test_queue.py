@@ -1,0 +1,80 @@
+"""Admission queue: FIFO, bounded, and a cancelled waiter frees its place at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from autotune.server.queue import AdmissionQueue, QueueFull
+
+
+async def test_runs_up_to_the_limit_then_queues_in_order() -> None:
+    q = AdmissionQueue(max_concurrent=1, max_queued=3, wait_timeout=5)
+    order: list[int] = []
+
+    async def job(i: int) -> None:
+        async with q.slot():
+            order.append(i)
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(job(i) for i in range(4)))
+    assert order == [0, 1, 2, 3]
+    assert q.running == 0 and q.queued == 0
+
+
+async def test_refuses_beyond_the_queue_with_a_retry_after() -> None:
+    q = AdmissionQueue(max_concurrent=1, max_queued=1, wait_timeout=5)
+    await q.acquire()
+    waiter = asyncio.ensure_future(q.acquire())
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull) as refused:
+        await q.acquire()
+    assert refused.value.status == 429 and refused.value.retry_after >= 1
+    q.release(0.5)
+    await waiter
+    q.release(0.5)
+    assert q.running == 0
+
+
+async def test_a_wait_that_times_out_is_refused() -> None:
+    q = AdmissionQueue(max_concurrent=1, max_queued=2, wait_timeout=0.05)
+    await q.acquire()
+    with pytest.raises(QueueFull):
+        await q.acquire()
+    assert q.queued == 0
+    q.release()
+    assert q.running == 0
+
+
+async def test_a_cancelled_waiter_leaves_the_line() -> None:
+    q = AdmissionQueue(max_concurrent=1, max_queued=1, wait_timeout=5)
+    await q.acquire()
+    gone = asyncio.ensure_future(q.acquire())
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert q.queued == 0
+    nxt = asyncio.ensure_future(q.acquire())  # its place is free again
+    await asyncio.sleep(0)
+    q.release()
+    await asyncio.wait_for(nxt, 1)
+    assert q.running == 1
+
+
+async def test_a_slot_granted_to_a_waiter_that_left_passes_on() -> None:
+    q = AdmissionQueue(max_concurrent=1, max_queued=2, wait_timeout=5)
+    await q.acquire()
+    first = asyncio.ensure_future(q.acquire())
+    second = asyncio.ensure_future(q.acquire())
+    await asyncio.sleep(0)
+    q.release()  # granted to `first` …
+    first.cancel()  # … which is cancelled before it runs
+    try:
+        await first
+        q.release()  # wait_for let the grant win the race: `first` holds it, and gives it back
+    except asyncio.CancelledError:
+        pass  # the grant was handed straight on
+    await asyncio.wait_for(second, 1)
+    assert q.running == 1 and q.queued == 0
