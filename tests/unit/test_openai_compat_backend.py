@@ -501,6 +501,7 @@ async def test_a_stale_kept_alive_connection_is_retried_once() -> None:
     that deterministically: on each connection it answers one request, then reads the next
     and closes without a word. The backend must retry on a fresh connection."""
     import asyncio
+    import contextlib
 
     from autotune.backends.base import ChatRequest
     from autotune.backends.openai_compat import OpenAICompatBackend
@@ -534,10 +535,8 @@ async def test_a_stale_kept_alive_connection_is_retried_once() -> None:
         )
         await writer.drain()
         answered += 1
-        try:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             await read_request(reader)  # the client reuses the connection …
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
         writer.close()  # … and gets nothing back
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
