@@ -6,14 +6,24 @@ from functools import lru_cache
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from autotune.units import parse_duration, parse_size
 
 __all__ = ["BACKEND_CHOICES", "PROFILE_CHOICES", "Settings", "get_settings"]
 
-BACKEND_CHOICES = ("auto", "embedded", "ollama", "lmstudio", "llamacpp", "openai")
+BACKEND_CHOICES = (
+    "auto",
+    "embedded",
+    "ollama",
+    "lmstudio",
+    "llamacpp",
+    "openai",
+    "router",
+    "mlx",
+    "hf",
+)
 PROFILE_CHOICES = ("fast", "balanced", "quality")
 
 
@@ -39,6 +49,19 @@ class Settings(BaseSettings):
     openai_api_key: str | None = None
     probe_timeout: float = Field(
         0.3, description="Seconds to wait for an engine when auto-detecting."
+    )
+
+    router_config: Path | None = Field(
+        None, description="A TOML/YAML file of upstream engines to route across (see router)."
+    )
+    mlx_url: str | None = Field(None, description="An mlx_lm.server base URL (Apple Silicon).")
+    hf_api_url: str = Field(
+        "https://router.huggingface.co/v1", description="Hugging Face Inference API base URL."
+    )
+    hf_token: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AUTOTUNE_HF_TOKEN", "HF_TOKEN"),
+        description="Token for the Hugging Face Inference API (HF_TOKEN works too).",
     )
 
     models_dir: Path | None = Field(None, description="An extra folder searched for GGUF files.")

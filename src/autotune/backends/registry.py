@@ -4,7 +4,9 @@ The decisions (:func:`choose_engines`, :func:`route_model`) are pure functions o
 probed, so they are unit-tested without an engine; :func:`open_backends` does the probing.
 Auto-detection looks for Ollama on :11434, LM Studio on :1234 and llama-server on :8080;
 the embedded engine is always there for GGUF files on disk (including Ollama's own blobs,
-so a model pulled by Ollama runs by its Ollama name with Ollama stopped).
+so a model pulled by Ollama runs by its Ollama name with Ollama stopped). On Apple Silicon
+with mlx-lm, MLX comes first for the models it has on disk. A router config
+(``AUTOTUNE_ROUTER_CONFIG``) replaces auto-detection with the engines it lists.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from autotune.backends.base import Backend, BackendError, ModelEntry, ModelNotFound
+from autotune.backends.mlx_models import is_apple_silicon, mlx_first
 from autotune.config import Settings, get_settings
 
 __all__ = [
@@ -109,6 +112,24 @@ def make_backend(engine: str, settings: Settings) -> Backend:
         from autotune.backends.ollama import OllamaBackend
 
         return OllamaBackend(settings.ollama_url)
+    if engine == "router":
+        from autotune.backends.router import RouterBackend
+
+        if settings.router_config is None:
+            raise BackendError(
+                "The router needs a config file listing its upstream engines.",
+                hint="Set AUTOTUNE_ROUTER_CONFIG to a YAML or TOML file "
+                "(every key is explained in examples/router.yaml).",
+            )
+        return RouterBackend.from_file(settings.router_config)
+    if engine == "mlx":
+        from autotune.backends.mlx import MlxBackend
+
+        return MlxBackend(settings.mlx_url, log_dir=settings.home / "logs")
+    if engine == "hf":
+        from autotune.backends.hf import HFBackend
+
+        return HFBackend(settings.hf_api_url, token=settings.hf_token)
     from autotune.backends.openai_compat import OpenAICompatBackend
 
     url = _url(settings, engine)
@@ -221,9 +242,23 @@ async def open_backends(
     """Probe for running engines and build the backends to use (``--backend`` wins over auto)."""
     settings = settings or get_settings()
     requested = (requested or settings.backend).lower()
+    if requested in ("auto", "router") and settings.router_config is not None:
+        # A router config names the engines to use: the router alone, no auto-detection.
+        return BackendSet({"router": make_backend("router", settings)}, ["router"])
     reachable: dict[str, bool] = {}
     if requested == "auto":
         candidates = [e for e in ENGINE_ORDER if _url(settings, e)]
         reachable = await probe_engines(settings, candidates)
     order = choose_engines(requested, reachable)
+    if requested == "auto":
+        order = mlx_first(order, apple_silicon=is_apple_silicon(), mlx_ready=_mlx_ready(settings))
     return BackendSet({e: make_backend(e, settings) for e in order}, order)
+
+
+def _mlx_ready(settings: Settings) -> bool:
+    """MLX can serve here: a running mlx_lm.server was named, or mlx-lm is installed."""
+    if settings.mlx_url:
+        return True
+    from autotune.backends.mlx import mlx_lm_installed
+
+    return mlx_lm_installed()

@@ -1,0 +1,298 @@
+"""Turns what an engine says about its load (``/metrics``, ``/slots``, ``/api/ps``) into one
+:class:`EngineLoad`, with pure parsers so every engine's format is tested from its documentation.
+
+Which engine says what (see ``BACKENDS.md``):
+
+- vLLM ``/metrics``: ``vllm:num_requests_waiting``, ``vllm:num_requests_running``,
+  ``vllm:kv_cache_usage_perc`` (older releases: ``vllm:gpu_cache_usage_perc``),
+  ``vllm:prefix_cache_hits`` / ``vllm:prefix_cache_queries`` counters (older:
+  ``vllm:gpu_prefix_cache_hit_rate``).
+- SGLang ``/metrics`` (only with ``--enable-metrics``): ``sglang:num_queue_reqs``,
+  ``sglang:num_running_reqs``, ``sglang:token_usage``, ``sglang:cache_hit_rate``.
+- llama.cpp ``/metrics`` (only with ``--metrics``): ``llamacpp:requests_deferred``,
+  ``llamacpp:requests_processing``, ``llamacpp:prompt_tokens_total`` (computed) and
+  ``llamacpp:prompt_tokens_cached_total``; older builds also ``llamacpp:kv_cache_usage_ratio``.
+  Without ``--metrics``, ``/slots`` lists slots with ``is_processing``.
+- Ollama ``/api/ps``: the loaded models, no queue figures.
+
+Samples may carry labels (``model_name``, ``engine``, ``tp_rank``…): counts are summed over
+label sets, fractions are not (a sum of two 0.6 usages is not 1.2 usage).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "LOAD_PATHS",
+    "EngineLoad",
+    "Samples",
+    "load_paths",
+    "parse_llamacpp_metrics",
+    "parse_llamacpp_slots",
+    "parse_load",
+    "parse_ollama_ps",
+    "parse_prometheus",
+    "parse_sglang_metrics",
+    "parse_vllm_metrics",
+]
+
+#: metric name → one (labels, value) pair per label set.
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """One engine's load as last seen; ``None`` means the engine did not say (unknown)."""
+
+    #: The engine answered (True), refused the connection (False), or was not asked (None).
+    healthy: bool | None = None
+    #: Requests queued inside the engine, not yet running.
+    waiting: float | None = None
+    #: Requests the engine is generating for now.
+    running: float | None = None
+    #: Fraction (0–1) of the KV cache in use.
+    kv_usage: float | None = None
+    #: Fraction (0–1) of prompt tokens (or cache lookups) served from the prefix cache.
+    prefix_hit_rate: float | None = None
+    #: Models resident in the engine (Ollama ``/api/ps``), when it says.
+    loaded: tuple[str, ...] | None = None
+    #: Where the figures came from (``/metrics``, ``/slots``, ``/api/ps``), or why there are none.
+    source: str = ""
+
+    @property
+    def known(self) -> bool:
+        """True when the engine reported any load figure at all."""
+        return self.waiting is not None or self.running is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "waiting": self.waiting,
+            "running": self.running,
+            "kv_usage": self.kv_usage,
+            "prefix_hit_rate": self.prefix_hit_rate,
+            "loaded": list(self.loaded) if self.loaded is not None else None,
+            "source": self.source,
+        }
+
+
+# --------------------------------------------------------------------------- Prometheus text
+
+_SAMPLE = re.compile(
+    r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)"
+    r"(?:\{(?P<labels>.*)\})?"
+    r"\s+(?P<value>\S+)(?:\s+-?\d+)?\s*$"
+)
+_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+
+
+def _labels(text: str) -> dict[str, str] | None:
+    labels: dict[str, str] = {}
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        match = _LABEL.match(text, pos)
+        if match is None:
+            return None
+        value = match.group(2).replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+        labels[match.group(1)] = value
+        pos = match.end()
+    return labels
+
+
+def parse_prometheus(text: str) -> Samples | None:
+    """Samples from Prometheus text exposition; ``None`` when ``text`` holds no sample at all.
+
+    Tolerant by design: a line it cannot read is skipped, so one odd line does not blind the
+    router to an engine's whole load; a body that is not Prometheus text at all gives ``None``.
+    """
+    samples: Samples = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        labels = _labels(match.group("labels") or "")
+        if labels is None:
+            continue
+        try:
+            value = float(match.group("value"))
+        except ValueError:
+            continue
+        samples.setdefault(match.group("name"), []).append((labels, value))
+    return samples or None
+
+
+def _finite(values: list[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
+def _total(samples: Samples, *names: str) -> float | None:
+    """Sum over label sets of the first of ``names`` present (counts: requests, tokens)."""
+    for name in names:
+        values = _finite([v for _, v in samples.get(name, [])])
+        if values:
+            return sum(values)
+    return None
+
+
+def _highest(samples: Samples, *names: str) -> float | None:
+    """The largest value over label sets (a fraction: the fullest engine is the bottleneck)."""
+    for name in names:
+        values = _finite([v for _, v in samples.get(name, [])])
+        if values:
+            return max(values)
+    return None
+
+
+def _mean(samples: Samples, *names: str) -> float | None:
+    for name in names:
+        values = _finite([v for _, v in samples.get(name, [])])
+        if values:
+            return sum(values) / len(values)
+    return None
+
+
+def _ratio(hits: float | None, total: float | None) -> float | None:
+    if hits is None or total is None or total <= 0:
+        return None
+    return max(0.0, min(1.0, hits / total))
+
+
+def _fraction(value: float | None) -> float | None:
+    return None if value is None else max(0.0, min(1.0, value))
+
+
+# --------------------------------------------------------------------------- per engine
+
+
+def parse_vllm_metrics(text: str) -> EngineLoad:
+    """vLLM ``/metrics`` (V1 and older V0 names)."""
+    samples = parse_prometheus(text)
+    if samples is None:
+        return EngineLoad(healthy=True, source="/metrics: unreadable")
+    # prometheus_client exposes a counter "x" as "x_total"; accept both spellings.
+    hits = _total(samples, "vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits")
+    queries = _total(samples, "vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries")
+    hit_rate = _ratio(hits, queries)
+    if hit_rate is None:
+        hit_rate = _fraction(_mean(samples, "vllm:gpu_prefix_cache_hit_rate"))
+    return EngineLoad(
+        healthy=True,
+        waiting=_total(samples, "vllm:num_requests_waiting"),
+        running=_total(samples, "vllm:num_requests_running"),
+        kv_usage=_fraction(
+            _highest(samples, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+        ),
+        prefix_hit_rate=hit_rate,
+        source="/metrics",
+    )
+
+
+def parse_sglang_metrics(text: str) -> EngineLoad:
+    """SGLang ``/metrics`` (served with ``--enable-metrics``)."""
+    samples = parse_prometheus(text)
+    if samples is None:
+        return EngineLoad(healthy=True, source="/metrics: unreadable")
+    return EngineLoad(
+        healthy=True,
+        waiting=_total(samples, "sglang:num_queue_reqs"),
+        running=_total(samples, "sglang:num_running_reqs"),
+        kv_usage=_fraction(_highest(samples, "sglang:token_usage")),
+        prefix_hit_rate=_fraction(_mean(samples, "sglang:cache_hit_rate")),
+        source="/metrics",
+    )
+
+
+def parse_llamacpp_metrics(text: str) -> EngineLoad:
+    """llama-server ``/metrics`` (served with ``--metrics``; the embedded engine turns it on)."""
+    samples = parse_prometheus(text)
+    if samples is None:
+        return EngineLoad(healthy=True, source="/metrics: unreadable")
+    # prompt_tokens_total counts only computed tokens ("excluding cached tokens").
+    computed = _total(samples, "llamacpp:prompt_tokens_total")
+    cached = _total(samples, "llamacpp:prompt_tokens_cached_total")
+    hit_rate = None
+    if computed is not None and cached is not None:
+        hit_rate = _ratio(cached, computed + cached)
+    return EngineLoad(
+        healthy=True,
+        waiting=_total(samples, "llamacpp:requests_deferred"),
+        running=_total(samples, "llamacpp:requests_processing"),
+        kv_usage=_fraction(_highest(samples, "llamacpp:kv_cache_usage_ratio")),
+        prefix_hit_rate=hit_rate,
+        source="/metrics",
+    )
+
+
+def parse_llamacpp_slots(payload: Any) -> EngineLoad:
+    """llama-server ``/slots``: a list of slots, each with ``is_processing``."""
+    if not isinstance(payload, list) or not all(isinstance(s, Mapping) for s in payload):
+        return EngineLoad(healthy=True, source="/slots: unreadable")
+    busy = sum(1 for s in payload if s.get("is_processing"))
+    # /slots does not show queued requests; with every slot busy the queue is simply unknown.
+    return EngineLoad(healthy=True, running=float(busy), source="/slots")
+
+
+def parse_ollama_ps(payload: Any) -> EngineLoad:
+    """Ollama ``/api/ps``: the resident models (Ollama publishes no queue figures)."""
+    models = payload.get("models") if isinstance(payload, Mapping) else None
+    if not isinstance(models, list):
+        return EngineLoad(healthy=True, source="/api/ps: unreadable")
+    names = tuple(
+        str(m.get("model") or m.get("name"))
+        for m in models
+        if isinstance(m, Mapping) and (m.get("model") or m.get("name"))
+    )
+    return EngineLoad(healthy=True, loaded=names, source="/api/ps")
+
+
+def _json(parse: Callable[[Any], EngineLoad], source: str) -> Callable[[str], EngineLoad]:
+    def run(body: str) -> EngineLoad:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return EngineLoad(healthy=True, source=f"{source}: unreadable")
+        return parse(payload)
+
+    return run
+
+
+#: Where each kind of engine publishes its load, in the order to try; empty = health only.
+LOAD_PATHS: dict[str, tuple[tuple[str, Callable[[str], EngineLoad]], ...]] = {
+    "vllm": (("/metrics", parse_vllm_metrics),),
+    "sglang": (("/metrics", parse_sglang_metrics),),
+    "llamacpp": (
+        ("/metrics", parse_llamacpp_metrics),
+        ("/slots", _json(parse_llamacpp_slots, "/slots")),
+    ),
+    "ollama": (("/api/ps", _json(parse_ollama_ps, "/api/ps")),),
+}
+
+
+def load_paths(kind: str) -> tuple[str, ...]:
+    """The paths to GET for ``kind``'s load, in order (LM Studio, mlx_lm, generic: none)."""
+    return tuple(path for path, _ in LOAD_PATHS.get(kind, ()))
+
+
+def parse_load(kind: str, path: str, status: int, body: str) -> EngineLoad:
+    """The load an engine of ``kind`` reported at ``path``. An engine that answers at all is
+    healthy; a body that cannot be read gives an unknown load (never an exception)."""
+    if status != 200:
+        # llama-server answers 501 when started without --metrics / with --no-slots.
+        return EngineLoad(healthy=True, source=f"{path}: HTTP {status}")
+    for known, parse in LOAD_PATHS.get(kind, ()):
+        if known == path:
+            try:
+                return parse(body)
+            except Exception:  # a parser must never take the router down with it
+                return EngineLoad(healthy=True, source=f"{path}: unreadable")
+    return EngineLoad(healthy=True, source=f"{path}: not a load path for {kind}")

@@ -1,0 +1,587 @@
+"""The router backend: one Backend in front of several engines, sending each chat to one of them.
+
+The choice itself is :func:`autotune.backends.routing.choose_upstream` (pure); this module does
+the I/O around it: it counts autotune's requests in flight per upstream, reads each engine's
+load through :mod:`autotune.backends.metrics_adapters`, discovers the models an upstream serves
+when the config does not list them, fails a request over to another upstream when the chosen
+one refuses the connection or answers 5xx before the first token, and cools a failed upstream
+down until a background prober (started lazily inside the running event loop) finds it
+healthy again. A failure after the first token cannot be retried unseen and is passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from autotune.backends.base import (
+    Backend,
+    BackendError,
+    Capabilities,
+    ChatRequest,
+    Chunk,
+    EngineUnavailable,
+    ModelEntry,
+    ModelMeta,
+    ModelNotFound,
+    NotSupported,
+    RunningModel,
+    UpstreamError,
+)
+from autotune.backends.metrics_adapters import LOAD_PATHS, EngineLoad, parse_load
+from autotune.backends.router_config import RouterConfig, UpstreamConfig, load_router_config
+from autotune.backends.routing import (
+    Choice,
+    UpstreamView,
+    affinity_key,
+    choose_upstream,
+    external_load,
+    model_name_on,
+    servers_of,
+)
+
+__all__ = ["RouterBackend", "Upstream", "make_upstream_backend"]
+
+log = logging.getLogger(__name__)
+
+#: Conversations remembered for affinity; the least recently used are forgotten first.
+_MAX_PINS = 10_000
+
+#: Flags where one upstream's limit binds the whole router (any True makes it True).
+_ANY_FLAGS = ("context_change_reloads", "env_load_settings", "remote")
+
+
+def make_upstream_backend(config: UpstreamConfig, timeout: httpx.Timeout | None = None) -> Backend:
+    """The backend object for one upstream (no I/O)."""
+    api_key = config.resolved_api_key()
+    if config.kind == "ollama":
+        from autotune.backends.ollama import OllamaBackend
+
+        backend: Backend = OllamaBackend(config.url)
+        if api_key:  # e.g. an Ollama behind an authenticating proxy
+            backend._http.headers["Authorization"] = f"Bearer {api_key}"  # type: ignore[attr-defined]
+        backend.name = config.display_name
+        return backend
+    from autotune.backends.openai_compat import DEFAULT_TIMEOUT, OpenAICompatBackend
+
+    return OpenAICompatBackend(
+        config.url,
+        name=config.display_name,
+        api_key=api_key,
+        kind=config.kind,
+        timeout=timeout or DEFAULT_TIMEOUT,
+    )
+
+
+@dataclasses.dataclass
+class Upstream:
+    """One engine behind the router and everything the router knows about it right now."""
+
+    config: UpstreamConfig
+    backend: Backend
+    #: Models discovered from the engine (when the config lists none); None until known.
+    discovered: frozenset[str] | None = None
+    discovered_at: float = 0.0
+    load: EngineLoad = dataclasses.field(default_factory=EngineLoad)
+    load_at: float = 0.0
+    in_flight: int = 0
+    in_flight_at_scrape: int = 0
+    down: bool = False
+    down_since: float | None = None  # unix seconds, for display
+    down_at: float = 0.0  # monotonic, of the latest failure
+    retry_at: float = 0.0
+    last_error: str | None = None
+    last_pick: int = 0
+    served: int = 0
+    failed: int = 0
+    failovers_from: int = 0
+    _discovery: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.display_name
+
+    @property
+    def models(self) -> frozenset[str] | None:
+        if self.config.models is not None:
+            return frozenset(self.config.models)
+        return self.discovered
+
+    def view(self) -> UpstreamView:
+        return UpstreamView(
+            name=self.name,
+            models=self.models,
+            weight=self.config.weight,
+            in_flight=self.in_flight,
+            external=external_load(self.load, self.in_flight_at_scrape),
+            available=not self.down,
+            last_pick=self.last_pick,
+        )
+
+    def state(self) -> dict[str, Any]:
+        """A plain dict for ``/health``, ``autotune ps`` and the dashboard."""
+        return {
+            "name": self.name,
+            "url": self.config.url,
+            "kind": self.config.kind,
+            "state": "down" if self.down else "up",
+            "weight": self.config.weight,
+            "models": sorted(self.models) if self.models is not None else None,
+            "in_flight": self.in_flight,
+            "waiting": self.load.waiting,
+            "running": self.load.running,
+            "kv_usage": self.load.kv_usage,
+            "prefix_hit_rate": self.load.prefix_hit_rate,
+            "load_source": self.load.source or None,
+            "served": self.served,
+            "failed": self.failed,
+            "last_error": self.last_error,
+            "down_since": self.down_since,
+        }
+
+
+def _transport_detail(exc: BaseException) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused"
+    return type(exc).__name__
+
+
+def _retryable(exc: BackendError) -> bool:
+    """Before the first token, these failures leave the request unanswered: try elsewhere."""
+    return isinstance(exc, EngineUnavailable) or exc.status >= 500
+
+
+def _combined_capabilities(backends: list[Backend]) -> Capabilities:
+    """What autotune may do through the router: a feature only when every upstream has it, a
+    constraint (reloads, remote) when any upstream has it."""
+    fields = [f.name for f in dataclasses.fields(Capabilities)]
+    values: dict[str, Any] = {}
+    for name in fields:
+        if name == "concurrency":
+            values[name] = sum(b.capabilities.concurrency for b in backends)
+            continue
+        flags = [bool(getattr(b.capabilities, name)) for b in backends]
+        values[name] = any(flags) if name in _ANY_FLAGS else all(flags)
+    return Capabilities(**values)
+
+
+class RouterBackend(Backend):
+    """Routes each chat to one of several upstream engines (see the module docstring)."""
+
+    name = "router"
+    start_hint = "Start the engines listed in the router config, or fix their URLs."
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        source: str | None = None,
+    ) -> None:
+        self.config = config
+        self.source = source
+        timeout = httpx.Timeout(600.0, connect=config.connect_timeout)
+        self.upstreams: list[Upstream] = [
+            Upstream(u, make_upstream_backend(u, timeout)) for u in config.upstreams
+        ]
+        self._by_name = {u.name: u for u in self.upstreams}
+        self.capabilities = _combined_capabilities([u.backend for u in self.upstreams])
+        self.base_url = ", ".join(u.config.url for u in self.upstreams)
+        self._pins: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._picks = itertools.count(1)
+        self._http: httpx.AsyncClient | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._monitor_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        #: Requests that moved to another upstream after a failure before their first token.
+        self.failovers = 0
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RouterBackend:
+        """A router for the upstreams in a YAML/TOML file (validated; no I/O beyond reading)."""
+        return cls(load_router_config(path), source=str(path))
+
+    # ------------------------------------------------------------------ state
+
+    def upstream_states(self) -> list[dict[str, Any]]:
+        """Each upstream's state as a dict (name, url, kind, up/down, load, counters)."""
+        return [u.state() for u in self.upstreams]
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/backends`` shows for the router."""
+        return {
+            "name": self.name,
+            "engine": "router",
+            "config": self.source,
+            "remote": self.capabilities.remote,
+            "upstreams": self.upstream_states(),
+        }
+
+    async def health(self) -> bool:
+        """True when at least one upstream answers (each is checked now)."""
+        self._ensure_monitor()
+        results = await asyncio.gather(
+            *(self._refresh_load(u) for u in self.upstreams), return_exceptions=True
+        )
+        return any(r is True for r in results)
+
+    # ------------------------------------------------------------------ models
+
+    async def list_models(self) -> list[ModelEntry]:
+        self._ensure_monitor()
+        await self._discover_all(force=False)
+        names: dict[str, None] = {}
+        for upstream in self.upstreams:
+            for model in sorted(upstream.models or ()):
+                names.setdefault(model, None)
+        return [ModelEntry(name=n, backend=self.name) for n in names]
+
+    async def running_models(self) -> list[RunningModel]:
+        async def one(upstream: Upstream) -> list[RunningModel]:
+            if upstream.down or not upstream.backend.capabilities.running_models:
+                return []
+            try:
+                running = await upstream.backend.running_models()
+            except BackendError:
+                return []
+            for entry in running:
+                entry.backend = self.name
+                entry.settings = {**entry.settings, "upstream": upstream.name}
+            return running
+
+        lists = await asyncio.gather(*(one(u) for u in self.upstreams))
+        return [r for rs in lists for r in rs]
+
+    async def model_meta(self, model: str) -> ModelMeta:
+        await self._discover_all(force=False)
+        for view in servers_of(model, [u.view() for u in self.upstreams]):
+            upstream = self._by_name[view.name]
+            try:
+                meta = await upstream.backend.model_meta(model_name_on(view.models, model) or model)
+            except BackendError:  # not supported there, or that engine is away: ask the next
+                continue
+            return dataclasses.replace(meta, name=model)
+        raise NotSupported("No upstream of the router can describe this model.")
+
+    async def tokenize(self, model: str, text: str) -> list[int]:
+        upstream, name = await self._any_server(model)
+        return await upstream.backend.tokenize(name, text)
+
+    async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        upstream, name = await self._any_server(model)
+        return await upstream.backend.embed(name, texts)
+
+    async def _any_server(self, model: str) -> tuple[Upstream, str]:
+        await self._discover_all(force=False)
+        choice = choose_upstream(model, [u.view() for u in self.upstreams])
+        if choice is None:
+            raise self._no_upstream(model, [])
+        return self._by_name[choice.upstream], choice.model
+
+    def _needs_discovery(self, upstream: Upstream) -> bool:
+        if upstream.config.models is not None or upstream.down:
+            return False  # a down upstream is listed again when the prober finds it back
+        if upstream.discovered is None:
+            return True
+        return time.monotonic() - upstream.discovered_at >= self.config.models_refresh
+
+    async def _discover_all(self, *, force: bool) -> None:
+        pending = [u for u in self.upstreams if force or self._needs_discovery(u)]
+        if pending:
+            await asyncio.gather(*(self._discover(u, force=force) for u in pending))
+
+    async def _discover(self, upstream: Upstream, *, force: bool) -> None:
+        """List the models of an upstream whose config names none (one listing at a time)."""
+        if upstream.config.models is not None:
+            return
+        if not force and not self._needs_discovery(upstream):
+            return
+        task = upstream._discovery
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            upstream._discovery = asyncio.ensure_future(self._list(upstream))
+        await asyncio.shield(upstream._discovery)
+
+    async def _list(self, upstream: Upstream) -> None:
+        try:
+            entries = await upstream.backend.list_models()
+        except EngineUnavailable as exc:
+            self._mark_down(upstream, str(exc.message))
+            return
+        except BackendError as exc:
+            upstream.last_error = str(exc)
+            return
+        upstream.discovered = frozenset(e.name for e in entries if e.name)
+        upstream.discovered_at = time.monotonic()
+
+    # ------------------------------------------------------------------ chat
+
+    def _pin_for(self, key: str | None) -> str | None:
+        if key is None:
+            return None
+        pinned = self._pins.get(key)
+        if pinned is None:
+            return None
+        name, at = pinned
+        if time.monotonic() - at > self.config.affinity_ttl:
+            self._pins.pop(key, None)
+            return None
+        return name
+
+    def _pin(self, key: str | None, upstream: Upstream) -> None:
+        if key is None:
+            return
+        self._pins[key] = (upstream.name, time.monotonic())
+        self._pins.move_to_end(key)
+        while len(self._pins) > _MAX_PINS:
+            self._pins.popitem(last=False)
+
+    def _choose(self, model: str, key: str | None, tried: set[str]) -> Choice | None:
+        views = [u.view() for u in self.upstreams]
+        choice = choose_upstream(
+            model,
+            views,
+            pinned=self._pin_for(key),
+            exclude=tried,
+            max_imbalance=self.config.affinity_max_imbalance,
+        )
+        if choice is not None:
+            return choice
+        # Every upstream for this model is down: one whose cool-down has run out gets a
+        # chance now rather than at the prober's next round.
+        now = time.monotonic()
+        due = [
+            dataclasses.replace(v, available=True)
+            for v, u in zip(views, self.upstreams, strict=True)
+            if u.down and now >= u.retry_at and u.name not in tried
+        ]
+        return choose_upstream(model, due) if due else None
+
+    def _no_upstream(self, model: str, errors: list[str]) -> BackendError:
+        views = [u.view() for u in self.upstreams]
+        serving = servers_of(model, views)
+        if not serving:
+            if any(u.models is None for u in self.upstreams):
+                unknown = [u.name for u in self.upstreams if u.models is None]
+                return EngineUnavailable(
+                    f"No upstream of the router is known to serve {model!r}; the models of "
+                    f"{', '.join(unknown)} are not known yet (not reachable).",
+                    hint=self.start_hint,
+                )
+            import difflib
+
+            known = sorted({m for v in views for m in (v.models or ())})
+            return ModelNotFound(model, difflib.get_close_matches(model, known, n=3, cutoff=0.4))
+        detail = "; ".join(errors) or ", ".join(
+            f"{v.name} ({self._by_name[v.name].last_error or 'down'})" for v in serving
+        )
+        return EngineUnavailable(
+            f"Every upstream that serves {model!r} is down: {detail}.",
+            hint=f"They are probed every {self.config.probe_interval:g} s and used again once "
+            "they answer.",
+        )
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        self._ensure_monitor()
+        await self._discover_all(force=False)
+        key = self._affinity_key(request) if self.config.affinity else None
+        tried: set[str] = set()
+        errors: list[str] = []
+        while True:
+            choice = self._choose(request.model, key, tried)
+            if choice is None:
+                raise self._no_upstream(request.model, errors)
+            upstream = self._by_name[choice.upstream]
+            tried.add(upstream.name)
+            upstream.last_pick = next(self._picks)
+            upstream.in_flight += 1
+            started = False
+            stream = upstream.backend.stream_chat(dataclasses.replace(request, model=choice.model))
+            try:
+                try:
+                    first = await stream.__anext__()
+                except StopAsyncIteration:
+                    error: BackendError = UpstreamError(
+                        502, "closed the stream without a reply", upstream.name
+                    )
+                    self._mark_down(upstream, str(error))
+                    errors.append(f"{upstream.name} ({error})")
+                    continue
+                except ModelNotFound:
+                    # Its model list was stale: forget it and let another upstream answer.
+                    upstream.discovered_at = 0.0
+                    if upstream.discovered is not None:
+                        upstream.discovered = upstream.discovered - {choice.model}
+                    errors.append(f"{upstream.name} (does not have {choice.model})")
+                    continue
+                except BackendError as exc:
+                    if not _retryable(exc):
+                        raise
+                    self._mark_down(upstream, str(exc))
+                    errors.append(f"{upstream.name} ({exc.message})")
+                    self.failovers += 1
+                    upstream.failovers_from += 1
+                    log.warning("router: %s failed before the first token: %s", upstream.name, exc)
+                    continue
+                started = True
+                self._pin(key, upstream)
+                yield self._tagged(first, upstream, choice)
+                async for chunk in stream:
+                    yield self._tagged(chunk, upstream, choice)
+                upstream.served += 1
+                return
+            except EngineUnavailable as exc:
+                if started:  # the engine went away mid-answer: cannot be retried unseen
+                    self._mark_down(upstream, str(exc))
+                raise
+            finally:
+                upstream.in_flight -= 1
+                with contextlib.suppress(Exception):
+                    await stream.aclose()  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _affinity_key(request: ChatRequest) -> str | None:
+        # A conversation id when the pipeline passes one (ChatRequest.conversation_id), else
+        # OpenAI's `prompt_cache_key` ("requests that share a prefix"), else a content hash.
+        conversation = getattr(request, "conversation_id", None) or request.params.get(
+            "prompt_cache_key"
+        )
+        return affinity_key(
+            request.messages, conversation if isinstance(conversation, str) else None
+        )
+
+    @staticmethod
+    def _tagged(chunk: Chunk, upstream: Upstream, choice: Choice) -> Chunk:
+        if chunk.stats is not None:
+            chunk.stats.raw["upstream"] = upstream.name
+            chunk.stats.raw["route"] = choice.reason
+        return chunk
+
+    # ------------------------------------------------------------------ health and load
+
+    def _mark_down(self, upstream: Upstream, reason: str) -> None:
+        now = time.monotonic()
+        if not upstream.down:
+            upstream.down_since = time.time()
+            log.warning("router: upstream %s is down: %s", upstream.name, reason)
+        upstream.down = True
+        upstream.down_at = now
+        upstream.failed += 1
+        upstream.last_error = reason
+        upstream.retry_at = now + self.config.cooldown
+        upstream.load = dataclasses.replace(upstream.load, healthy=False)
+        self._ensure_monitor()
+
+    def _mark_up(self, upstream: Upstream) -> None:
+        if upstream.down:
+            log.info("router: upstream %s is back", upstream.name)
+        upstream.down = False
+        upstream.down_since = None
+        upstream.last_error = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            seconds = self.config.metrics_timeout
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(seconds, connect=seconds))
+        return self._http
+
+    async def _read_load(self, upstream: Upstream) -> EngineLoad:
+        """The engine's load from its metrics paths, else a bare health verdict."""
+        api_key = upstream.config.resolved_api_key()
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        client = self._client()
+        root = upstream.config.url.removesuffix("/v1")
+        last = EngineLoad()
+        for path, _ in LOAD_PATHS.get(upstream.config.kind, ()):
+            try:
+                response = await client.get(root + path, headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                return EngineLoad(healthy=False, source=f"{path}: {_transport_detail(exc)}")
+            except httpx.HTTPError as exc:  # slow under load is not down: load unknown
+                return EngineLoad(healthy=None, source=f"{path}: {_transport_detail(exc)}")
+            last = parse_load(upstream.config.kind, path, response.status_code, response.text)
+            if last.known or last.loaded is not None:
+                return last
+        healthy = await upstream.backend.health()
+        return dataclasses.replace(last, healthy=healthy)
+
+    async def _refresh_load(self, upstream: Upstream) -> bool | None:
+        in_flight = upstream.in_flight
+        started = time.monotonic()
+        load = await self._read_load(upstream)
+        if upstream.down and upstream.down_at > started:
+            return False  # it failed a request while being read: this reading is stale
+        upstream.load = load
+        upstream.load_at = time.monotonic()
+        # The engine's counts include the requests autotune had there when it was read.
+        upstream.in_flight_at_scrape = max(in_flight, upstream.in_flight)
+        if load.healthy is True:
+            if upstream.down:
+                self._mark_up(upstream)
+                if upstream.config.models is None:
+                    await self._discover(upstream, force=True)
+        elif upstream.down:
+            upstream.retry_at = time.monotonic() + self.config.probe_interval
+        elif load.healthy is False:
+            self._mark_down(upstream, f"no answer ({load.source})")
+        return load.healthy
+
+    def _ensure_monitor(self) -> None:
+        """Start the background prober in the running loop (once per loop; never at import)."""
+        if self._closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._monitor is not None and not self._monitor.done() and self._monitor_loop is loop:
+            return
+        if self._monitor_loop is not loop:
+            self._http = None  # a client belongs to the loop it was made in
+        self._monitor_loop = loop
+        self._monitor = loop.create_task(self._monitor_loop_body(), name="autotune-router-monitor")
+
+    async def _monitor_loop_body(self) -> None:
+        """Reads every upstream's load each ``metrics_interval``; probes a down upstream once
+        its cool-down has run out, then every ``probe_interval``, until it answers."""
+        tick = min(self.config.probe_interval, self.config.metrics_interval)
+        while not self._closed:
+            now = time.monotonic()
+            due = []
+            for upstream in self.upstreams:
+                if upstream.down:
+                    if now >= upstream.retry_at:
+                        due.append(self._refresh_load(upstream))
+                elif now - upstream.load_at >= self.config.metrics_interval:
+                    due.append(self._refresh_load(upstream))
+                    if self._needs_discovery(upstream) and upstream.discovered is not None:
+                        due.append(self._discover(upstream, force=True))
+            if due:
+                results = await asyncio.gather(*due, return_exceptions=True)
+                for result in results:
+                    if isinstance(result, Exception):
+                        log.debug("router monitor: %r", result)
+            await asyncio.sleep(tick)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None and not monitor.done():
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await monitor
+        if self._http is not None:
+            with contextlib.suppress(RuntimeError):
+                await self._http.aclose()
+            self._http = None
+        await asyncio.gather(*(u.backend.aclose() for u in self.upstreams), return_exceptions=True)

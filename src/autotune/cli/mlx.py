@@ -1,0 +1,102 @@
+"""``autotune mlx pull|list|resolve``: MLX models on Apple Silicon, by their Ollama names."""
+
+from __future__ import annotations
+
+import platform
+
+import typer
+from rich.table import Table
+
+from autotune.backends.mlx_models import (
+    OLLAMA_TO_MLX,
+    is_apple_silicon,
+    local_mlx_models,
+    ollama_names_for,
+    resolve_mlx_repo,
+)
+from autotune.cli._common import console, fail, print_json, run
+from autotune.units import format_bytes
+
+__all__ = ["mlx_app", "register"]
+
+mlx_app = typer.Typer(
+    name="mlx",
+    help="MLX models on Apple Silicon: pull, list and resolve Ollama names to mlx-community.",
+    no_args_is_help=True,
+)
+
+
+@mlx_app.callback()
+def _needs_apple_silicon() -> None:
+    if not is_apple_silicon():
+        raise fail(
+            f"autotune mlx needs Apple Silicon (macOS on arm64); this machine is "
+            f"{platform.system()} {platform.machine()}."
+        )
+
+
+@mlx_app.command("resolve")
+def resolve(
+    name: str = typer.Argument(..., help="An Ollama name (qwen3:8b) or a repo id."),
+) -> None:
+    """Print the Hugging Face repo that stands for NAME."""
+    repo = resolve_mlx_repo(name)
+    if repo is None:
+        raise fail(
+            f"No MLX model is known for {name!r}.",
+            hint="Known names: " + ", ".join(sorted(OLLAMA_TO_MLX)) + "; or pass a repo id.",
+        )
+    typer.echo(repo)
+
+
+@mlx_app.command("list")
+def list_models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The MLX models in the Hugging Face cache, with the Ollama names they answer to."""
+    models = local_mlx_models()
+    if json_out:
+        print_json(
+            [
+                {
+                    "repo": m.repo,
+                    "names": ollama_names_for(m.repo),
+                    "size_bytes": m.size_bytes,
+                    "path": str(m.path),
+                }
+                for m in models
+            ]
+        )
+        return
+    if not models:
+        console.print("No MLX models yet. Get one with `autotune mlx pull qwen3:8b`.")
+        return
+    table = Table("repo", "Ollama names", "size")
+    for m in models:
+        table.add_row(m.repo, ", ".join(ollama_names_for(m.repo)), format_bytes(m.size_bytes))
+    console.print(table)
+
+
+@mlx_app.command("pull")
+def pull(name: str = typer.Argument(..., help="An Ollama name (qwen3:8b) or a repo id.")) -> None:
+    """Download the MLX model for NAME into the Hugging Face cache."""
+    from autotune.backends.mlx import MlxBackend
+
+    if resolve_mlx_repo(name) is None:
+        raise fail(
+            f"No MLX model is known for {name!r}.",
+            hint="Known names: " + ", ".join(sorted(OLLAMA_TO_MLX)) + "; or pass a repo id.",
+        )
+
+    async def go() -> None:
+        backend = MlxBackend()
+        try:
+            async for step in backend.pull(name):
+                console.print(step.status)
+        finally:
+            await backend.aclose()
+
+    run(go)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``autotune mlx`` to the main command."""
+    app.add_typer(mlx_app, name="mlx")

@@ -1,0 +1,311 @@
+"""The router backend over real HTTP on 127.0.0.1 against fake vLLM-like upstreams.
+
+vLLM cannot run here (no GPU), so ``tests/fakes/router_upstream.py`` answers with vLLM's
+documented shapes (``/health``, ``/v1/models``, ``vllm:`` metrics, streamed chunks, its 404
+``The model `x` does not exist.``) and fails on demand: 5xx before the first token, a
+connection cut after the first token, unreadable metrics. The real-engine version of these
+tests (three llama.cpp servers) is ``tests/integration/test_router.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autotune.backends.base import (
+    BackendError,
+    ChatRequest,
+    EngineUnavailable,
+    ModelNotFound,
+    UpstreamError,
+)
+from autotune.backends.registry import make_backend, open_backends
+from autotune.backends.router import RouterBackend
+from autotune.backends.router_config import parse_router_config
+from autotune.config import Settings
+from fakes.router_upstream import FakeUpstream, vllm_metrics
+from fakes.server import Swappable, closed_port_url, serve
+
+MODEL = "qwen3:8b"
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[list[tuple[Swappable, str]]]:
+    """Three HTTP servers on 127.0.0.1 whose app each test swaps for fresh fakes."""
+    apps = [Swappable(), Swappable(), Swappable()]
+    with serve(apps[0]) as a, serve(apps[1]) as b, serve(apps[2]) as c:
+        yield list(zip(apps, [a, b, c], strict=True))
+
+
+def make_router(
+    hosts: list[tuple[Swappable, str]],
+    fakes: list[FakeUpstream],
+    *,
+    models: list[list[str] | None] | None = None,
+    **options: Any,
+) -> RouterBackend:
+    upstreams = []
+    for i, fake in enumerate(fakes):
+        swap, url = hosts[i]
+        swap.app = fake.app
+        entry: dict[str, Any] = {"name": fake.name, "url": url, "kind": "vllm"}
+        listed = models[i] if models is not None else [MODEL]
+        if listed is not None:
+            entry["models"] = listed
+        upstreams.append(entry)
+    config = {
+        "upstreams": upstreams,
+        "cooldown": 0.05,
+        "probe_interval": 0.05,
+        "metrics_interval": 60,
+        "connect_timeout": 2,
+        **options,
+    }
+    return RouterBackend(parse_router_config(config, "test"), source="test")
+
+
+def request(text: str = "Hi", **params: Any) -> ChatRequest:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+    return ChatRequest(MODEL, messages, {"max_tokens": 4, **params})
+
+
+async def chat(router: RouterBackend, req: ChatRequest | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"chunks": 0, "text": "", "upstream": None, "route": None}
+    async for chunk in router.stream_chat(req or request()):
+        out["chunks"] += 1
+        for choice in chunk.data.get("choices") or ():
+            out["text"] += (choice.get("delta") or {}).get("content") or ""
+        if chunk.stats is not None:
+            out["upstream"] = chunk.stats.raw.get("upstream")
+            out["route"] = chunk.stats.raw.get("route")
+            out["cached"] = chunk.stats.cached_tokens
+    return out
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met within the test's time bound"
+        await asyncio.sleep(0.02)
+
+
+def state(router: RouterBackend, name: str) -> dict[str, Any]:
+    return next(s for s in router.upstream_states() if s["name"] == name)
+
+
+async def test_a_5xx_before_the_first_token_fails_over_and_cools_the_upstream_down(
+    hosts: list[tuple[Swappable, str]],
+) -> None:
+    a, b = FakeUpstream("a"), FakeUpstream("b")
+    a.mode, a.status = "error", 503
+    router = make_router(hosts, [a, b], cooldown=60)
+    try:
+        result = await chat(router)
+        assert (result["upstream"], result["text"]) == ("b", "from b")
+        assert (a.chats, b.chats, router.failovers) == (1, 1, 1)
+        down = state(router, "a")
+        assert down["state"] == "down" and "engine overloaded" in down["last_error"]
+        # While it cools down, nothing is sent to it.
+        await chat(router, request("other"))
+        assert a.chats == 1
+    finally:
+        await router.aclose()
+
+
+async def test_a_refused_connection_fails_over(hosts: list[tuple[Swappable, str]]) -> None:
+    b = FakeUpstream("b")
+    hosts[1][0].app = b.app
+    config = {
+        "upstreams": [
+            {"name": "gone", "url": closed_port_url(), "kind": "vllm", "models": [MODEL]},
+            {"name": "b", "url": hosts[1][1], "kind": "vllm", "models": [MODEL]},
+        ],
+        "cooldown": 60,
+    }
+    router = RouterBackend(parse_router_config(config))
+    try:
+        assert (await chat(router))["upstream"] == "b"
+        assert state(router, "gone")["state"] == "down"
+        assert "connection refused" in state(router, "gone")["last_error"]
+        assert (await chat(router))["upstream"] == "b"
+    finally:
+        await router.aclose()
+
+
+async def test_a_failure_after_the_first_token_is_passed_on_not_retried(
+    hosts: list[tuple[Swappable, str]],
+) -> None:
+    a, b = FakeUpstream("a"), FakeUpstream("b")
+    a.mode = "drop"
+    router = make_router(hosts, [a, b])
+    seen = 0
+    try:
+        with pytest.raises(EngineUnavailable):
+            async for _chunk in router.stream_chat(request()):
+                seen += 1
+        assert seen >= 1  # the client already had part of the answer
+        assert b.chats == 0  # a retry would have sent it a second, different answer
+        assert state(router, "a")["state"] == "down"
+        assert state(router, "a")["in_flight"] == 0
+    finally:
+        await router.aclose()
+
+
+async def test_a_client_error_is_not_retried_elsewhere(hosts: list[tuple[Swappable, str]]) -> None:
+    a, b = FakeUpstream("a"), FakeUpstream("b")
+    a.mode, a.status = "error", 400
+    router = make_router(hosts, [a, b])
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await chat(router)
+        assert caught.value.status == 400
+        assert (a.chats, b.chats) == (1, 0)
+        assert state(router, "a")["state"] == "up"
+    finally:
+        await router.aclose()
+
+
+async def test_every_upstream_down_names_them(hosts: list[tuple[Swappable, str]]) -> None:
+    a, b = FakeUpstream("a"), FakeUpstream("b")
+    a.mode = b.mode = "error"
+    router = make_router(hosts, [a, b], cooldown=60)
+    try:
+        with pytest.raises(EngineUnavailable) as caught:
+            await chat(router)
+        assert "Every upstream that serves 'qwen3:8b' is down" in caught.value.message
+        assert "a (" in caught.value.message and "b (" in caught.value.message
+    finally:
+        await router.aclose()
+
+
+async def test_a_down_upstream_is_probed_back_to_health(
+    hosts: list[tuple[Swappable, str]],
+) -> None:
+    a, b = FakeUpstream("a"), FakeUpstream("b")
+    a.mode, a.healthy = "error", False
+    router = make_router(hosts, [a, b])
+    try:
+        assert (await chat(router))["upstream"] == "b"
+        assert state(router, "a")["state"] == "down"
+        # Probed every 0.05 s: while /health and /metrics say 503 it stays down.
+        await asyncio.sleep(0.3)
+        assert state(router, "a")["state"] == "down"
+        assert a.chats == 1
+        a.mode, a.healthy = "ok", True  # the engine is back
+        await until(lambda: state(router, "a")["state"] == "up")
+        served = {(await chat(router, request(f"q{i}")))["upstream"] for i in range(4)}
+        assert "a" in served
+    finally:
+        await router.aclose()
+
+
+async def test_unknown_model_and_stale_model_lists(hosts: list[tuple[Swappable, str]]) -> None:
+    a, b = FakeUpstream("a", ["qwen3:8b"]), FakeUpstream("b", ["qwen3:8b"])
+    router = make_router(hosts, [a, b], models=[None, None])  # both discovered
+    try:
+        with pytest.raises(ModelNotFound) as caught:
+            await chat(router, ChatRequest("qwen3:7b", [{"role": "user", "content": "x"}]))
+        assert caught.value.suggestions == ["qwen3:8b"]
+        assert [m.name for m in await router.list_models()] == ["qwen3:8b"]
+        a.models = ["llama3.2:latest"]  # a no longer has it; its listing says otherwise
+        results = [await chat(router, request(f"n{i}")) for i in range(3)]
+        assert {r["upstream"] for r in results} == {"b"}
+        assert state(router, "a")["state"] == "up"  # a stale list is no reason to cool down
+    finally:
+        await router.aclose()
+
+
+async def test_garbage_metrics_are_unknown_load_and_real_ones_steer(
+    hosts: list[tuple[Swappable, str]],
+) -> None:
+    a, b, c = FakeUpstream("a"), FakeUpstream("b"), FakeUpstream("c")
+    a.metrics_text = "<html>502 Bad Gateway</html>"
+    b.metrics_text = vllm_metrics(MODEL, running=4, waiting=9)  # busy with other clients
+    router = make_router(hosts, [a, b, c])
+    try:
+        assert await router.health() is True
+        states = {s["name"]: s for s in router.upstream_states()}
+        assert states["a"]["state"] == "up"
+        assert (states["a"]["running"], states["a"]["waiting"]) == (None, None)
+        assert (states["b"]["running"], states["b"]["waiting"]) == (4.0, 9.0)
+        assert states["b"]["kv_usage"] == 0.25
+        served = [(await chat(router, request(f"m{i}")))["upstream"] for i in range(4)]
+        assert "b" not in served  # 13 requests of others' beat our 0–1 in flight
+        assert set(served) == {"a", "c"}
+    finally:
+        await router.aclose()
+
+
+async def test_a_conversation_sticks_by_prompt_or_id(hosts: list[tuple[Swappable, str]]) -> None:
+    a, b = FakeUpstream("a"), FakeUpstream("b")
+    router = make_router(hosts, [a, b])
+    try:
+        first = await chat(router, request("topic one"))
+        again = await chat(router, request("topic one"))
+        assert first["upstream"] == again["upstream"]
+        assert (first["route"], again["route"]) == ("least busy", "affinity")
+        other = await chat(router, request("topic two"))
+        assert other["upstream"] != first["upstream"]  # idle upstreams are taken in turn
+        # OpenAI's prompt_cache_key (or a conversation id) overrides the content hash.
+        keyed = [await chat(router, request(f"q{i}", prompt_cache_key="conv-9")) for i in range(3)]
+        assert len({k["upstream"] for k in keyed}) == 1
+        req = request("whatever")
+        req.conversation_id = "conv-9"  # type: ignore[attr-defined]
+        assert (await chat(router, req))["upstream"] == keyed[0]["upstream"]
+    finally:
+        await router.aclose()
+
+
+async def test_affinity_off_spreads_a_conversation(hosts: list[tuple[Swappable, str]]) -> None:
+    a, b = FakeUpstream("a"), FakeUpstream("b")
+    router = make_router(hosts, [a, b], affinity=False)
+    try:
+        served = {(await chat(router, request("same")))["upstream"] for _ in range(4)}
+        assert served == {"a", "b"}
+    finally:
+        await router.aclose()
+
+
+async def test_state_running_models_and_description(hosts: list[tuple[Swappable, str]]) -> None:
+    a, b = FakeUpstream("a", ["qwen3:8b"]), FakeUpstream("b", ["llama3.2:latest"])
+    router = make_router(hosts, [a, b], models=[None, None])
+    try:
+        running = await router.running_models()
+        assert sorted((r.name, r.settings["upstream"]) for r in running) == [
+            ("llama3.2:latest", "b"),
+            ("qwen3:8b", "a"),
+        ]
+        assert all(r.backend == "router" for r in running)
+        described = router.describe()
+        assert described["name"] == "router" and described["config"] == "test"
+        assert [u["name"] for u in described["upstreams"]] == ["a", "b"]
+        keys = set(described["upstreams"][0])
+        assert {"state", "in_flight", "waiting", "running", "kv_usage", "prefix_hit_rate"} <= keys
+        assert router.capabilities.running_models is True
+        assert router.capabilities.remote is False
+    finally:
+        await router.aclose()
+
+
+async def test_registry_builds_the_router_from_settings(tmp_path: Path) -> None:
+    file = tmp_path / "router.yaml"
+    file.write_text("upstreams:\n  - url: http://127.0.0.1:9/\n    kind: llamacpp\n")
+    settings = Settings(home=tmp_path, router_config=file)
+    backends = await open_backends(settings)
+    try:
+        assert backends.order == ["router"]
+        assert isinstance(backends.primary, RouterBackend)
+    finally:
+        await backends.aclose()
+    with pytest.raises(BackendError) as caught:
+        make_backend("router", Settings(home=tmp_path))
+    assert "AUTOTUNE_ROUTER_CONFIG" in str(caught.value)
+    file.write_text("upstreams:\n  - url: http://127.0.0.1:9/\n    kind: llamacpp\n    x: 1\n")
+    with pytest.raises(BackendError) as bad:
+        make_backend("router", settings)
+    assert "upstreams[0].x: unknown key" in bad.value.message
