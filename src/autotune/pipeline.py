@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
+import json
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -40,12 +43,23 @@ from autotune.backends.base import (
 from autotune.backends.registry import BackendSet
 from autotune.config import Settings
 from autotune.context.tokens import TokenEstimator
+from autotune.context.window import CompactionState, ContextOverflow, ContextWindow
 from autotune.hardware.profile import safety_reserve
 from autotune.hardware.sampler import Sampler
 from autotune.server.queue import AdmissionQueue
 from autotune.store.conversations import ConversationStore
 from autotune.tuning.os_tune import gc_paused
-from autotune.tuning.planner import MemoryState, Plan, PlanInput, TunedSettings, context_need, plan
+from autotune.tuning.planner import (
+    CONTEXT_MARGIN,
+    DEFAULT_OUTPUT_RESERVE,
+    Decision,
+    MemoryState,
+    Plan,
+    PlanInput,
+    TunedSettings,
+    context_need,
+    plan,
+)
 from autotune.tuning.profiles import Profile, get_profile
 
 __all__ = ["ChatInput", "ChatRun", "Pipeline", "RunRecord"]
@@ -53,8 +67,6 @@ __all__ = ["ChatInput", "ChatRun", "Pipeline", "RunRecord"]
 Observer = Callable[["RunRecord"], Awaitable[None] | None]
 #: Returns measured load-time settings for (backend, model, profile), or None.
 TunedLookup = Callable[[str, str, str], TunedSettings | None]
-#: Fits messages into a token limit, keeping the prompt prefix stable (see autotune.context).
-ContextFitter = Callable[[str, list[dict[str, Any]], int], list[dict[str, Any]]]
 
 
 @dataclass
@@ -237,7 +249,7 @@ class Pipeline:
         observers: list[Observer] | None = None,
         threads: int | None = None,
         tuned: TunedLookup | None = None,
-        fitter: ContextFitter | None = None,
+        window: ContextWindow | None = None,
     ) -> None:
         self.backends = backends
         self.settings = settings
@@ -247,9 +259,14 @@ class Pipeline:
         )
         self.sampler = sampler or Sampler()
         self.observers: list[Observer] = list(observers or [])
+        #: Called with a conversation id after its turn is stored (memory indexing hooks here).
+        self.after_store: list[Callable[[str], None]] = []
         self.threads = threads
         self.tuned = tuned
-        self.fitter = fitter
+        #: Fits long conversations into the context, keeping the prompt prefix cache-stable.
+        self.window = window if window is not None else ContextWindow()
+        #: The last compaction per conversation: between compactions only appends happen.
+        self._compaction: OrderedDict[str, CompactionState] = OrderedDict()
         self.tokens = TokenEstimator()
         #: The sticky load settings per (engine, model): the context never shrinks while loaded.
         self.sticky: dict[tuple[str, str], LoadSettings] = {}
@@ -287,12 +304,16 @@ class Pipeline:
         record.queue_ms = (time.monotonic() - queued_at) * 1000
         started = time.monotonic()
         try:
-            the_plan, messages = await self._plan(backend, name, profile, inp.params, messages)
+            the_plan, messages = await self._plan(
+                backend, name, profile, inp.params, messages, conv_id
+            )
             record.plan = the_plan.summary()
             record.decisions = [asdict(d) for d in the_plan.decisions]
             record.n_ctx = the_plan.context_limit
             params = {**the_plan.params, **inp.params}  # the client's own values win
-            request = ChatRequest(name, messages, params, the_plan.load, the_plan.keep_alive)
+            request = ChatRequest(
+                name, messages, params, the_plan.load, the_plan.keep_alive, conversation_id=conv_id
+            )
             stream = backend.stream_chat(request)
             try:
                 first = [await stream.__anext__()]
@@ -365,6 +386,7 @@ class Pipeline:
         profile: Profile,
         params: Mapping[str, Any],
         messages: list[dict[str, Any]],
+        conversation_id: str | None = None,
     ) -> tuple[Plan, list[dict[str, Any]]]:
         meta = await self._model_meta(backend, model)
         key = (backend.name, model)
@@ -391,10 +413,68 @@ class Pipeline:
         if the_plan.refused:
             raise InsufficientMemory(the_plan.refused)
         limit = the_plan.context_limit
-        if self.fitter is not None and limit is not None:
-            output = int(max_tokens) if max_tokens else 0
-            messages = self.fitter(model, messages, max(256, limit - output))
+        if self.window is not None and limit is not None:
+            messages = await self._fit(
+                backend, model, messages, limit, max_tokens, conversation_id, the_plan
+            )
         return the_plan, messages
+
+    async def _fit(
+        self,
+        backend: Backend,
+        model: str,
+        messages: list[dict[str, Any]],
+        limit: int,
+        max_tokens: Any,
+        conversation_id: str | None,
+        the_plan: Plan,
+    ) -> list[dict[str, Any]]:
+        """Fit the conversation into the context with the cache-stable window."""
+        assert self.window is not None
+        reserve = int(max_tokens) if max_tokens else DEFAULT_OUTPUT_RESERVE
+        budget = max(256, limit - reserve - CONTEXT_MARGIN)
+        if self.tokens.count(model, messages) > budget // 2:
+            await self._learn_counts(backend, model, messages)  # exact counts matter from here
+        key = conversation_id or _conversation_key(backend.name, model, messages)
+        state = self._compaction.get(key)
+        try:
+            result = self.window.fit(
+                messages, budget, lambda ms: self.tokens.count(model, ms), state
+            )
+        except ContextOverflow as exc:
+            raise InvalidRequest(
+                f"The newest message needs about {exc.needed} tokens, but only {exc.budget} "
+                f"fit in the {limit}-token context after the reply's {reserve}.",
+                param="messages",
+            ) from None
+        if result.state is not None:
+            self._compaction[key] = result.state
+            self._compaction.move_to_end(key)
+            while len(self._compaction) > 1000:
+                self._compaction.popitem(last=False)
+        else:
+            self._compaction.pop(key, None)
+        how = "compacted now" if result.compacted else "append-only"
+        the_plan.decisions.append(
+            Decision("context", result.tier, f"{how}: {result.tokens} of {budget} prompt tokens")
+        )
+        return result.messages
+
+    async def _learn_counts(
+        self, backend: Backend, model: str, messages: list[dict[str, Any]]
+    ) -> None:
+        """Exact per-message token counts from the engine's tokenizer, when it has one loaded."""
+        if not backend.capabilities.tokenize:
+            return
+        texts = self.tokens.unknown(model, messages)
+        if len(texts) > 64:
+            return  # a long history seen for the first time: the estimate will do this once
+        for text in texts:
+            try:
+                tokens = await backend.tokenize(model, text)
+            except BackendError:
+                return  # not loaded yet: estimate this time
+            self.tokens.learn(model, text, len(tokens))
 
     async def _model_meta(self, backend: Backend, model: str) -> ModelMeta | None:
         key = (backend.name, model)
@@ -462,12 +542,14 @@ class Pipeline:
                 reply["tool_calls"] = [run.tool_calls[i] for i in sorted(run.tool_calls)]
             if record.completion_tokens:
                 reply["tokens"] = record.completion_tokens
-            self._spawn(
-                asyncio.to_thread(
-                    self.store.append, run.conversation_id, [*run._new_messages, reply]
-                )
-            )
+            self._spawn(self._store_turn(run.conversation_id, [*run._new_messages, reply]))
         self._notify(record)
+
+    async def _store_turn(self, conversation_id: str, messages: list[dict[str, Any]]) -> None:
+        assert self.store is not None
+        await asyncio.to_thread(self.store.append, conversation_id, messages)
+        for hook in self.after_store:
+            hook(conversation_id)
 
     def _notify(self, record: RunRecord) -> None:
         self.recent.append(record)
@@ -484,6 +566,14 @@ class Pipeline:
         task = asyncio.ensure_future(awaitable)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _conversation_key(engine: str, model: str, messages: list[dict[str, Any]]) -> str:
+    """A key for a client that resends its whole history: its system prompt and first turn."""
+    head = [m for m in messages if m.get("role") in ("system", "developer")][:1]
+    head += [m for m in messages if m.get("role") == "user"][:1]
+    digest = hashlib.sha1(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{engine}:{model}:{digest[:16]}"
 
 
 def _same_turns(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:

@@ -8,8 +8,9 @@ engine's fields through faithfully; the last chunk carries the engine's own timi
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ __all__ = [
     "Capabilities",
     "ChatRequest",
     "Chunk",
+    "EngineEvent",
     "EngineStats",
     "EngineUnavailable",
     "InsufficientMemory",
@@ -161,6 +163,10 @@ class Capabilities:
     tools: bool = True
     #: The engine runs on another machine: no local memory planning applies.
     remote: bool = False
+    #: The backend reports its own load/reload/unload events through ``on_event``.
+    engine_events: bool = False
+    #: Requests the engine(s) behind this backend can run at once (a router: one per upstream).
+    concurrency: int = 1
 
 
 @dataclass
@@ -249,6 +255,8 @@ class ChatRequest:
     params: dict[str, Any] = field(default_factory=dict)
     load: LoadSettings | None = None
     keep_alive: float | None = None  # seconds; negative = forever; None = engine default
+    #: The conversation this turn belongs to, when known (a router keeps it on one engine).
+    conversation_id: str | None = None
 
 
 @dataclass
@@ -271,6 +279,16 @@ class EngineStats:
         if self.completion_tokens and self.decode_ms:
             return self.completion_tokens / (self.decode_ms / 1000)
         return None
+
+
+@dataclass
+class EngineEvent:
+    """Something notable an engine did: ``load``, ``reload``, ``unload``, ``unexpected_unload``."""
+
+    kind: str
+    model: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -301,6 +319,8 @@ class Backend(ABC):
     capabilities: Capabilities = Capabilities()
     #: One sentence on how to start this engine, used in "engine unavailable" errors.
     start_hint: str = ""
+    #: Called with every :class:`EngineEvent` the backend notices (telemetry subscribes).
+    on_event: Callable[[EngineEvent], None] | None = None
 
     @abstractmethod
     async def health(self) -> bool:

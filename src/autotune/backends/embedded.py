@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import re
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -33,31 +30,24 @@ from autotune.backends.base import (
     Capabilities,
     ChatRequest,
     Chunk,
+    EngineEvent,
     InsufficientMemory,
     LoadSettings,
     ModelEntry,
     ModelLoadError,
     ModelMeta,
+    NotSupported,
     RunningModel,
     UnsupportedOption,
 )
 from autotune.backends.openai_compat import OpenAICompatBackend
+from autotune.backends.worker_process import start_worker, stop_worker
 from autotune.units import format_bytes
 
-__all__ = ["EmbeddedBackend", "EngineEvent"]
+__all__ = ["EmbeddedBackend", "EngineEvent"]  # EngineEvent re-exported from .base
 
 #: What one model may use when no plan says otherwise: the trained context, capped.
 DEFAULT_N_CTX = 4096
-
-
-@dataclass
-class EngineEvent:
-    """Something notable the engine did: ``load``, ``reload``, ``unload``, ``unexpected_unload``."""
-
-    kind: str
-    model: str
-    detail: dict[str, Any] = field(default_factory=dict)
-    at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -123,6 +113,7 @@ class EmbeddedBackend(Backend):
         running_models=True,
         keep_alive=True,
         unload=True,
+        engine_events=True,
     )
 
     def __init__(
@@ -235,8 +226,12 @@ class EmbeddedBackend(Backend):
             worker.last_used = time.monotonic()
 
     async def tokenize(self, model: str, text: str) -> list[int]:
-        worker, _ = await self._ensure(model, None, None)
-        return await worker.client.tokenize(model, text)
+        """Tokens from the loaded model's own tokenizer; never loads a model just to count."""
+        meta = await self.model_meta(model)
+        worker = self._workers.get(meta.name)
+        if worker is None or not worker.alive():
+            raise NotSupported(f"{meta.name} is not loaded; its tokenizer is not at hand.")
+        return await worker.client.tokenize(meta.name, text)
 
     # ------------------------------------------------------------------ load / unload
 
@@ -364,35 +359,10 @@ class EmbeddedBackend(Backend):
         return worker
 
     def _spawn(self, spec: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
-        log = subprocess.DEVNULL
+        log = None
         if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec["alias"])
-            log = open(self.log_dir / f"engine-{safe}.log", "ab")  # noqa: SIM115 (child owns it)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "autotune.backends.engine_worker", json.dumps(spec)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            start_new_session=True,  # Ctrl-C in a terminal chat must not kill the engine
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        if log is not subprocess.DEVNULL:
-            log.close()
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode(errors="replace").strip()
-        try:
-            reply = json.loads(line) if line else {"error": f"exited with code {proc.wait()}"}
-        except json.JSONDecodeError:
-            reply = {"error": line[:200]}
-        if "url" not in reply:
-            _terminate(proc)
-            raise ModelLoadError(
-                f"The embedded engine could not load {spec['alias']} ({spec['path']}): "
-                f"{reply.get('error')}.",
-                hint="Check that the file is a complete GGUF of an architecture llama.cpp knows.",
-            )
-        return proc, reply["url"]
+            log = self.log_dir / f"engine-{re.sub(r'[^A-Za-z0-9_.-]+', '_', spec['alias'])}.log"
+        return start_worker(spec, log)
 
     async def _supports_tools(self, url: str) -> bool:
         try:
@@ -407,7 +377,7 @@ class EmbeddedBackend(Backend):
 
     async def _stop(self, worker: _Worker) -> None:
         await worker.client.aclose()
-        await asyncio.to_thread(_terminate, worker.proc)
+        await asyncio.to_thread(stop_worker, worker.proc)
 
     async def _reap_dead(self) -> None:
         for name, worker in list(self._workers.items()):
@@ -446,23 +416,3 @@ def _diff(old: LoadSettings, new: LoadSettings) -> str:
     return ", ".join(
         f"{k} {a.get(k)}→{b.get(k)}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
     )
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    """Close the worker's stdin (it exits on EOF), then escalate if it lingers."""
-    if proc.poll() is None and proc.stdin is not None:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()

@@ -44,10 +44,12 @@ def build_params(spec: dict[str, Any]) -> Any:
     p.model.path = spec["path"]
     p.model_alias = {spec["alias"]}
     n_parallel = int(spec.get("n_parallel") or 1)
-    # llama-server splits -c across its slots (seen: n_ctx 512 with 2 slots gives 256 each),
-    # unlike Ollama, which multiplies; autotune's n_ctx is per conversation, so multiply here.
-    p.n_ctx = int(spec["n_ctx"]) * n_parallel
-    p.n_parallel = n_parallel
+    if spec.get("n_ctx"):
+        # llama-server splits -c across its slots (seen: n_ctx 512 with 2 slots gives 256 each),
+        # unlike Ollama, which multiplies; autotune's n_ctx is per conversation: multiply here.
+        p.n_ctx = int(spec["n_ctx"]) * n_parallel
+        p.n_parallel = n_parallel
+    # else: llama.cpp's own defaults (n_ctx 0 = the trained context, fitted to free memory)
     if spec.get("n_batch"):
         p.n_batch = int(spec["n_batch"])
     if spec.get("n_ubatch"):

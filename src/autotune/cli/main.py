@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from autotune import __version__
 from autotune.backends.base import BackendError
-from autotune.cli import hardware, models, serve
+from autotune.cli import chat, hardware, mlx, models, proof, recall, serve, telemetry, tune
 from autotune.cli._common import err_console
 
 __all__ = ["app", "main"]
@@ -38,7 +38,7 @@ def _root(
         "--backend",
         "-b",
         envvar="AUTOTUNE_BACKEND",
-        help="Engine to use: auto, embedded, ollama, lmstudio, llamacpp or openai.",
+        help="Engine: auto, embedded, ollama, lmstudio, llamacpp, openai, router, mlx or hf.",
         show_default="auto",
     ),
     version: bool = typer.Option(
@@ -51,6 +51,12 @@ def _root(
 hardware.register(app)
 models.register(app)
 serve.register(app)
+telemetry.register(app)
+chat.register(app)
+proof.register(app)
+mlx.register(app)
+tune.register(app)
+recall.register(app)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from autotune.backends.base import BackendError
 from autotune.hardware.pressure import pressure_tier
@@ -81,11 +81,17 @@ async def running_models(request: Request) -> dict[str, Any]:
 
 
 @router.get("/api/requests")
-async def recent_requests(request: Request, limit: int = 50) -> dict[str, Any]:
+async def recent_requests(request: Request, limit: int = Query(50, ge=1, le=200)) -> dict[str, Any]:
     """The latest requests' telemetry (no prompt text), newest first."""
-    limit = max(1, min(limit, 200))
     recent = request.app.state.pipeline.recent[-limit:]
     return {"requests": [r.as_dict() for r in reversed(recent)]}
+
+
+@router.get("/api/events")
+async def events(request: Request, limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
+    """Notable engine events (loads, reloads, unexpected unloads, swap growth, slow tokens)."""
+    rows = await asyncio.to_thread(request.app.state.telemetry.events, limit)
+    return {"events": rows}
 
 
 @router.get("/metrics")

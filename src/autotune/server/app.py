@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,15 +11,13 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from autotune import __version__
-from autotune.backends.registry import BackendSet, open_backends
+from autotune.backends.registry import BackendSet
 from autotune.config import Settings, get_settings
-from autotune.pipeline import Pipeline
-from autotune.server import admin, conversations_api, openai
+from autotune.runtime import open_runtime
+from autotune.server import admin, conversations_api, dashboard, openai
 from autotune.server.errors import install_error_handlers
 from autotune.server.metrics import Metrics
 from autotune.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from autotune.store.conversations import ConversationStore
-from autotune.store.db import Database
 
 __all__ = ["create_app", "is_loopback"]
 
@@ -41,33 +38,22 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from autotune.hardware.profile import detect_hardware
-
-        engines = backends or await open_backends(settings)
-        hardware = await asyncio.to_thread(detect_hardware)
-        db = await asyncio.to_thread(Database, settings.db_path)
-        store = ConversationStore(db)
-        pipeline = Pipeline(
-            engines, settings, store=store, threads=settings.threads or hardware.physical_cores
-        )
+        runtime = await open_runtime(settings, backends=backends)
+        pipeline = runtime.pipeline
         metrics = Metrics(pipeline.queue, lambda: pipeline.sampler.latest.ram_used_fraction)
         pipeline.observers.append(metrics.observe)
-        for extra in app.state.extra_observers:
-            pipeline.observers.append(extra(db))
-        pipeline.sampler.start()
+        app.state.runtime = runtime
         app.state.settings = settings
         app.state.pipeline = pipeline
-        app.state.store = store
-        app.state.db = db
+        app.state.store = runtime.store
+        app.state.db = runtime.db
+        app.state.telemetry = runtime.telemetry
         app.state.metrics = metrics
-        app.state.hardware = hardware
+        app.state.hardware = runtime.hardware
         try:
             yield
         finally:
-            await pipeline.sampler.stop()
-            await pipeline.close()
-            await engines.aclose()
-            db.close()
+            await runtime.aclose()
 
     app = FastAPI(
         title="autotune",
@@ -75,11 +61,11 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
         description="OpenAI-compatible API in front of local LLM engines, tuned for them.",
         lifespan=lifespan,
     )
-    app.state.extra_observers = []
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(conversations_api.router)
+    app.include_router(dashboard.router)
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(

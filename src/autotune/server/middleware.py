@@ -8,6 +8,7 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from autotune.server.dashboard import is_public_dashboard_request
 from autotune.server.errors import error_body
 
 __all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware"]
@@ -39,7 +40,9 @@ class ApiKeyMiddleware:
         self.expected = f"Bearer {api_key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        # The dashboard's page files hold no data: a browser must load them before it can
+        # send the key; every data fetch they make still needs it.
+        if scope["type"] != "http" or is_public_dashboard_request(scope):
             await self.app(scope, receive, send)
             return
         given = dict(scope.get("headers") or []).get(b"authorization", b"")

@@ -35,4 +35,108 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX conversations_by_update ON conversations (updated_at DESC);
         """,
     ),
+    (
+        2,
+        "telemetry",
+        """
+        CREATE TABLE runs (
+            id                TEXT PRIMARY KEY,
+            started_at        REAL NOT NULL,
+            model             TEXT,
+            backend           TEXT,
+            profile           TEXT,
+            source            TEXT,
+            status            TEXT,
+            error             TEXT,
+            conversation_id   TEXT,
+            plan              TEXT,
+            decisions         TEXT,  -- JSON list of {key, value, reason}
+            queue_ms          REAL,
+            ttft_ms           REAL,
+            total_ms          REAL,
+            prompt_tokens     INTEGER,
+            cached_tokens     INTEGER,
+            completion_tokens INTEGER,
+            prompt_ms         REAL,
+            decode_ms         REAL,
+            load_ms           REAL,
+            tokens_per_s      REAL,
+            reloaded          INTEGER,
+            n_ctx             INTEGER,
+            ram_before        INTEGER,
+            ram_after         INTEGER,
+            ram_peak_fraction REAL,
+            swap_delta        INTEGER,
+            engine_timings    TEXT   -- JSON: the engine's own counters
+        );
+        CREATE INDEX runs_by_time ON runs (started_at DESC);
+        CREATE TABLE events (
+            id      INTEGER PRIMARY KEY,
+            at      REAL NOT NULL,
+            kind    TEXT NOT NULL,
+            model   TEXT,
+            run_id  TEXT,
+            detail  TEXT   -- JSON
+        );
+        CREATE INDEX events_by_time ON events (at DESC);
+        """,
+    ),
+    (
+        3,
+        "recall",
+        """
+    CREATE TABLE IF NOT EXISTS message_vectors (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id  INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        model       TEXT NOT NULL,            -- the embedder's name, e.g. minilm:all-MiniLM-L6-v2
+        dim         INTEGER NOT NULL,
+        vector      BLOB NOT NULL,            -- dim little-endian float32, L2-normalised
+        created_at  REAL NOT NULL,
+        UNIQUE (message_id, model)
+    );
+    CREATE INDEX IF NOT EXISTS message_vectors_by_model ON message_vectors (model, message_id);
+    CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
+        content,
+        content='messages',
+        content_rowid='id',
+        tokenize='porter unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    END;
+    CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+    END;
+    CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+        DELETE FROM message_vectors
+            WHERE message_id = old.id AND (new.id != old.id OR new.content != old.content);
+    END;
+    INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
+        """,
+    ),
+    (
+        4,
+        "tuning",
+        """
+        CREATE TABLE tuning (
+            backend              TEXT NOT NULL,
+            model                TEXT NOT NULL,
+            profile              TEXT NOT NULL,
+            settings             TEXT NOT NULL,  -- JSON: n_threads, n_batch, n_ubatch, flash_attn
+            prefill_tps          REAL,
+            decode_tps           REAL,
+            rss_bytes            INTEGER,
+            baseline_prefill_tps REAL,
+            baseline_decode_tps  REAL,
+            defaults_best        INTEGER NOT NULL,
+            trials               INTEGER NOT NULL,
+            measured_at          REAL NOT NULL,
+            PRIMARY KEY (backend, model, profile)
+        );
+        """,
+    ),
 ]

@@ -141,6 +141,9 @@ class Plan:
             )
         for key, value in sorted(self.env_advice.items()):
             parts.append(f"advise {key}={value}")
+        tier = next((d for d in reversed(self.decisions) if d.key == "context"), None)
+        if tier is not None:
+            parts.append(f"context={tier.value}")
         ctx_reason = next(
             (d.reason.split(":", 1)[0] for d in reversed(self.decisions) if d.key == "ctx"), None
         )

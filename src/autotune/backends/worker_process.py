@@ -1,0 +1,73 @@
+"""Starts and stops engine worker processes: the parent side of :mod:`.engine_worker`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from autotune.backends.base import ModelLoadError
+
+__all__ = ["start_worker", "stop_worker"]
+
+
+def start_worker(
+    spec: dict[str, Any], log_path: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a worker for ``spec`` (path, alias, launch settings); returns (process, base URL).
+
+    Blocks until the model is loaded. Raises :class:`ModelLoadError` when it cannot load.
+    A spec without ``n_ctx`` leaves every launch setting at llama.cpp's own default.
+    """
+    log: Any = subprocess.DEVNULL
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")  # noqa: SIM115 (the child writes to it; closed below)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autotune.backends.engine_worker", json.dumps(spec)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        start_new_session=True,  # Ctrl-C in a terminal chat must not kill the engine
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    if log is not subprocess.DEVNULL:
+        log.close()
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode(errors="replace").strip()
+    try:
+        reply = json.loads(line) if line else {"error": f"exited with code {proc.wait()}"}
+    except json.JSONDecodeError:
+        reply = {"error": line[:200]}
+    if "url" not in reply:
+        stop_worker(proc)
+        raise ModelLoadError(
+            f"The embedded engine could not load {spec.get('alias')} ({spec.get('path')}): "
+            f"{reply.get('error')}.",
+            hint="Check that the file is a complete GGUF of an architecture llama.cpp knows.",
+        )
+    return proc, str(reply["url"])
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """Close the worker's stdin (it exits on EOF), then escalate if it lingers."""
+    if proc.poll() is None and proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()

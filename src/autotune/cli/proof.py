@@ -1,0 +1,199 @@
+"""``autotune proof``: the raw engine and autotune side by side on this machine, honestly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from autotune.bench.proof import SCENARIOS, ProofResult
+from autotune.cli._common import console, err_console, print_json, run
+from autotune.config import get_settings
+from autotune.serialize import to_jsonable
+from autotune.units import format_bytes
+
+__all__ = ["register", "result_rows"]
+
+_HEADER = [
+    "scenario",
+    "side",
+    "TTFT median ms",
+    "TTFT p90 ms",
+    "prefill median ms",
+    "load median ms",
+    "tok/s median",
+    "cached",
+    "context",
+    "KV cache",
+    "engine RSS",
+    "errors",
+]
+
+
+def _f(stats: dict[str, float], key: str = "median", fmt: str = "{:.1f}") -> str:
+    value = stats.get(key)
+    return "—" if value is None else fmt.format(value)
+
+
+def result_rows(result: ProofResult) -> list[list[str]]:
+    """One row per scenario and side, for the table and the Markdown report."""
+    rows = []
+    for s in result.scenarios:
+        for side in ("raw", "autotune"):
+            f = getattr(s, side)
+            rows.append(
+                [
+                    s.name,
+                    "raw engine" if side == "raw" else "autotune",
+                    _f(f.ttft_ms),
+                    _f(f.ttft_ms, "p90"),
+                    _f(f.prefill_ms),
+                    _f(f.load_ms),
+                    _f(f.decode_tps),
+                    "—" if f.cached_share is None else f"{f.cached_share:.0%}",
+                    str(f.n_ctx or "—"),
+                    format_bytes(f.kv_bytes),
+                    format_bytes(f.rss_bytes),
+                    str(f.errors),
+                ]
+            )
+    return rows
+
+
+def _markdown(result: ProofResult) -> str:
+    lines = [
+        f"# autotune proof: {result.model}",
+        "",
+        f"Engine: {result.engine}. {result.runs} runs per scenario, raw and autotune interleaved.",
+        f"Raw engine settings (from the engine): {json.dumps(result.raw_settings)}.",
+        f"autotune settings (its plan): {json.dumps(result.autotune_settings)}.",
+        "",
+        "| " + " | ".join(_HEADER) + " |",
+        "|" + "---|" * len(_HEADER),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in result_rows(result)]
+    lines += ["", "## Verdicts", ""]
+    lines += [f"- **{s.name}** ({s.description}): {s.verdict}" for s in result.scenarios]
+    if result.guard:
+        lines += [
+            "",
+            "## What the memory guard does (pure planner decisions for this model)",
+            "",
+            "| case | RAM used | available | context | KV | batch | refused |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for g in result.guard:
+            lines.append(
+                f"| {g['case']} | {g['ram_used']:.0%} | {format_bytes(g['available_bytes'])} | "
+                f"{g['n_ctx']} | {g['kv']} | {g['batch'] or 'default'} | "
+                f"{'yes: ' + g['refused'] if g['refused'] else 'no'} |"
+            )
+    lines += [
+        "",
+        f"Swap used before/after: {format_bytes(result.swap_before)} / "
+        f"{format_bytes(result.swap_after)}.",
+    ]
+    lines += [f"- {n}" for n in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+def proof(
+    ctx: typer.Context,
+    model: str = typer.Option(None, "--model", "-m", help="Model to prove on (default: bundled)."),
+    runs: int = typer.Option(3, "--runs", "-r", min=1, max=50, help="Runs per scenario."),
+    scenario: list[str] = typer.Option(
+        None, "--scenario", help=f"Only these scenarios ({', '.join(SCENARIOS)}); repeatable."
+    ),
+    with_cold: bool = typer.Option(False, "--with-cold", help="Add a cold-start scenario."),
+    with_noswap: bool = typer.Option(
+        False, "--with-noswap", help="Add swap figures and what the guard does at each tier."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    report: Path = typer.Option(
+        None, "--report", help="Write JSON, a Markdown table and PNG charts to this folder."
+    ),
+) -> None:
+    """Measure the raw engine and autotune side by side, per scenario, on this machine."""
+    from autotune.bench.proof import run_proof
+    from autotune.runtime import open_runtime
+
+    unknown = [s for s in scenario or [] if s not in SCENARIOS]
+    if unknown:
+        raise typer.BadParameter(f"unknown scenario {unknown[0]!r}; choose from {list(SCENARIOS)}")
+    settings = get_settings()
+    model = model or settings.default_model
+    requested = (ctx.obj or {}).get("backend") or "embedded"
+
+    async def job() -> ProofResult:
+        runtime = await open_runtime(settings, backend=requested)
+        try:
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("starting the raw engine…", total=None)
+
+                def progress(label: str, done: int, total: int) -> None:
+                    bar.update(task, description=label, completed=done, total=total)
+
+                return await run_proof(
+                    runtime,
+                    model,
+                    runs=runs,
+                    scenarios=scenario or None,
+                    with_cold=with_cold,
+                    with_noswap=with_noswap,
+                    progress=progress,
+                )
+        finally:
+            await runtime.aclose()
+
+    result = run(job)
+    data = to_jsonable(result)
+    if report is not None:
+        from autotune.bench.charts import write_charts
+
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "proof.json").write_text(json.dumps(data, indent=2) + "\n")
+        (report / "proof.md").write_text(_markdown(result))
+        charts = write_charts(result, report)
+        err_console.print(f"report: {report / 'proof.md'}, {', '.join(str(c) for c in charts)}")
+    if json_out:
+        print_json(data)
+        return
+    table = Table(
+        title=f"autotune proof — {result.model}, {result.runs} runs", title_justify="left"
+    )
+    for col in _HEADER:
+        table.add_column(col, justify="left" if col in ("scenario", "side") else "right")
+    for row in result_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    for s in result.scenarios:
+        console.print(f"• [bold]{s.name}[/]: {s.verdict}")
+    if result.guard:
+        console.print("Memory guard (planner decisions for this model):")
+        for g in result.guard:
+            what = (
+                f"refuses: {g['refused']}"
+                if g["refused"]
+                else (f"context {g['n_ctx']}, KV {g['kv']}, batch {g['batch'] or 'default'}")
+            )
+            console.print(
+                f"  {g['case']:>11} (RAM {g['ram_used']:.0%} used, "
+                f"{format_bytes(g['available_bytes'])} free): {what}"
+            )
+    console.print(
+        f"Swap before/after: {format_bytes(result.swap_before)} / {format_bytes(result.swap_after)}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("proof")(proof)

@@ -1,0 +1,149 @@
+"""Builds a running autotune (engines, database, stores, pipeline, telemetry) in one place.
+
+``autotune serve``, ``chat``, ``run`` and ``proof`` all start from :func:`open_runtime`, so
+they share one wiring and one pipeline; nothing here runs at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from autotune.backends.base import EngineEvent
+from autotune.backends.registry import BackendSet, open_backends
+from autotune.config import Settings, get_settings
+from autotune.hardware.profile import HardwareProfile, detect_hardware
+from autotune.pipeline import Pipeline, RunRecord
+from autotune.recall.embed import default_embedder
+from autotune.recall.manager import RecallManager
+from autotune.store.conversations import ConversationStore
+from autotune.store.db import Database
+from autotune.store.telemetry import TelemetryStore, derive_events
+from autotune.store.tuning import TuningStore
+
+__all__ = ["Runtime", "open_runtime"]
+
+
+@dataclass
+class Runtime:
+    """Everything one autotune process uses; close it with :meth:`aclose`."""
+
+    settings: Settings
+    backends: BackendSet
+    db: Database
+    store: ConversationStore
+    telemetry: TelemetryStore
+    tuning: TuningStore
+    pipeline: Pipeline
+    hardware: HardwareProfile
+    #: Searchable memory of past conversations (semantic when an embedder is installed).
+    recall: RecallManager | None = None
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _indexing: bool = False
+
+    async def aclose(self) -> None:
+        await self.pipeline.sampler.stop()
+        await self.pipeline.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.backends.aclose()
+        self.db.close()
+
+    # -- telemetry wiring: writes go to a thread so the event loop never waits on SQLite
+
+    def _write(self, fn: Any, *args: Any) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            with contextlib.suppress(Exception):
+                fn(*args)
+            return
+        task = loop.create_task(asyncio.to_thread(fn, *args))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def on_run(self, record: RunRecord) -> None:
+        self._write(self._store_run, record)
+
+    def _store_run(self, record: RunRecord) -> None:
+        self.telemetry.record_run(record)
+        backend = self.backends.get(record.backend)
+        engine_reports = backend is not None and backend.capabilities.engine_events
+        for event in derive_events(record, self.telemetry.rules, engine_reports=engine_reports):
+            self.telemetry.record_event(event, run_id=record.id)
+
+    def index_new_turns(self, conversation_id: str) -> None:
+        """Embed freshly stored turns in the background (one indexing pass at a time)."""
+        if self.recall is None or self._indexing:
+            return
+        self._indexing = True
+
+        async def index() -> None:
+            try:
+                assert self.recall is not None
+                await self.recall.aindex_pending()
+            except Exception:  # memory indexing must never break a chat
+                pass
+            finally:
+                self._indexing = False
+
+        self._spawn(index())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def on_engine_event(self, event: EngineEvent) -> None:
+        self._write(self.telemetry.record_event, event)
+
+
+async def open_runtime(
+    settings: Settings | None = None,
+    *,
+    backend: str | None = None,
+    backends: BackendSet | None = None,
+    start_sampler: bool = True,
+    index_turns: bool = False,
+) -> Runtime:
+    """Probe the engines, open the database and build the pipeline with telemetry attached.
+
+    ``index_turns`` embeds each stored turn for semantic recall right away (the terminal
+    chat). The server leaves it off: full-text search is kept current by SQLite triggers,
+    and loading an embedding model (~5 s, hundreds of MiB) has no place in its request path;
+    ``autotune recall search`` embeds what is pending when it runs.
+    """
+    settings = settings or get_settings()
+    engines = backends or await open_backends(settings, requested=backend)
+    hardware = await asyncio.to_thread(detect_hardware)
+    db = await asyncio.to_thread(Database, settings.db_path)
+    store = ConversationStore(db)
+    telemetry = TelemetryStore(db)
+    tuning = TuningStore(db)
+    pipeline = Pipeline(
+        engines,
+        settings,
+        store=store,
+        threads=settings.threads or hardware.physical_cores,
+        tuned=tuning.lookup,  # measured settings from `autotune tune`, when stored
+    )
+    if "max_concurrent" not in settings.model_fields_set:
+        # Left at its default: let as many requests through as the engines can run at once
+        # (one for a single engine, one per upstream behind a router).
+        pipeline.queue.max_concurrent = max(
+            settings.max_concurrent,
+            max(e.capabilities.concurrency for e in engines.backends.values()),
+        )
+    recall = RecallManager(db, default_embedder())
+    runtime = Runtime(settings, engines, db, store, telemetry, tuning, pipeline, hardware, recall)
+    if index_turns:
+        pipeline.after_store.append(runtime.index_new_turns)
+    pipeline.observers.append(runtime.on_run)
+    for engine in engines.backends.values():
+        if engine.capabilities.engine_events and engine.on_event is None:
+            engine.on_event = runtime.on_engine_event
+    if start_sampler:
+        pipeline.sampler.start()
+    return runtime
