@@ -44,7 +44,7 @@ __all__ = ["Chat", "ChatOptions", "FitCheck", "SlashCompleter", "run_chat"]
 #: ``(model, profile) → None`` when a load is safe, else one sentence with the numbers.
 FitCheck = Callable[[str, str], Awaitable[str | None]]
 
-_ENGINE_LABEL = {"embedded": "embedded llama.cpp, in-process"}
+_ENGINE_LABEL = {"embedded": "embedded llama.cpp (autotune-managed worker)"}
 _URL_SETTINGS = {
     "ollama": "ollama_url",
     "lmstudio": "lmstudio_url",
@@ -99,6 +99,8 @@ class Chat:
         self.interactive = interactive
         self.check_fit = check_fit
         self.state = _State()
+        #: Memories injected at this conversation's start, shown once with --verbose.
+        self._memories: list[Any] = []
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         # Interactive: everything on the terminal. Piped: replies alone on stdout, the rest on
@@ -360,13 +362,55 @@ class Chat:
             persist=True,
             source="chat",
         )
+        first = not await self._has_turns()
         await self._ensure_conversation()
+        if first:
+            await self._inject_memories(text)
         self.watcher.busy = True
         try:
             with _no_echo(self.interactive):
                 await self._guarded(self._reply(inp), "starting")
         finally:
             self.watcher.busy = False
+
+    async def _has_turns(self) -> bool:
+        s = self.state
+        if not s.stored:
+            return False
+        conv = await asyncio.to_thread(
+            self.runtime.store.get, s.conversation_id, with_messages=False
+        )
+        return conv is not None and conv.message_count > 0
+
+    async def _inject_memories(self, text: str) -> None:
+        """At a conversation's start, add relevant notes from earlier conversations.
+
+        They join this conversation's stored system prompt, so every later turn sends the
+        same prefix (the engine's prompt cache keeps working); ``--verbose`` shows them.
+        """
+        recall = getattr(self.runtime, "recall", None)
+        if recall is None or recall.embedder is None:
+            return
+        try:
+            await recall.aindex_pending()
+            memories = await recall.amemories_for(text, exclude=(self.state.conversation_id,))
+        except Exception as exc:  # memory must never stop a chat
+            self.info(f"memory unavailable: {type(exc).__name__}")
+            return
+        self._memories = memories
+        if not memories:
+            return
+        lines = [
+            f"- {m.title or 'untitled'} ({time.strftime('%Y-%m-%d', time.localtime(m.created_at))}"
+            f", conversation {m.conversation_id}): {m.snippet}"
+            for m in memories
+        ]
+        note = "Notes from earlier conversations that may be relevant:\n" + "\n".join(lines)
+        conv = await asyncio.to_thread(
+            self.runtime.store.get, self.state.conversation_id, with_messages=False
+        )
+        system = f"{conv.system}\n\n{note}" if conv is not None and conv.system else note
+        await self._ensure_conversation(system=system)
 
     async def _reply(self, inp: ChatInput) -> None:
         renderer = self._renderer()
@@ -412,7 +456,7 @@ class Chat:
 
     def _verbose(self, run: ChatRun) -> None:
         self.info(f"plan: {run.plan.summary()}")
-        memories = getattr(run, "memories", None) or []
+        memories, self._memories = self._memories, []
         for memory in memories:
             title = getattr(memory, "title", None) or getattr(memory, "conversation_id", "")
             snippet = getattr(memory, "snippet", "") or ""
@@ -539,7 +583,7 @@ class Chat:
         state = "available" if installed else "missing (run `make setup`)"
         use = " · in use" if "embedded" in order else ""
         mark = " · this chat" if self.state.engine == "embedded" else ""
-        self.say(f"  {'embedded':<9} llama.cpp in-process  {state}{use}{mark}")
+        self.say(f"  {'embedded':<9} llama.cpp (built in)  {state}{use}{mark}")
 
     async def _cmd_models(self, arg: str) -> None:
         from autotune.units import format_bytes

@@ -301,7 +301,9 @@ def chat(
     interactive = _interactive()
 
     async def job() -> int:
-        runtime = await open_runtime(settings, backend=(ctx.obj or {}).get("backend"))
+        runtime = await open_runtime(
+            settings, backend=(ctx.obj or {}).get("backend"), index_turns=True
+        )
         try:
             chosen = profile
             if chosen == "auto":
@@ -360,7 +362,9 @@ def run(
     interactive = _interactive()
 
     async def job() -> int:
-        runtime = await open_runtime(settings, backend=(ctx.obj or {}).get("backend"))
+        runtime = await open_runtime(
+            settings, backend=(ctx.obj or {}).get("backend"), index_turns=True
+        )
         try:
             backend, name = await runtime.backends.resolve(model)
             found = await preflight(runtime, name, profile, n_ctx=context)
