@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from autotune.backends.openai_compat import post_chat
 from autotune.backends.worker_process import start_worker, stop_worker
 from autotune.bench.report import write_results
 from autotune.config import Settings
@@ -68,15 +69,9 @@ def script(turns: int) -> list[tuple[str, str]]:
 
 async def ask_raw(http: httpx.AsyncClient, messages: list[dict[str, Any]]) -> dict[str, Any]:
     body = {"model": BUNDLED_NAME, "messages": messages, "max_tokens": 1, "temperature": 0}
-    for attempt in (1, 2):
-        try:
-            reply = await http.post("/v1/chat/completions", json=body)
-            reply.raise_for_status()
-            return dict(reply.json()["timings"])
-        except httpx.RemoteProtocolError:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    reply = await post_chat(http, "/v1/chat/completions", body)
+    reply.raise_for_status()
+    return dict(reply.json()["timings"])
 
 
 async def main_async(turns: int, window: int) -> dict[str, Any]:

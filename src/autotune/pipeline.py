@@ -46,6 +46,7 @@ from autotune.context.tokens import TokenEstimator
 from autotune.context.window import CompactionState, ContextOverflow, ContextWindow
 from autotune.hardware.profile import safety_reserve
 from autotune.hardware.sampler import Sampler
+from autotune.models.estimate import load_estimate
 from autotune.server.queue import AdmissionQueue
 from autotune.store.conversations import ConversationStore
 from autotune.tuning.os_tune import gc_paused
@@ -407,7 +408,7 @@ class Pipeline:
                 keep_alive=self.settings.keep_alive,
                 threads=self.threads,
                 tuned=self.tuned(backend.name, model, profile.name) if self.tuned else None,
-                estimator=_estimator if meta and meta.block_count else None,
+                estimator=load_estimate if meta and meta.block_count else None,
             )
         )
         if the_plan.refused:
@@ -583,18 +584,3 @@ def _same_turns(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
         return str(m.get("role")), text.strip()
 
     return all(norm(x) == norm(y) for x, y in zip(a, b, strict=False))
-
-
-def _estimator(meta: ModelMeta, settings: LoadSettings) -> int:
-    from autotune.models.estimate import estimate_memory
-
-    return estimate_memory(
-        meta,
-        settings.n_ctx,
-        cache_type_k=settings.cache_type_k or "f16",
-        cache_type_v=settings.cache_type_v or "f16",
-        n_parallel=settings.n_parallel,
-        n_batch=settings.n_batch or 2048,
-        n_ubatch=settings.n_ubatch or 512,
-        flash_attn=settings.flash_attn is not False,
-    ).total

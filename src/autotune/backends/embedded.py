@@ -74,19 +74,10 @@ class _Worker:
         )
 
 
-def _default_estimator(meta: ModelMeta, settings: LoadSettings) -> int:
-    from autotune.models.estimate import estimate_memory
+def _load_estimate(meta: ModelMeta, settings: LoadSettings) -> int:
+    from autotune.models.estimate import load_estimate
 
-    return estimate_memory(
-        meta,
-        settings.n_ctx,
-        cache_type_k=settings.cache_type_k or "f16",
-        cache_type_v=settings.cache_type_v or "f16",
-        n_parallel=settings.n_parallel,
-        n_batch=settings.n_batch or 2048,
-        n_ubatch=settings.n_ubatch or 512,
-        flash_attn=settings.flash_attn is not False,
-    ).total
+    return load_estimate(meta, settings)
 
 
 def _default_budget() -> int:
@@ -134,7 +125,7 @@ class EmbeddedBackend(Backend):
         self.log_dir = log_dir
         self.verbosity = verbosity
         self.nice = nice
-        self._estimator = estimator or _default_estimator
+        self._estimator = estimator or _load_estimate
         self.on_event = on_event
         self._workers: dict[str, _Worker] = {}
         self._meta: dict[str, ModelMeta] = {}

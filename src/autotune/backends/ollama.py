@@ -27,6 +27,7 @@ from autotune.backends.base import (
     UnsupportedOption,
     UpstreamError,
 )
+from autotune.backends.openai_compat import transport_detail
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -342,14 +343,6 @@ def _int_or_list(value: Any) -> int | list[int] | None:
     return int(value) if isinstance(value, (int, float)) else None
 
 
-def _transport_detail(exc: BaseException) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    if isinstance(exc, (httpx.ConnectError, ConnectionError)):
-        return "connection refused"
-    return type(exc).__name__
-
-
 class OllamaBackend(Backend):
     """Ollama through its native API, with one pooled official ``ollama.AsyncClient``."""
 
@@ -402,7 +395,7 @@ class OllamaBackend(Backend):
         except ollama.ResponseError as exc:
             raise self._error(exc.status_code, exc.error, model) from None
         except (ConnectionError, httpx.TransportError) as exc:
-            raise self.unavailable(_transport_detail(exc)) from None
+            raise self.unavailable(transport_detail(exc)) from None
 
     # ---------------------------------------------------------------- simple endpoints
 
@@ -418,7 +411,7 @@ class OllamaBackend(Backend):
         try:
             response = await self._http.get("/api/version", timeout=_HEALTH_TIMEOUT)
         except httpx.TransportError as exc:
-            raise self.unavailable(_transport_detail(exc)) from None
+            raise self.unavailable(transport_detail(exc)) from None
         if response.status_code != 200:
             raise UpstreamError(response.status_code, _error_text(response), ENGINE)
         return str(response.json().get("version", ""))
@@ -506,7 +499,7 @@ class OllamaBackend(Backend):
         except ollama.ResponseError as exc:
             raise self._error(exc.status_code, exc.error, model) from None
         except (ConnectionError, httpx.TransportError) as exc:
-            raise self.unavailable(_transport_detail(exc)) from None
+            raise self.unavailable(transport_detail(exc)) from None
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -539,7 +532,7 @@ class OllamaBackend(Backend):
                         writer.role_sent = True
                         yield Chunk(writer.chunk(delta))
         except httpx.TransportError as exc:
-            raise self.unavailable(_transport_detail(exc)) from None
+            raise self.unavailable(transport_detail(exc)) from None
         raise UpstreamError(502, "the reply ended before Ollama said it was done", ENGINE)
 
     def _final(self, writer: _ChunkWriter, part: Mapping[str, Any]) -> Chunk:

@@ -40,6 +40,8 @@ __all__ = [
     "OpenAICompatBackend",
     "capabilities_for",
     "engine_stats_from_chunk",
+    "post_chat",
+    "transport_detail",
 ]
 
 log = logging.getLogger(__name__)
@@ -158,10 +160,11 @@ def _is_remote(url: str) -> bool:
     return (urlsplit(url).hostname or "") not in _LOCAL_HOSTS
 
 
-def _transport_detail(exc: BaseException) -> str:
+def transport_detail(exc: BaseException) -> str:
+    """A few words on why a connection failed, for "engine unavailable" messages."""
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, (httpx.ConnectError, ConnectionError)):
         return "connection refused"
     return type(exc).__name__
 
@@ -199,6 +202,18 @@ def _error_message(response: httpx.Response) -> str:
 _LLAMACPP_REQUEST_FAULT = re.compile(
     r"input is not supported|Failed to parse messages|unsupported content", re.IGNORECASE
 )
+
+
+async def post_chat(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> httpx.Response:
+    """A non-streaming POST to a llama-server, retried once on a stale kept-alive connection
+    (see :meth:`OpenAICompatBackend._open_stream` for why that retry is safe)."""
+    for attempt in (1, 2):
+        try:
+            return await http.post(url, json=body)
+        except httpx.RemoteProtocolError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 class OpenAICompatBackend(Backend):
@@ -276,7 +291,7 @@ class OpenAICompatBackend(Backend):
         if all(isinstance(r, BaseException) for r in replies):
             first = next(r for r in replies if isinstance(r, BaseException))
             if isinstance(first, (httpx.TransportError, OSError)):
-                raise self.unavailable(_transport_detail(first))
+                raise self.unavailable(transport_detail(first))
             raise first
         props, lms_models, metrics, model_info = replies
         # llama-server: GET /props has default_generation_settings and total_slots.
@@ -321,7 +336,7 @@ class OpenAICompatBackend(Backend):
         try:
             response = await self._http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
-            raise self.unavailable(_transport_detail(exc)) from None
+            raise self.unavailable(transport_detail(exc)) from None
         if response.status_code >= 400:
             raise self._error_for(response, model)
         return response
@@ -422,7 +437,7 @@ class OpenAICompatBackend(Backend):
         try:
             response = await self._http.get(root + "/api/v1/models")
         except httpx.TransportError as exc:
-            raise self.unavailable(_transport_detail(exc)) from None
+            raise self.unavailable(transport_detail(exc)) from None
         if response.status_code == 404:
             return None
         if response.status_code >= 400:
@@ -577,7 +592,7 @@ class OpenAICompatBackend(Backend):
         try:
             reply = await self._open_stream(root + "/v1/chat/completions", body)
         except httpx.TransportError as exc:
-            raise self.unavailable(_transport_detail(exc)) from None
+            raise self.unavailable(transport_detail(exc)) from None
         try:
             if reply.status_code >= 400:
                 await reply.aread()
@@ -590,7 +605,7 @@ class OpenAICompatBackend(Backend):
             async for chunk in self._relay(EventSource(reply), loaded):
                 yield chunk
         except httpx.TransportError as exc:
-            raise self.unavailable(_transport_detail(exc)) from None
+            raise self.unavailable(transport_detail(exc)) from None
         finally:
             await reply.aclose()
 

@@ -39,6 +39,7 @@ from autotune.backends.base import (
     UpstreamError,
 )
 from autotune.backends.metrics_adapters import LOAD_PATHS, EngineLoad, parse_load
+from autotune.backends.openai_compat import transport_detail
 from autotune.backends.router_config import RouterConfig, UpstreamConfig, load_router_config
 from autotune.backends.routing import (
     Choice,
@@ -148,14 +149,6 @@ class Upstream:
             "last_error": self.last_error,
             "down_since": self.down_since,
         }
-
-
-def _transport_detail(exc: BaseException) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    if isinstance(exc, httpx.ConnectError):
-        return "connection refused"
-    return type(exc).__name__
 
 
 def _retryable(exc: BackendError) -> bool:
@@ -506,9 +499,9 @@ class RouterBackend(Backend):
             try:
                 response = await client.get(root + path, headers=headers)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-                return EngineLoad(healthy=False, source=f"{path}: {_transport_detail(exc)}")
+                return EngineLoad(healthy=False, source=f"{path}: {transport_detail(exc)}")
             except httpx.HTTPError as exc:  # slow under load is not down: load unknown
-                return EngineLoad(healthy=None, source=f"{path}: {_transport_detail(exc)}")
+                return EngineLoad(healthy=None, source=f"{path}: {transport_detail(exc)}")
             last = parse_load(upstream.config.kind, path, response.status_code, response.text)
             if last.known or last.loaded is not None:
                 return last

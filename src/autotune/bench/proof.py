@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 import psutil
 
-from autotune.backends.base import LoadSettings, ModelMeta
+from autotune.backends.base import ModelMeta
 from autotune.backends.worker_process import start_worker, stop_worker
 from autotune.bench.report import percentile
 from autotune.hardware.pressure import Tier
-from autotune.models.estimate import estimate_memory, kv_cache_bytes
+from autotune.models.estimate import estimate_memory, kv_cache_bytes, load_estimate
 from autotune.pipeline import ChatInput
 from autotune.runtime import Runtime
 from autotune.tuning.planner import MemoryState, PlanInput, context_need, plan
@@ -260,16 +260,6 @@ def guard_table(meta: ModelMeta, need_tokens: int = 3000) -> list[dict[str, Any]
     caps = EmbeddedBackend.capabilities
     full = estimate_memory(meta, 8192).total
 
-    def estimator(m: ModelMeta, s: LoadSettings) -> int:
-        return estimate_memory(
-            m,
-            s.n_ctx,
-            cache_type_k=s.cache_type_k or "f16",
-            cache_type_v=s.cache_type_v or "f16",
-            n_batch=s.n_batch or 2048,
-            n_ubatch=s.n_ubatch or 512,
-        ).total
-
     rows = []
     cases = [
         ("normal", Tier.NORMAL, 0.50, 16 * 1024**3),
@@ -287,7 +277,7 @@ def guard_table(meta: ModelMeta, need_tokens: int = 3000) -> list[dict[str, Any]
                 meta=meta,
                 need_tokens=need_tokens,
                 memory=MemoryState(available=available, used_fraction=used),
-                estimator=estimator,
+                estimator=load_estimate,
             )
         )
         rows.append(

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from autotune.backends.base import ModelMeta
+from autotune.backends.base import LoadSettings, ModelMeta
 from autotune.units import MiB
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "estimate_memory",
     "kv_bytes_per_token",
     "kv_cache_bytes",
+    "load_estimate",
     "padded_context",
     "weights_bytes",
 ]
@@ -320,3 +321,17 @@ def estimate_memory(
         ),
         overhead=OVERHEAD_BYTES,
     )
+
+
+def load_estimate(meta: ModelMeta, settings: LoadSettings) -> int:
+    """Total bytes a load with these :class:`LoadSettings` needs (engine defaults where unset)."""
+    return estimate_memory(
+        meta,
+        settings.n_ctx,
+        cache_type_k=settings.cache_type_k or "f16",
+        cache_type_v=settings.cache_type_v or "f16",
+        n_parallel=settings.n_parallel,
+        n_batch=settings.n_batch or 2048,
+        n_ubatch=settings.n_ubatch or 512,
+        flash_attn=settings.flash_attn is not False,
+    ).total

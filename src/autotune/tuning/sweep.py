@@ -18,6 +18,7 @@ import httpx
 import psutil
 
 from autotune.backends.base import ModelMeta
+from autotune.backends.openai_compat import post_chat
 from autotune.backends.worker_process import start_worker, stop_worker
 from autotune.tuning.calibrate import Candidate, Trial, apply, best, dimensions, is_better
 
@@ -84,15 +85,9 @@ async def _speed_tests(trial: Trial, url: str, pid: int) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=300) as http:
 
         async def ask(body: dict[str, object]) -> dict[str, float]:
-            for attempt in (1, 2):
-                try:
-                    reply = await http.post("/v1/chat/completions", json=body)
-                    reply.raise_for_status()
-                    return dict(reply.json()["timings"])
-                except httpx.RemoteProtocolError:
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
+            reply = await post_chat(http, "/v1/chat/completions", body)
+            reply.raise_for_status()
+            return dict(reply.json()["timings"])
 
         await ask({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
         prefill, decode = [], []
