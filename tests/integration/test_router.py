@@ -322,3 +322,20 @@ def test_autotune_serve_answers_through_the_router(
     )
     assert reply.choices[0].message.content
     assert reply.usage is not None and reply.usage.prompt_tokens > 0
+    health = httpx.get(server.url + "/health", timeout=30).json()
+    states = health["upstreams"]["router"]
+    assert {s["url"] for s in states} == {e.url for e in engines}
+    assert all(s["state"] == "up" for s in states) and sum(s["served"] for s in states) == 1
+
+    env = {**os.environ, "AUTOTUNE_ROUTER_CONFIG": str(config), "AUTOTUNE_PORT": "9"}
+    ps = subprocess.run(
+        [sys.executable, "-m", "autotune", "ps", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ps.returncode == 0, ps.stderr
+    shown = json.loads(ps.stdout)["upstreams"]
+    assert {u["url"] for u in shown} == {e.url for e in engines}
+    assert all(u["backend"] == "router" and u["state"] == "up" for u in shown)

@@ -355,6 +355,10 @@ class Backend(ABC):
     def pull(self, model: str) -> AsyncIterator[PullProgress]:
         raise NotSupported(f"{self.name} cannot pull models.")
 
+    def upstream_states(self) -> list[dict[str, Any]] | None:
+        """The engines behind this backend and their state (a router); None for one engine."""
+        return None
+
     async def set_priority(self, model: str, nice: int) -> str | None:
         """Set the OS priority of the process serving ``model``; None when it is not ours."""
         return None

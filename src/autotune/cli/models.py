@@ -201,6 +201,8 @@ def ps(
 ) -> None:
     """Show models loaded in memory across engines, including a running ``autotune serve``."""
 
+    upstreams: list[dict[str, Any]] = []
+
     async def job() -> tuple[list[RunningModel], dict[str, str]]:
         requested = (ctx.obj or {}).get("backend")
         explicit = requested not in (None, "auto")
@@ -210,6 +212,11 @@ def ps(
         try:
             for name in backends.order:
                 backend = backends.backends[name]
+                if backend.upstream_states() is not None:
+                    await backend.health()  # reads each upstream's state now
+                    upstreams.extend(
+                        {"backend": name, **u} for u in backend.upstream_states() or []
+                    )
                 if name == "embedded" or not backend.capabilities.running_models:
                     continue  # this process's embedded engine has loaded nothing
                 try:
@@ -225,8 +232,39 @@ def ps(
 
     models, errors = run(job)
     if json_out:
-        print_json({"models": to_jsonable(models), "errors": errors})
+        print_json({"models": to_jsonable(models), "errors": errors, "upstreams": upstreams})
         return
+    if upstreams:
+        utable = Table(title="Router upstreams", title_justify="left")
+        for col in (
+            "name",
+            "url",
+            "kind",
+            "state",
+            "running",
+            "waiting",
+            "KV used",
+            "cache hits",
+            "served",
+            "failed",
+        ):
+            utable.add_column(col)
+        for u in upstreams:
+            state = "[green]up[/]" if u["state"] == "up" else "[red]down[/]"
+            pct = lambda v: "—" if v is None else f"{v:.0%}"  # noqa: E731
+            utable.add_row(
+                u["name"],
+                u["url"],
+                u["kind"],
+                state,
+                str(u["running"] or "—"),
+                str(u["waiting"] or "—"),
+                pct(u["kv_usage"]),
+                pct(u["prefix_hit_rate"]),
+                str(u["served"]),
+                str(u["failed"]),
+            )
+        console.print(utable)
     if not models:
         console.print("No models are loaded.")
     else:

@@ -46,6 +46,11 @@ async def health(request: Request) -> dict[str, Any]:
         },
         "backends": reachable,
         "primary_backend": names[0],
+        "upstreams": {
+            n: ups
+            for n in names
+            if (ups := pipeline.backends.backends[n].upstream_states()) is not None
+        },
     }
 
 
