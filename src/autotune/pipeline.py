@@ -116,6 +116,7 @@ class RunRecord:
     ram_after: int | None = None
     ram_peak_fraction: float | None = None
     swap_delta: int | None = None
+    gpu_memory_peak: int | None = None
     engine_timings: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -537,6 +538,8 @@ class Pipeline:
             record.ram_after = last.ram_total - last.ram_available
             record.ram_peak_fraction = max(s.ram_used_fraction for s in window)
             record.swap_delta = last.swap_used - window[0].swap_used
+            gpu = [s.gpu_memory_used for s in window if s.gpu_memory_used is not None]
+            record.gpu_memory_peak = max(gpu) if gpu else None
         if status == "ok" and run._persist and run.conversation_id and self.store is not None:
             reply: dict[str, Any] = {"role": "assistant", "content": run.text}
             if run.tool_calls:

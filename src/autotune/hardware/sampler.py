@@ -1,4 +1,4 @@
-"""Live memory and CPU samples, taken by a background task so request handlers never block."""
+"""Live RAM, swap, CPU and GPU samples, taken by a background task so handlers never block."""
 
 from __future__ import annotations
 
@@ -21,11 +21,46 @@ class Sample:
     ram_used_fraction: float
     swap_used: int
     cpu_percent: float
+    #: Summed over NVIDIA GPUs when NVML answers; None without one.
+    gpu_memory_used: int | None = None
+    gpu_utilization: float | None = None
+
+
+class _Nvml:
+    """NVML handles, opened once; ``None`` readings when there is no driver or no GPU."""
+
+    def __init__(self) -> None:
+        self.handles: list[object] | None = None
+
+    def read(self) -> tuple[int | None, float | None]:
+        if self.handles is None:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                count = pynvml.nvmlDeviceGetCount()
+                self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            except Exception:  # no driver, no library: a CPU-only machine
+                self.handles = []
+        if not self.handles:
+            return None, None
+        import pynvml
+
+        try:
+            used = sum(int(pynvml.nvmlDeviceGetMemoryInfo(h).used) for h in self.handles)
+            util = [pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self.handles]
+        except Exception:
+            return None, None
+        return used, sum(util) / len(util)
+
+
+_nvml = _Nvml()
 
 
 def take_sample() -> Sample:
     vm = psutil.virtual_memory()
     swap = psutil.swap_memory()
+    gpu_used, gpu_util = _nvml.read()
     return Sample(
         at=time.time(),
         ram_total=int(vm.total),
@@ -33,6 +68,8 @@ def take_sample() -> Sample:
         ram_used_fraction=1.0 - vm.available / vm.total if vm.total else 0.0,
         swap_used=int(swap.used),
         cpu_percent=psutil.cpu_percent(interval=None),
+        gpu_memory_used=gpu_used,
+        gpu_utilization=gpu_util,
     )
 
 

@@ -67,6 +67,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             ram_after         INTEGER,
             ram_peak_fraction REAL,
             swap_delta        INTEGER,
+            gpu_memory_peak   INTEGER,
             engine_timings    TEXT   -- JSON: the engine's own counters
         );
         CREATE INDEX runs_by_time ON runs (started_at DESC);

@@ -41,6 +41,7 @@ _RUN_COLUMNS = (
     "ram_after",
     "ram_peak_fraction",
     "swap_delta",
+    "gpu_memory_peak",
     "engine_timings",
 )
 
