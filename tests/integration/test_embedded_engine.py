@@ -171,3 +171,21 @@ async def test_back_to_back_streams_survive_the_engine_closing_kept_alive_connec
         assert backend.loads[BUNDLED_NAME] == 1
     finally:
         await backend.aclose()
+
+
+async def test_the_host_prompt_cache_is_bounded_by_the_budget(bundled_gguf: Path) -> None:
+    """llama-server keeps finished prompts in host RAM, 8 GiB by default; autotune gives it a
+    quarter of the headroom under the budget, and counts it in the worker's estimate."""
+    budget = 1024**3
+    backend = EmbeddedBackend(memory_budget=budget)
+    try:
+        await chat(backend)
+        (running,) = await backend.running_models()
+        cache = running.settings["cache_ram_mib"]
+        load = estimate_memory(read_gguf_meta(bundled_gguf), 2048).total
+        assert cache == (budget - load) // 4 // 1024**2
+        assert 0 < cache < 8192
+        (worker,) = backend._workers.values()
+        assert worker.estimate == load + cache * 1024**2
+    finally:
+        await backend.aclose()

@@ -42,7 +42,7 @@ from autotune.backends.base import (
 )
 from autotune.backends.openai_compat import OpenAICompatBackend
 from autotune.backends.worker_process import start_worker, stop_worker
-from autotune.units import format_bytes
+from autotune.units import MiB, format_bytes
 
 __all__ = ["EmbeddedBackend", "EngineEvent"]  # EngineEvent re-exported from .base
 
@@ -64,6 +64,7 @@ class _Worker:
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
     supports_tools: bool = True
+    cache_ram_mib: int | None = None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -188,7 +189,12 @@ class EmbeddedBackend(Backend):
                     if w.keep_alive < 0
                     else time.time() + max(0.0, w.keep_alive - (time.monotonic() - w.last_used)),
                     loads=self.loads[w.name],
-                    settings={**w.settings.as_dict(), "url": w.url, "pid": w.proc.pid},
+                    settings={
+                        **w.settings.as_dict(),
+                        "cache_ram_mib": w.cache_ram_mib,
+                        "url": w.url,
+                        "pid": w.proc.pid,
+                    },
                 )
             )
         return out
@@ -282,7 +288,10 @@ class EmbeddedBackend(Backend):
                 await self._stop(worker)
             estimate = self._estimator(meta, wanted)
             await self._make_room(name, estimate)
-            worker = await self._start(meta, wanted, estimate, keep_alive)
+            cache = wanted.cache_ram_mib
+            if cache is None:
+                cache = await self._prompt_cache_mib(estimate)
+            worker = await self._start(meta, wanted, estimate + cache * MiB, keep_alive, cache)
             self._workers[name] = worker
             self.loads[name] += 1
             self._emit(
@@ -317,8 +326,24 @@ class EmbeddedBackend(Backend):
             self._emit("unload", victim.name, reason=f"making room for {name}")
             await self._stop(victim)
 
+    async def _prompt_cache_mib(self, estimate: int) -> int:
+        """How much host RAM llama-server may keep for finished prompts' KV (``--cache-ram``).
+
+        Its default is 8 GiB, outside every estimate: a machine near its budget would swap.
+        It gets a quarter of the headroom left under the budget after this load, at most
+        llama.cpp's own 8 GiB; the worker's estimate includes it, so eviction sees it too.
+        """
+        loaded = sum(w.estimate for w in self._workers.values())
+        headroom = await self._budget_bytes() - loaded - estimate
+        return int(max(0, min(8192 * MiB, headroom // 4)) // MiB)
+
     async def _start(
-        self, meta: ModelMeta, settings: LoadSettings, estimate: int, keep_alive: float | None
+        self,
+        meta: ModelMeta,
+        settings: LoadSettings,
+        estimate: int,
+        keep_alive: float | None,
+        cache_ram_mib: int | None = None,
     ) -> _Worker:
         assert meta.path is not None
         spec = {
@@ -328,6 +353,8 @@ class EmbeddedBackend(Backend):
             "nice": self.nice,
             **settings.as_dict(),
         }
+        if cache_ram_mib is not None:
+            spec["cache_ram_mib"] = cache_ram_mib
         if settings.n_threads is None and self.threads:
             spec["n_threads"] = self.threads
         if spec.get("cache_type_v") not in (None, "f16", "f32", "bf16") and not spec.get(
@@ -340,6 +367,7 @@ class EmbeddedBackend(Backend):
             name=meta.name,
             path=Path(meta.path),
             settings=settings,
+            cache_ram_mib=cache_ram_mib,
             proc=proc,
             url=url,
             client=client,
