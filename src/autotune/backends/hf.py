@@ -10,6 +10,7 @@ the provider's raw body (seen there: ``{"error": "Invalid credentials in Authori
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -108,10 +109,10 @@ class HFBackend(OpenAICompatBackend):
         if not self.token_set:
             raise HFTokenMissing()
 
-    def _error_for(self, response: httpx.Response, model: str | None) -> BackendError:
-        if response.status_code in (401, 402, 403):
-            return HFAuthError(response.status_code, _detail(response))
-        return super()._error_for(response, model)
+    def _error_from(self, status: int, text: str, model: str | None) -> BackendError:
+        if status in (401, 402, 403):
+            return HFAuthError(status, _detail(status, text))
+        return super()._error_from(status, text, model)
 
     async def health(self) -> bool:
         if not self.token_set:
@@ -132,13 +133,13 @@ class HFBackend(OpenAICompatBackend):
             yield chunk
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(status: int, text: str) -> str:
     """Hugging Face's own words: ``{"error": "..."}`` or ``{"error": {"message": "..."}}``."""
     try:
-        payload = response.json()
+        payload = json.loads(text)
     except ValueError:
-        return response.text.strip()[:200] or response.reason_phrase
+        return text.strip()[:200] or f"HTTP {status}"
     error = payload.get("error") if isinstance(payload, dict) else None
     if isinstance(error, dict):
         error = error.get("message")
-    return str(error or response.text.strip()[:200] or response.reason_phrase)
+    return str(error or text.strip()[:200] or f"HTTP {status}")

@@ -227,12 +227,12 @@ class MlxBackend(OpenAICompatBackend):
         ]
         return entries + aliases
 
-    def _error_for(self, response: httpx.Response, model: str | None) -> BackendError:
+    def _error_from(self, status: int, text: str, model: str | None) -> BackendError:
         # mlx_lm.server answers 404 {"error": "..."} whenever it cannot load the requested
         # model (not on the hub, not in the cache offline, not an MLX conversion).
-        if response.status_code == 404 and model:
+        if status == 404 and model:
             return ModelNotFound(model)
-        return super()._error_for(response, model)
+        return super()._error_from(status, text, model)
 
     def _repo(self, model: str) -> str:
         return resolve_mlx_repo(model) or model

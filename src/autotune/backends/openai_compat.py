@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
-from httpx_sse import EventSource
 
 from autotune.backends.base import (
     Backend,
@@ -41,6 +41,7 @@ __all__ = [
     "capabilities_for",
     "engine_stats_from_chunk",
     "post_chat",
+    "sse_events",
     "transport_detail",
 ]
 
@@ -160,11 +161,48 @@ def _is_remote(url: str) -> bool:
     return (urlsplit(url).hostname or "") not in _LOCAL_HOSTS
 
 
+#: Transport failures on the aiohttp stream path (a timeout included).
+_AIO_TRANSPORT = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+
+
+async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, str]]:
+    """Server-sent events as ``(event, data)`` pairs, from an aiohttp response body.
+
+    Lines are split here rather than with aiohttp's line reader, which refuses lines over
+    64 KiB (a chunk carrying logprobs can be long).
+    """
+    kind, data, buffer = "message", [], b""
+    async for piece in content.iter_any():
+        buffer += piece
+        *lines, buffer = buffer.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8").rstrip("\r")
+            if not line:
+                if data:
+                    yield kind, "\n".join(data)
+                kind, data = "message", []
+                continue
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "data":
+                data.append(value)
+            elif field == "event":
+                kind = value
+    if buffer.strip():
+        field, _, value = buffer.decode("utf-8").rstrip("\r").partition(":")
+        if field == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        yield kind, "\n".join(data)
+
+
 def transport_detail(exc: BaseException) -> str:
     """A few words on why a connection failed, for "engine unavailable" messages."""
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
         return "timed out"
-    if isinstance(exc, (httpx.ConnectError, ConnectionError)):
+    if isinstance(exc, (httpx.ConnectError, ConnectionError, aiohttp.ClientConnectorError)):
         return "connection refused"
     return type(exc).__name__
 
@@ -180,10 +218,14 @@ def _json_or_none(response: Any) -> Any:
 
 def _error_message(response: httpx.Response) -> str:
     """The engine's own words: ``error.message`` (OpenAI, llama.cpp), ``message`` (vLLM), …"""
+    return _error_text(response.status_code, response.text)
+
+
+def _error_text(status: int, text: str) -> str:
     try:
-        payload = response.json()
+        payload = json.loads(text)
     except ValueError:
-        return response.text.strip()[:500] or f"HTTP {response.status_code}"
+        return text.strip()[:500] or f"HTTP {status}"
     if isinstance(payload, Mapping):
         error = payload.get("error")
         if isinstance(error, Mapping) and error.get("message"):
@@ -193,7 +235,7 @@ def _error_message(response: httpx.Response) -> str:
         for key in ("message", "detail"):
             if payload.get(key):
                 return str(payload[key])
-    return response.text.strip()[:500] or f"HTTP {response.status_code}"
+    return text.strip()[:500] or f"HTTP {status}"
 
 
 #: llama-server answers 500 to some requests it cannot serve (seen: an image or audio part
@@ -243,6 +285,10 @@ class OpenAICompatBackend(Backend):
         self._set_kind(kind or "openai")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self._http = httpx.AsyncClient(timeout=timeout, headers=headers)
+        self._headers = headers or {}
+        # The chat stream (the hot path) uses aiohttp: measured on loopback, a streamed
+        # request cost 0.23 ms with aiohttp and 0.59 ms with httpx. Created lazily, in the loop.
+        self._aio: aiohttp.ClientSession | None = None
         self._probe_lock = asyncio.Lock()
         self._load_lock = asyncio.Lock()
         #: What the probe saw (llama.cpp ``/props``, LM Studio model list …), for diagnostics.
@@ -321,8 +367,10 @@ class OpenAICompatBackend(Backend):
     # ---------------------------------------------------------------- HTTP helpers
 
     def _error_for(self, response: httpx.Response, model: str | None) -> BackendError:
-        message = _error_message(response)
-        status = response.status_code
+        return self._error_from(response.status_code, response.text, model)
+
+    def _error_from(self, status: int, text: str, model: str | None) -> BackendError:
+        message = _error_text(status, text)
         # vLLM: 404 "The model `x` does not exist."; a bare 404 is more likely a wrong URL.
         if model and status in (400, 404) and _MODEL_MISSING.search(message):
             return ModelNotFound(model)
@@ -591,25 +639,24 @@ class OpenAICompatBackend(Backend):
         body = self._chat_body(request)
         try:
             reply = await self._open_stream(root + "/v1/chat/completions", body)
-        except httpx.TransportError as exc:
+        except _AIO_TRANSPORT as exc:
             raise self.unavailable(transport_detail(exc)) from None
         try:
-            if reply.status_code >= 400:
-                await reply.aread()
-                raise self._error_for(reply, request.model)
+            if reply.status >= 400:
+                raise self._error_from(reply.status, await reply.text(), request.model)
             content_type = reply.headers.get("content-type", "")
             if "text/event-stream" not in content_type:
                 raise UpstreamError(
                     502, f"expected an event stream, got {content_type or 'nothing'}", self.engine
                 )
-            async for chunk in self._relay(EventSource(reply), loaded):
+            async for chunk in self._relay(sse_events(reply.content), loaded):
                 yield chunk
-        except httpx.TransportError as exc:
+        except _AIO_TRANSPORT as exc:
             raise self.unavailable(transport_detail(exc)) from None
         finally:
-            await reply.aclose()
+            reply.release()
 
-    async def _open_stream(self, url: str, body: dict[str, Any]) -> httpx.Response:
+    async def _open_stream(self, url: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
         """POST and return the streaming response, retrying once on a stale kept-alive connection.
 
         llama-server closes a kept-alive connection after streamed replies without saying so
@@ -618,18 +665,23 @@ class OpenAICompatBackend(Backend):
         Nothing came back, so the engine never ran the request: one retry on a fresh
         connection is safe.
         """
+        session = self._session()
         for attempt in (1, 2):
             try:
-                return await self._http.send(
-                    self._http.build_request("POST", url, json=body), stream=True
-                )
-            except httpx.RemoteProtocolError:
+                return await session.post(url, json=body)
+            except aiohttp.ClientConnectorError:
+                raise  # refused: the engine is down, not a stale connection
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                # aiohttp reports the stale connection as a disconnect, or as a reset /
+                # broken pipe while sending; either way nothing came back
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     async def _relay(
-        self, source: EventSource, loaded: dict[str, Any] | bool | None = None
+        self,
+        events: AsyncIterator[tuple[str, str]],
+        loaded: dict[str, Any] | bool | None = None,
     ) -> AsyncIterator[Chunk]:
         """Pass chunks through as they come; hold back only the closing ones (finish_reason,
         usage, timings) so the very last chunk can carry the engine's stats. ``loaded`` is what
@@ -637,23 +689,21 @@ class OpenAICompatBackend(Backend):
         held: dict[str, Any] | None = None
         final: dict[str, Any] = {}
         done = False
-        async for event in source.aiter_sse():
+        async for kind, text in events:
             # Read on past [DONE] to the end of the response: a fully read response hands its
             # connection back to the pool; an abandoned one costs a new TCP connection next time.
-            if done or event.data == "[DONE]":
+            if done or text == "[DONE]":
                 done = True
                 continue
-            if not event.data:
+            if not text:
                 continue
             try:
-                data = json.loads(event.data)
+                data = json.loads(text)
             except json.JSONDecodeError:
-                raise UpstreamError(
-                    502, f"unreadable event: {event.data[:120]!r}", self.engine
-                ) from None
+                raise UpstreamError(502, f"unreadable event: {text[:120]!r}", self.engine) from None
             if not isinstance(data, dict):
-                raise UpstreamError(502, f"unexpected event: {event.data[:120]!r}", self.engine)
-            if event.event == "error" or ("error" in data and "choices" not in data):
+                raise UpstreamError(502, f"unexpected event: {text[:120]!r}", self.engine)
+            if kind == "error" or ("error" in data and "choices" not in data):
                 error = data.get("error", data)
                 message = error.get("message") if isinstance(error, Mapping) else error
                 raise UpstreamError(500, str(message), self.engine)
@@ -685,6 +735,17 @@ class OpenAICompatBackend(Backend):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._aio is not None:
+            await self._aio.close()
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._aio is None or self._aio.closed:
+            self._aio = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600),
+                connector=aiohttp.TCPConnector(limit=0),
+            )
+        return self._aio
 
 
 def _config_matches(config: Mapping[str, Any], settings: LoadSettings) -> bool:
