@@ -39,16 +39,17 @@ from autotune.backends.base import (
     ModelNotFound,
     NotSupported,
     UpstreamError,
+    error_summary,
 )
 from autotune.backends.registry import BackendSet
 from autotune.config import Settings
 from autotune.context.tokens import TokenEstimator
 from autotune.context.window import CompactionState, ContextOverflow, ContextWindow
-from autotune.hardware.profile import safety_reserve
+from autotune.hardware.profile import safety_reserve, vram_reserve
 from autotune.hardware.sampler import Sampler
 from autotune.models.estimate import load_estimate
 from autotune.server.queue import AdmissionQueue
-from autotune.store.conversations import ConversationStore
+from autotune.store.conversations import ConversationStore, content_text
 from autotune.tuning.os_tune import gc_paused
 from autotune.tuning.planner import (
     CONTEXT_MARGIN,
@@ -175,13 +176,13 @@ class ChatRun:
                     self._see(chunk)
                     yield chunk
         except BackendError as exc:
-            status, error = "error", str(exc)
+            status, error = "error", error_summary(exc)
             raise
         except (asyncio.CancelledError, GeneratorExit):
             status = "cancelled"
             raise
         except Exception as exc:
-            status, error = "error", f"{type(exc).__name__}: {exc}"
+            status, error = "error", error_summary(exc)
             raise
         finally:
             await self._finish(status, error)
@@ -229,12 +230,14 @@ class ChatRun:
         # Shielded: a client that went away cancels the task, but the slot, the engine
         # connection and the bookkeeping must still be released and written.
         with anyio.CancelScope(shield=True):
-            aclose = getattr(self._stream, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
-            self.pipeline.queue.release(time.monotonic() - self._started)
-            self.pipeline._complete(self, status, error)
+            try:
+                aclose = getattr(self._stream, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+            finally:  # even if a second cancel lands while the stream closes
+                self.pipeline.queue.release(time.monotonic() - self._started)
+                self.pipeline._complete(self, status, error)
 
 
 class Pipeline:
@@ -250,6 +253,7 @@ class Pipeline:
         sampler: Sampler | None = None,
         observers: list[Observer] | None = None,
         threads: int | None = None,
+        vram_total: int = 0,
         tuned: TunedLookup | None = None,
         window: ContextWindow | None = None,
     ) -> None:
@@ -264,6 +268,8 @@ class Pipeline:
         #: Called with a conversation id after its turn is stored (memory indexing hooks here).
         self.after_store: list[Callable[[str], None]] = []
         self.threads = threads
+        #: Total memory of discrete GPUs (unified memory is already in RAM).
+        self.vram_total = vram_total
         self.tuned = tuned
         #: Fits long conversations into the context, keeping the prompt prefix cache-stable.
         self.window = window if window is not None else ContextWindow()
@@ -273,6 +279,7 @@ class Pipeline:
         #: The sticky load settings per (engine, model): the context never shrinks while loaded.
         self.sticky: dict[tuple[str, str], LoadSettings] = {}
         self._meta: dict[tuple[str, str], ModelMeta | None] = {}
+        self._engine_ctx: dict[tuple[str, str], tuple[float, int | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.recent: list[RunRecord] = []
 
@@ -288,9 +295,10 @@ class Pipeline:
             raise InvalidRequest(str(exc), param="X-Autotune-Profile") from None
         model = inp.model or self.settings.default_model
         backend, name = await self.backends.resolve(model)
-        history, new_messages, conv_id = await self._conversation(inp, name, profile)
+        history, new_messages, conv_id, retry = await self._conversation(inp, name, profile)
         messages = history + new_messages
         persist = inp.persist if inp.persist is not None else conv_id is not None
+        persist = persist and not retry
         record = RunRecord(
             id="run_" + uuid.uuid4().hex[:12],
             model=name,
@@ -328,7 +336,10 @@ class Pipeline:
             if isinstance(exc, ModelNotFound):
                 self.backends.forget(model)  # the engine no longer has it: resolve afresh
             if isinstance(exc, Exception):
-                record.status, record.error = "error", str(exc)
+                record.status, record.error = "error", error_summary(exc)
+                self._notify(record)
+            elif isinstance(exc, asyncio.CancelledError):
+                record.status = "cancelled"  # the client left during the load or the prefill
                 self._notify(record)
             raise
         if the_plan.load is not None:
@@ -358,15 +369,15 @@ class Pipeline:
 
     async def _conversation(
         self, inp: ChatInput, model: str, profile: Profile
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
-        """(stored history, the new messages, conversation id).
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None, bool]:
+        """(stored history, the new messages, conversation id, a retry of a stored turn).
 
         With a conversation id the stored turns come first. A client that resends the whole
         history (as most OpenAI clients do) is recognised: messages matching the stored
         prefix are not stored twice.
         """
         if not inp.conversation_id or self.store is None:
-            return [], list(inp.messages), inp.conversation_id if self.store else None
+            return [], list(inp.messages), inp.conversation_id if self.store else None, False
         store = self.store
         conv = await asyncio.to_thread(
             store.ensure, inp.conversation_id, model=model, profile=profile.name
@@ -376,10 +387,14 @@ class Pipeline:
         incoming = list(inp.messages)
         if incoming and incoming[0].get("role") == "system" and system:
             system = [incoming.pop(0)]  # the client's system prompt replaces the stored one
-        n = len(stored)
-        if n and len(incoming) > n and _same_turns(incoming[:n], stored):
+        n, k = len(stored), len(incoming)
+        if n and k > n and _same_turns(incoming[:n], stored):
             incoming = incoming[n:]
-        return system + stored, incoming, conv.id
+        elif 1 < k <= n and incoming[-1].get("role") == "user" and _same_turns(incoming, stored):
+            # A retry of a turn already stored (the client gave up waiting): answer it again
+            # from the history before it, and store nothing twice.
+            return system + stored[: k - 1], incoming[-1:], conv.id, True
+        return system + stored, incoming, conv.id, False
 
     async def _plan(
         self,
@@ -404,7 +419,7 @@ class Pipeline:
                 need_tokens=need,
                 current=current,
                 loaded=loaded,
-                memory=self._memory(backend),
+                memory=self._memory(backend, model),
                 client_params=params,
                 keep_alive=self.settings.keep_alive,
                 threads=self.threads,
@@ -415,6 +430,8 @@ class Pipeline:
         if the_plan.refused:
             raise InsufficientMemory(the_plan.refused)
         limit = the_plan.context_limit
+        if limit is None:  # an engine that sizes its own context (vLLM, llama-server, mlx …)
+            limit = await self._engine_context(backend, model, meta)
         if self.window is not None and limit is not None:
             messages = await self._fit(
                 backend, model, messages, limit, max_tokens, conversation_id, the_plan
@@ -439,10 +456,15 @@ class Pipeline:
             await self._learn_counts(backend, model, messages)  # exact counts matter from here
         key = conversation_id or _conversation_key(backend.name, model, messages)
         state = self._compaction.get(key)
+
+        def count(ms: list[dict[str, Any]]) -> int:
+            return self.tokens.count(model, ms)
+
         try:
-            result = self.window.fit(
-                messages, budget, lambda ms: self.tokens.count(model, ms), state
-            )
+            if len(messages) > 40:  # a compaction can take 0.1-0.4 s: not on the event loop
+                result = await asyncio.to_thread(self.window.fit, messages, budget, count, state)
+            else:
+                result = self.window.fit(messages, budget, count, state)
         except ContextOverflow as exc:
             raise InvalidRequest(
                 f"The newest message needs about {exc.needed} tokens, but only {exc.budget} "
@@ -478,6 +500,25 @@ class Pipeline:
                 return  # not loaded yet: estimate this time
             self.tokens.learn(model, text, len(tokens))
 
+    async def _engine_context(
+        self, backend: Backend, model: str, meta: ModelMeta | None
+    ) -> int | None:
+        """The context the engine holds for ``model`` (it reports it), else its trained length."""
+        key = (backend.name, model)
+        cached = self._engine_ctx.get(key)
+        if cached is not None and time.monotonic() - cached[0] < 60:
+            return cached[1]
+        n_ctx: int | None = None
+        if backend.capabilities.running_models:
+            with contextlib.suppress(BackendError):
+                for running in await backend.running_models():
+                    if running.name == model and running.context_length:
+                        n_ctx = running.context_length
+        if n_ctx is None and meta is not None:
+            n_ctx = meta.context_length
+        self._engine_ctx[key] = (time.monotonic(), n_ctx)
+        return n_ctx
+
     async def _model_meta(self, backend: Backend, model: str) -> ModelMeta | None:
         key = (backend.name, model)
         if key not in self._meta:
@@ -501,14 +542,21 @@ class Pipeline:
             return True
         return any(r.name == model for r in running)
 
-    def _memory(self, backend: Backend) -> MemoryState | None:
+    def _memory(self, backend: Backend, model: str) -> MemoryState | None:
+        """Memory a new load may use: free RAM (less the reserve) and free VRAM (less its
+        reserve, as the budget counts it), plus what the engine would free by unloading idle
+        models — it does that before a load, so the guard must not refuse on their account."""
         if backend.capabilities.remote:
             return None
         sample = self.sampler.latest
         available = sample.ram_available - safety_reserve(sample.ram_total)
+        if self.vram_total:
+            used = sample.gpu_memory_used if sample.gpu_memory_used is not None else 0
+            available += max(0, self.vram_total - used - vram_reserve(self.vram_total))
         budget = self.settings.memory_budget
         if budget is not None:
             available = min(available, budget)
+        available += backend.reclaimable_bytes(model)
         return MemoryState(available=max(0, available), used_fraction=sample.ram_used_fraction)
 
     # ------------------------------------------------------------------ completion
@@ -581,9 +629,9 @@ def _conversation_key(engine: str, model: str, messages: list[dict[str, Any]]) -
 
 
 def _same_turns(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
-    def norm(m: Mapping[str, Any]) -> tuple[str, str]:
-        content = m.get("content")
-        text = content if isinstance(content, str) else str(content or "")
-        return str(m.get("role")), text.strip()
+    """``a`` matches the start of ``b`` turn by turn (role and text; parts flattened)."""
 
-    return all(norm(x) == norm(y) for x, y in zip(a, b, strict=False))
+    def norm(m: Mapping[str, Any]) -> tuple[str, str]:
+        return str(m.get("role")), content_text(m.get("content")).strip()
+
+    return len(a) <= len(b) and all(norm(x) == norm(y) for x, y in zip(a, b, strict=False))

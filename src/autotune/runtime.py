@@ -127,6 +127,7 @@ async def open_runtime(
         settings,
         store=store,
         threads=settings.threads or hardware.physical_cores,
+        vram_total=sum(g.memory_total for g in hardware.gpus if not g.unified),
         tuned=tuning.lookup,  # measured settings from `autotune tune`, when stored
     )
     if "max_concurrent" not in settings.model_fields_set:

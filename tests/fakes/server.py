@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -59,8 +58,9 @@ def serve(app: Any, *, startup_timeout: float = 10.0) -> Iterator[str]:
 
 
 def closed_port_url() -> str:
-    """A URL on 127.0.0.1 where nothing listens, so connecting is refused."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    """A URL on 127.0.0.1 where nothing listens, so connecting is refused.
+
+    Port 9 (discard) is never served here; a port picked free and released could be taken
+    by another test's server a moment later.
+    """
+    return "http://127.0.0.1:9"

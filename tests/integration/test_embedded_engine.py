@@ -189,3 +189,33 @@ async def test_the_host_prompt_cache_is_bounded_by_the_budget(bundled_gguf: Path
         assert worker.estimate == load + cache * 1024**2
     finally:
         await backend.aclose()
+
+
+async def test_a_request_cancelled_during_the_load_leaves_no_orphan_engine() -> None:
+    """A client that leaves mid-load must not strand a worker holding the model: the load
+    finishes, the worker is kept (and counted) for the next request, and closing stops it."""
+    import psutil
+
+    backend = EmbeddedBackend(memory_budget=4 * 1024**3)
+    try:
+        task = asyncio.ensure_future(chat(backend))
+        me = psutil.Process()
+        for _ in range(200):  # cancel once the worker process exists, i.e. mid-load
+            if any("engine_worker" in " ".join(c.cmdline()) for c in me.children()):
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if await backend.running_models():
+                break
+            await asyncio.sleep(0.05)
+        (running,) = await backend.running_models()
+        pid = running.settings["pid"]
+        chunks = await chat(backend)  # the next request uses it: no second load
+        assert chunks[-1].stats is not None and chunks[-1].stats.reloaded is False
+        assert backend.loads[BUNDLED_NAME] == 1
+    finally:
+        await backend.aclose()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

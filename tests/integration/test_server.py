@@ -362,3 +362,46 @@ def test_a_client_resending_the_whole_history_is_not_stored_twice(server: Backgr
             break
         time.sleep(0.05)
     assert [m["content"] for m in stored if m["role"] == "user"] == ["One.", "Two."]
+
+
+def test_a_non_streaming_client_that_gives_up_frees_its_slot(start_server) -> None:
+    server = start_server(max_concurrent=1, max_queued=4)
+    short = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+    assert (
+        httpx.post(server.url + "/v1/chat/completions", json=short, timeout=60).status_code == 200
+    )
+    long = {
+        "model": MODEL,
+        "max_tokens": 2000,
+        "temperature": 0.9,
+        "messages": [{"role": "user", "content": "Write a very long story about a ship."}],
+    }
+    with pytest.raises(httpx.ReadTimeout):  # the model is warm: it gives up mid-generation
+        httpx.post(server.url + "/v1/chat/completions", json=long, timeout=1.5)
+    started = time.monotonic()
+    assert (
+        httpx.post(server.url + "/v1/chat/completions", json=short, timeout=60).status_code == 200
+    )
+    assert time.monotonic() - started < 10  # not after the abandoned 2000-token answer
+    runs = httpx.get(server.url + "/api/requests").json()["requests"]
+    assert [r["status"] for r in runs][:3] == ["ok", "cancelled", "ok"]
+
+
+def test_a_cors_preflight_is_answered_before_the_key_check(start_server) -> None:
+    server = start_server(api_key="k3y", cors_origins="http://app.example")
+    origin = {"Origin": "http://app.example"}
+    preflight = httpx.options(
+        server.url + "/v1/chat/completions",
+        headers={
+            **origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://app.example"
+    refused = httpx.get(server.url + "/health", headers=origin)
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == "http://app.example"
+    ok = httpx.get(server.url + "/health", headers={**origin, "Authorization": "Bearer k3y"})
+    assert ok.status_code == 200

@@ -221,3 +221,16 @@ def test_a_conversation_only_ever_grows_its_context(needs: list[int]) -> None:
             assert p.load.n_ctx >= current.n_ctx
             assert p.reload_expected == (p.load.n_ctx != current.n_ctx)
         current = p.load
+
+
+def test_a_model_trained_on_fewer_than_512_tokens_keeps_its_own_context() -> None:
+    tiny = ModelMeta(name="tiny", context_length=256)
+    p = run(100, "quality", meta=tiny)
+    assert p.load is not None and p.load.n_ctx == 256
+
+
+def test_the_guard_counts_on_memory_the_engine_would_free() -> None:
+    """The pipeline adds idle models' memory to `available` (the engine unloads them first)."""
+    memory = MemoryState(available=1_500_000_000 + 2_000_000_000, used_fraction=0.5)
+    p = run(7000, memory=memory, estimator=_linear)
+    assert p.refused is None and p.load is not None and p.load.n_ctx == 8192

@@ -35,6 +35,7 @@ __all__ = [
     "RunningModel",
     "UnsupportedOption",
     "UpstreamError",
+    "error_summary",
 ]
 
 
@@ -355,6 +356,10 @@ class Backend(ABC):
     def pull(self, model: str) -> AsyncIterator[PullProgress]:
         raise NotSupported(f"{self.name} cannot pull models.")
 
+    def reclaimable_bytes(self, model: str) -> int:
+        """Memory this engine would free by unloading idle models other than ``model``."""
+        return 0
+
     def upstream_states(self) -> list[dict[str, Any]] | None:
         """The engines behind this backend and their state (a router); None for one engine."""
         return None
@@ -373,3 +378,13 @@ class Backend(ABC):
         return EngineUnavailable(
             f"{self.name} is not reachable{where}{extra}.", hint=self.start_hint
         )
+
+
+def error_summary(exc: BaseException) -> str:
+    """What telemetry keeps of an error: autotune's own message, but never an engine's words,
+    which can quote the prompt or the output (vLLM validation errors echo ``input_value``)."""
+    if isinstance(exc, UpstreamError):
+        return f"{type(exc).__name__}: HTTP {exc.status} from the engine ({exc.code})"
+    if isinstance(exc, BackendError):
+        return f"{type(exc).__name__}: {exc.message}"[:300]
+    return type(exc).__name__

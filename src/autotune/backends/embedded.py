@@ -268,41 +268,83 @@ class EmbeddedBackend(Backend):
     async def _ensure(
         self, model: str, settings: LoadSettings | None, keep_alive: float | None
     ) -> tuple[_Worker, bool]:
-        """The worker serving ``model`` with ``settings``, loading or reloading it if needed."""
+        """The worker serving ``model`` with ``settings``, loading or reloading it if needed.
+
+        A load runs to its end even when the request that asked for it is cancelled (its
+        client went away): abandoning it half-way would leave an engine process holding the
+        model outside the budget. The finished worker is kept for the next request.
+        """
         meta = await self.model_meta(model)
+        task = asyncio.ensure_future(self._ensure_locked(meta, settings, keep_alive))
+        task.add_done_callback(_retrieve)  # a failure after the caller left is not "lost"
+        return await asyncio.shield(task)
+
+    async def _ensure_locked(
+        self, meta: ModelMeta, settings: LoadSettings | None, keep_alive: float | None
+    ) -> tuple[_Worker, bool]:
         name = meta.name
-        async with self._get_lock():
-            await self._reap_dead()
-            worker = self._workers.get(name)
-            wanted = settings or (worker.settings if worker else self._default_settings(meta))
-            if worker is not None and worker.settings == wanted:
-                if keep_alive is not None:
-                    worker.keep_alive = keep_alive
-                worker.last_used = time.monotonic()
-                return worker, False
-            reason = "first load"
-            if worker is not None:
-                # Every launch-time setting is fixed for a llama.cpp context: a change reloads.
-                reason = f"settings changed: {_diff(worker.settings, wanted)}"
-                self._workers.pop(name)
-                await self._stop(worker)
-            estimate = self._estimator(meta, wanted)
-            await self._make_room(name, estimate)
-            cache = wanted.cache_ram_mib
-            if cache is None:
-                cache = await self._prompt_cache_mib(estimate)
-            worker = await self._start(meta, wanted, estimate + cache * MiB, keep_alive, cache)
-            self._workers[name] = worker
-            self.loads[name] += 1
-            self._emit(
-                "reload" if reason != "first load" else "load",
-                name,
-                reason=reason,
-                n_ctx=wanted.n_ctx,
-                estimate=estimate,
-            )
-            self._ensure_reaper()
-            return worker, True
+        while True:
+            async with self._get_lock():
+                await self._reap_dead()
+                worker = self._workers.get(name)
+                wanted = settings or (worker.settings if worker else self._default_settings(meta))
+                if worker is not None and (
+                    worker.settings == wanted
+                    or (worker.in_flight and worker.settings.n_ctx >= wanted.n_ctx)
+                ):
+                    # Same settings, or busy and already big enough: a reload now would cut
+                    # another request's stream short, so the loaded worker serves this one.
+                    if keep_alive is not None:
+                        worker.keep_alive = keep_alive
+                    worker.last_used = time.monotonic()
+                    return worker, False
+                if worker is None or not worker.in_flight:
+                    return await self._load(meta, wanted, keep_alive, worker), True
+            await asyncio.sleep(0.05)  # busy and too small: reload once its requests finish
+
+    async def _load(
+        self,
+        meta: ModelMeta,
+        wanted: LoadSettings,
+        keep_alive: float | None,
+        previous: _Worker | None,
+    ) -> _Worker:
+        name = meta.name
+        reason = "first load"
+        if previous is not None:
+            # Every launch-time setting is fixed for a llama.cpp context: a change reloads.
+            reason = f"settings changed: {_diff(previous.settings, wanted)}"
+            self._workers.pop(name, None)
+            await self._stop(previous)
+        estimate = self._estimator(meta, wanted)
+        await self._make_room(name, estimate)
+        cache = wanted.cache_ram_mib
+        if cache is None:
+            cache = await self._prompt_cache_mib(estimate)
+        worker = await self._start(meta, wanted, estimate + cache * MiB, keep_alive, cache)
+        self._workers[name] = worker
+        self.loads[name] += 1
+        self._emit(
+            "reload" if previous is not None else "load",
+            name,
+            reason=reason,
+            n_ctx=wanted.n_ctx,
+            estimate=estimate,
+        )
+        self._ensure_reaper()
+        return worker
+
+    def reclaimable_bytes(self, model: str) -> int:
+        """Memory the engine would free by unloading idle models other than ``model``."""
+        return sum(w.estimate for n, w in self._workers.items() if n != model and not w.in_flight)
+
+    async def set_priority(self, model: str, nice: int) -> str | None:
+        from autotune.tuning.os_tune import set_priority
+
+        worker = self._workers.get(model)
+        if worker is None or not worker.alive():
+            return None
+        return await asyncio.to_thread(set_priority, worker.proc.pid, nice)
 
     async def _make_room(self, name: str, needed: int) -> None:
         """Unload least-recently-used idle models until ``needed`` fits in the budget."""
@@ -363,6 +405,8 @@ class EmbeddedBackend(Backend):
             spec["flash_attn"] = True  # llama.cpp: a quantized V cache requires flash attention
         proc, url = await asyncio.to_thread(self._spawn, spec)
         client = OpenAICompatBackend(url, name=self.name, kind="llamacpp")
+        # Not "start llama-server": autotune owns this worker and restarts it when needed.
+        client.start_hint = "The engine worker stopped; the next request starts it again."
         worker = _Worker(
             name=meta.name,
             path=Path(meta.path),
@@ -400,8 +444,7 @@ class EmbeddedBackend(Backend):
 
     async def _reap_dead(self) -> None:
         for name, worker in list(self._workers.items()):
-            if not worker.alive():
-                self._workers.pop(name)
+            if not worker.alive() and self._workers.pop(name, None) is not None:
                 await worker.client.aclose()
                 self._emit("unexpected_unload", name, exit_code=worker.proc.returncode)
 
@@ -428,6 +471,11 @@ class EmbeddedBackend(Backend):
         del self.events[:-200]
         if self.on_event is not None:
             self.on_event(event)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _diff(old: LoadSettings, new: LoadSettings) -> str:

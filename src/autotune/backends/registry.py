@@ -193,14 +193,17 @@ class BackendSet:
             names = {e: [m.name for m in models] for e, models in inventory.items()}
             engine = route_model(model, names, self.order)
             if engine is None and "embedded" in self.backends:
-                engine = await self._embedded_alias(model)
+                primary = await self._embedded_alias(model)
+                if primary is not None:  # known by an alias: use the model's own name
+                    self._resolved[model] = ("embedded", primary)
+                    return self.backends["embedded"], primary
             if engine is not None:
                 name = _canonical(model, names.get(engine, []))
                 self._resolved[model] = (engine, name)
                 return self.backends[engine], name
         for name in self.order:  # it may be in an engine that did not answer: say that
             if name in self.errors:
-                raise self.errors[name]
+                raise self.errors[name].with_traceback(None)
         known = sorted({m.name for models in inventory.values() for m in models})
         raise ModelNotFound(model, difflib.get_close_matches(model, known, n=3, cutoff=0.4))
 
@@ -212,14 +215,14 @@ class BackendSet:
             self._resolved.pop(model, None)
 
     async def _embedded_alias(self, model: str) -> str | None:
-        """Discovery also answers to aliases (``llama3`` for ``llama3:latest``, file stems)."""
+        """The primary name of a model discovery knows by an alias (``llama3`` for
+        ``llama3:latest``, a file stem), or None."""
         from autotune.models.discovery import discover
 
         try:
-            (await asyncio.to_thread(discover)).find(model)
+            return (await asyncio.to_thread(discover)).find(model).name
         except ModelNotFound:
             return None
-        return "embedded"
 
     async def aclose(self) -> None:
         await asyncio.gather(*(b.aclose() for b in self.backends.values()))

@@ -37,6 +37,7 @@ from autotune.backends.base import (
     NotSupported,
     RunningModel,
     UpstreamError,
+    error_summary,
 )
 from autotune.backends.metrics_adapters import LOAD_PATHS, EngineLoad, parse_load
 from autotune.backends.openai_compat import transport_detail
@@ -312,7 +313,7 @@ class RouterBackend(Backend):
             self._mark_down(upstream, str(exc.message))
             return
         except BackendError as exc:
-            upstream.last_error = str(exc)
+            upstream.last_error = error_summary(exc)
             return
         upstream.discovered = frozenset(e.name for e in entries if e.name)
         upstream.discovered_at = time.monotonic()
@@ -420,11 +421,15 @@ class RouterBackend(Backend):
                 except BackendError as exc:
                     if not _retryable(exc):
                         raise
-                    self._mark_down(upstream, str(exc))
-                    errors.append(f"{upstream.name} ({exc.message})")
+                    self._mark_down(upstream, error_summary(exc))
+                    errors.append(f"{upstream.name} ({error_summary(exc)})")
                     self.failovers += 1
                     upstream.failovers_from += 1
-                    log.warning("router: %s failed before the first token: %s", upstream.name, exc)
+                    log.warning(
+                        "router: %s failed before the first token: %s",
+                        upstream.name,
+                        error_summary(exc),  # never the engine's words: they can quote prompts
+                    )
                     continue
                 started = True
                 self._pin(key, upstream)
@@ -435,7 +440,7 @@ class RouterBackend(Backend):
                 return
             except EngineUnavailable as exc:
                 if started:  # the engine went away mid-answer: cannot be retried unseen
-                    self._mark_down(upstream, str(exc))
+                    self._mark_down(upstream, error_summary(exc))
                 raise
             finally:
                 upstream.in_flight -= 1

@@ -22,7 +22,7 @@ import numpy as np
 
 from autotune.recall.embed import Embedder
 from autotune.recall.store import SEARCHABLE_ROLES, RecallStore
-from autotune.store.conversations import _EXTRA_KEYS, _content_text, _title_from
+from autotune.store.conversations import _EXTRA_KEYS, _title_from, content_text
 from autotune.store.db import Database
 
 __all__ = [
@@ -372,9 +372,7 @@ class RecallManager:
         conv_id: str = record["id"]
         now = time.time()
         created = record["created_at"] or now
-        incoming = [
-            (str(m["role"]), _content_text(m.get("content")), m) for m in record["messages"]
-        ]
+        incoming = [(str(m["role"]), content_text(m.get("content")), m) for m in record["messages"]]
         with self.db.transaction() as conn:
             exists = conn.execute("SELECT 1 FROM conversations WHERE id = ?", (conv_id,)).fetchone()
             stored = [

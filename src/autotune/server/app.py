@@ -66,7 +66,10 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
     app.include_router(admin.router)
     app.include_router(conversations_api.router)
     app.include_router(dashboard.router)
-    if settings.cors_origins:
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    if settings.cors_origins:  # outermost: a preflight is answered before the key check
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(
             CORSMiddleware,
@@ -75,9 +78,6 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
             allow_headers=["*"],
             expose_headers=["X-Autotune-Plan", "X-Conversation-Id"],
         )
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     return app
 
 

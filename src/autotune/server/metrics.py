@@ -57,9 +57,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
-        self.rejected = Counter(
-            "autotune_rejected", "Requests refused by admission (429).", registry=r
+        rejected = Gauge(
+            "autotune_rejected_requests",
+            "Requests refused by admission (429) since start.",
+            registry=r,
         )
+        rejected.set_function(lambda: queue.rejected)
         queued = Gauge("autotune_queue_depth", "Requests waiting for a slot.", registry=r)
         queued.set_function(lambda: queue.queued)
         running = Gauge("autotune_requests_running", "Requests holding a slot.", registry=r)
@@ -69,8 +72,6 @@ class Metrics:
 
     def observe(self, record: RunRecord) -> None:
         self.requests.labels(record.model, record.backend, record.status).inc()
-        if record.status == "error" and record.error and "Too many requests" in record.error:
-            self.rejected.inc()
         if record.ttft_ms is not None:
             self.ttft.labels(record.model).observe(record.ttft_ms / 1000)
         if record.queue_ms is not None:

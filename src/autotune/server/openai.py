@@ -6,8 +6,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -20,6 +20,7 @@ from autotune.server.schemas import ChatCompletionRequest, forwardable_params
 __all__ = ["ClientGone", "aggregate", "router"]
 
 router = APIRouter()
+T = TypeVar("T")
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -31,9 +32,12 @@ def _pipeline(request: Request) -> Pipeline:
     return request.app.state.pipeline  # type: ignore[no-any-return]
 
 
-async def _start_watching(pipeline: Pipeline, inp: ChatInput, request: Request) -> ChatRun:
-    """Start the run; if the client disconnects while it waits in the queue, give up its place."""
-    task = asyncio.ensure_future(pipeline.start(inp))
+async def _watching(
+    work: Awaitable[T], request: Request, on_gone: Callable[[T], Awaitable[None]] | None = None
+) -> T:
+    """Await ``work`` while watching the client: if it goes away, cancel the work (its queue
+    place, its engine generation) and raise :class:`ClientGone`."""
+    task = asyncio.ensure_future(work)
     while True:
         done, _ = await asyncio.wait({task}, timeout=0.1)
         if done:
@@ -41,11 +45,16 @@ async def _start_watching(pipeline: Pipeline, inp: ChatInput, request: Request) 
         if await request.is_disconnected():
             task.cancel()
             try:
-                run = await task
+                result = await task
             except (asyncio.CancelledError, BackendError):
                 raise ClientGone() from None
-            await run.aclose()  # it started just as the client left
+            if on_gone is not None:
+                await on_gone(result)  # it finished just as the client left
             raise ClientGone()
+
+
+async def _close_run(run: ChatRun) -> None:
+    await run.aclose()
 
 
 @router.post(
@@ -77,14 +86,10 @@ async def chat_completions(
         profile=x_autotune_profile,
         conversation_id=x_conversation_id,
     )
-    pipeline = _pipeline(request)
-    if pipeline.queue.would_wait:
-        try:
-            run = await _start_watching(pipeline, inp, request)
-        except ClientGone:
-            return Response(status_code=499)
-    else:
-        run = await pipeline.start(inp)  # a free slot: nothing to wait for, nothing to watch
+    try:  # waiting for a place, a load or a long prefill: a client that leaves frees it all
+        run = await _watching(_pipeline(request).start(inp), request, _close_run)
+    except ClientGone:
+        return Response(status_code=499)
     model_id = body.model or run.model
     headers = {"X-Autotune-Plan": run.plan.summary()}
     if run.conversation_id:
@@ -97,7 +102,9 @@ async def chat_completions(
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     try:
-        completion = await aggregate(run, model_id)
+        completion = await _watching(aggregate(run, model_id), request)
+    except ClientGone:
+        return Response(status_code=499)
     except BackendError as exc:
         status = exc.status if exc.status >= 400 else 502
         return JSONResponse(error_body(str(exc), status=status, code=exc.code), status, headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Any
 
 from autotune.store.db import Database
 
-__all__ = ["Conversation", "ConversationStore", "Message", "new_conversation_id"]
+__all__ = ["Conversation", "ConversationStore", "Message", "content_text", "new_conversation_id"]
 
 _EXTRA_KEYS = ("name", "tool_calls", "tool_call_id")
 
@@ -64,7 +65,7 @@ class Conversation:
         return data
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
     """OpenAI content may be a string or a list of parts; store the text."""
     if content is None:
         return ""
@@ -78,7 +79,7 @@ def _content_text(content: Any) -> str:
 def _title_from(messages: list[dict[str, Any]]) -> str | None:
     for m in messages:
         if m.get("role") == "user":
-            text = " ".join(_content_text(m.get("content")).split())
+            text = " ".join(content_text(m.get("content")).split())
             return text[:60] + ("…" if len(text) > 60 else "") if text else None
     return None
 
@@ -110,9 +111,17 @@ class ConversationStore:
         return Conversation(conv_id, title, model, profile, system, source, now, now)
 
     def ensure(self, id: str, **defaults: Any) -> Conversation:
-        """The conversation with this id, created with ``defaults`` if it does not exist."""
+        """The conversation with this id, created with ``defaults`` if it does not exist
+        (safe when two requests start the same new conversation at once)."""
         existing = self.get(id, with_messages=False)
-        return existing if existing is not None else self.create(id=id, **defaults)
+        if existing is not None:
+            return existing
+        try:
+            return self.create(id=id, **defaults)
+        except sqlite3.IntegrityError:  # created by a concurrent request a moment ago
+            found = self.get(id, with_messages=False)
+            assert found is not None
+            return found
 
     def get(self, id: str, *, with_messages: bool = True) -> Conversation | None:
         rows = self.db.query(
@@ -171,7 +180,7 @@ class ConversationStore:
                 extra = {k: m[k] for k in _EXTRA_KEYS if m.get(k) is not None}
                 msg = Message(
                     str(m.get("role", "user")),
-                    _content_text(m.get("content")),
+                    content_text(m.get("content")),
                     seq,
                     extra,
                     m.get("tokens"),

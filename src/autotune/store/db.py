@@ -51,6 +51,10 @@ class Database:
                 if version <= current:
                     continue
                 self._conn.execute("BEGIN IMMEDIATE")
+                current = self.version  # another process may have migrated meanwhile
+                if version <= current:
+                    self._conn.execute("COMMIT")
+                    continue
                 try:
                     for statement in _split_sql(sql):
                         self._conn.execute(statement)

@@ -157,11 +157,13 @@ class Plan:
 
 
 def bucket_for(tokens: int, cap: int) -> int:
-    """The smallest context bucket holding ``tokens``, capped at ``cap`` (never below 512)."""
+    """The smallest context bucket holding ``tokens``, capped at ``cap`` (at least 512 tokens,
+    unless the cap itself is smaller)."""
+    floor = min(MIN_CONTEXT, cap)  # a model trained on fewer than 512 tokens gets its own
     for size in CONTEXT_BUCKETS:
         if size >= tokens:
-            return max(MIN_CONTEXT, min(size, cap))
-    return max(MIN_CONTEXT, cap)
+            return max(floor, min(size, cap))
+    return max(floor, cap)
 
 
 def context_need(prompt_tokens: int, max_tokens: int | None) -> int:
@@ -244,7 +246,10 @@ def plan(inp: PlanInput) -> Plan:
                 )
         else:
             if factor < 1.0:
-                shrunk = max(_round_up(inp.need_tokens), _round_down(n_ctx * factor), MIN_CONTEXT)
+                shrunk = max(
+                    _round_up(inp.need_tokens), _round_down(n_ctx * factor), min(MIN_CONTEXT, cap)
+                )
+                shrunk = min(shrunk, n_ctx)
                 if shrunk < n_ctx:
                     decide(
                         "ctx",
@@ -372,7 +377,7 @@ def _guard(
     needed = inp.estimator(inp.meta, load)
     if needed <= available:
         return load, None
-    low, high, best = MIN_CONTEXT // 256, load.n_ctx // 256, None
+    low, high, best = min(MIN_CONTEXT, load.n_ctx) // 256 or 1, load.n_ctx // 256, None
     while low <= high:  # largest multiple of 256 that fits
         mid = (low + high) // 2
         if inp.estimator(inp.meta, replace(load, n_ctx=mid * 256)) <= available:
