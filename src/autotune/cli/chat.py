@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
@@ -27,7 +28,7 @@ from autotune.tuning.profiles import PROFILES
 from autotune.units import format_bytes
 
 if TYPE_CHECKING:
-    from autotune.chat.repl import FitCheck
+    from autotune.chat.repl import ChatOptions, FitCheck
     from autotune.runtime import Runtime
 
 __all__ = ["Preflight", "analyse", "choose_profile", "register"]
@@ -293,39 +294,54 @@ def chat(
     ),
 ) -> None:
     """Chat in the terminal; piped input is read line by line and answered in plain text."""
-    from autotune.chat.repl import ChatOptions, run_chat
-    from autotune.runtime import open_runtime
+    from autotune.chat.repl import ChatOptions
 
     _check_profile(profile)
     settings = get_settings()
+
+    async def prepare(runtime: Runtime, interactive: bool) -> ChatOptions:
+        chosen = profile
+        if chosen == "auto":
+            found = await preflight(runtime, model or settings.default_model, "auto")
+            chosen = found.profile if found is not None else settings.profile
+        return ChatOptions(
+            model=model,
+            profile=chosen,
+            system=system,
+            conversation_id=conv_id,
+            no_swap=no_swap,
+            verbose=verbose,
+            max_tokens=max_tokens,
+        )
+
+    _session(ctx, prepare)
+
+
+def _session(
+    ctx: typer.Context, prepare: Callable[[Runtime, bool], Awaitable[ChatOptions | int]]
+) -> NoReturn:
+    """Open the runtime, let ``prepare`` choose the options (or refuse with an exit status),
+    chat, close; exits with the chat's status."""
+    from autotune.chat.repl import run_chat
+    from autotune.runtime import open_runtime
+
     interactive = _interactive()
 
     async def job() -> int:
         runtime = await open_runtime(
-            settings, backend=(ctx.obj or {}).get("backend"), index_turns=True
+            get_settings(), backend=(ctx.obj or {}).get("backend"), index_turns=True
         )
         try:
-            chosen = profile
-            if chosen == "auto":
-                found = await preflight(runtime, model or settings.default_model, "auto")
-                chosen = found.profile if found is not None else settings.profile
-            options = ChatOptions(
-                model=model,
-                profile=chosen,
-                system=system,
-                conversation_id=conv_id,
-                no_swap=no_swap,
-                verbose=verbose,
-                max_tokens=max_tokens,
-            )
+            options = await prepare(runtime, interactive)
+            if isinstance(options, int):
+                return options
             return await run_chat(
                 runtime, options, interactive=interactive, check_fit=_fit_check(runtime)
             )
         finally:
             await runtime.aclose()
 
-    status = run_async(job)
-    raise typer.Exit(status)
+    raise typer.Exit(run_async(job))
 
 
 def run(
@@ -354,68 +370,56 @@ def run(
     When it would swap, the largest context that fits is offered (asked in a terminal,
     refused with the numbers in a script).
     """
-    from autotune.chat.repl import ChatOptions, run_chat
-    from autotune.runtime import open_runtime
+    from autotune.chat.repl import ChatOptions
 
     _check_profile(profile)
     settings = get_settings()
-    interactive = _interactive()
 
-    async def job() -> int:
-        runtime = await open_runtime(
-            settings, backend=(ctx.obj or {}).get("backend"), index_turns=True
+    async def prepare(runtime: Runtime, interactive: bool) -> ChatOptions | int:
+        backend, name = await runtime.backends.resolve(model)
+        found = await preflight(runtime, name, profile, n_ctx=context)
+        chosen = profile if profile != "auto" else settings.profile
+        if found is None:
+            (console if interactive else err_console).print(
+                f"{backend.name} gives no architecture metadata for {name}: it manages the "
+                "model's memory itself, so there is no pre-flight."
+            )
+        else:
+            chosen = found.profile
+            _print_report(found, to_stderr=not interactive)
+            if not found.ok:
+                problem = found.problem() or ""
+                n = found.suggested_context
+                if n is None:
+                    err_console.print(f"[bold red]refused:[/] {problem}")
+                    err_console.print(
+                        "  Try a smaller quantisation or model, free memory, or raise "
+                        "AUTOTUNE_MEMORY_BUDGET."
+                    )
+                    return 1
+                if not interactive:
+                    err_console.print(f"[bold red]refused:[/] {problem}")
+                    err_console.print(f"  Run it with `--context {n}` to use that context.")
+                    return 1
+                if not await _confirm(f"Use a {n:,}-token context instead?"):
+                    err_console.print("Not started.")
+                    return 1
+                assert found.suggested_estimate is not None
+                _cap_memory(runtime, found.suggested_estimate.total)
+                console.print(f"Context capped at {n:,} tokens for this chat.")
+            elif context:
+                _cap_memory(runtime, found.estimate.total)
+        return ChatOptions(
+            model=name,
+            profile=chosen,
+            system=system,
+            no_swap=no_swap,
+            verbose=verbose,
+            max_tokens=max_tokens,
+            checked=True,
         )
-        try:
-            backend, name = await runtime.backends.resolve(model)
-            found = await preflight(runtime, name, profile, n_ctx=context)
-            chosen = profile if profile != "auto" else settings.profile
-            if found is None:
-                (console if interactive else err_console).print(
-                    f"{backend.name} gives no architecture metadata for {name}: it manages the "
-                    "model's memory itself, so there is no pre-flight."
-                )
-            else:
-                chosen = found.profile
-                _print_report(found, to_stderr=not interactive)
-                if not found.ok:
-                    problem = found.problem() or ""
-                    n = found.suggested_context
-                    if n is None:
-                        err_console.print(f"[bold red]refused:[/] {problem}")
-                        err_console.print(
-                            "  Try a smaller quantisation or model, free memory, or raise "
-                            "AUTOTUNE_MEMORY_BUDGET."
-                        )
-                        return 1
-                    if not interactive:
-                        err_console.print(f"[bold red]refused:[/] {problem}")
-                        err_console.print(f"  Run it with `--context {n}` to use that context.")
-                        return 1
-                    if not await _confirm(f"Use a {n:,}-token context instead?"):
-                        err_console.print("Not started.")
-                        return 1
-                    assert found.suggested_estimate is not None
-                    _cap_memory(runtime, found.suggested_estimate.total)
-                    console.print(f"Context capped at {n:,} tokens for this chat.")
-                elif context:
-                    _cap_memory(runtime, found.estimate.total)
-            options = ChatOptions(
-                model=name,
-                profile=chosen,
-                system=system,
-                no_swap=no_swap,
-                verbose=verbose,
-                max_tokens=max_tokens,
-                checked=True,
-            )
-            return await run_chat(
-                runtime, options, interactive=interactive, check_fit=_fit_check(runtime)
-            )
-        finally:
-            await runtime.aclose()
 
-    status = run_async(job)
-    raise typer.Exit(status)
+    _session(ctx, prepare)
 
 
 def register(app: typer.Typer) -> None:
