@@ -280,6 +280,8 @@ class Pipeline:
         self.sticky: dict[tuple[str, str], LoadSettings] = {}
         self._meta: dict[tuple[str, str], ModelMeta | None] = {}
         self._engine_ctx: dict[tuple[str, str], tuple[float, int | None]] = {}
+        self._priority: dict[tuple[str, str], int] = {}
+        self._running: dict[tuple[str, str], tuple[float, bool]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.recent: list[RunRecord] = []
 
@@ -344,9 +346,11 @@ class Pipeline:
             raise
         if the_plan.load is not None:
             self.sticky[(backend.name, name)] = the_plan.load
-        if the_plan.nice:
-            with contextlib.suppress(BackendError):
-                await backend.set_priority(name, the_plan.nice)
+        key = (backend.name, name)
+        if the_plan.nice and (the_plan.reload_expected or self._priority.get(key) != the_plan.nice):
+            with contextlib.suppress(BackendError):  # once per load, not on every request
+                if await backend.set_priority(name, the_plan.nice) is not None:
+                    self._priority[key] = the_plan.nice
         return ChatRun(
             self,
             backend=backend,
@@ -531,16 +535,23 @@ class Pipeline:
     async def _is_loaded(self, backend: Backend, model: str, current: LoadSettings | None) -> bool:
         if current is None:
             return False
-        loaded_settings = getattr(backend, "loaded_settings", None)
-        if callable(loaded_settings):
-            return loaded_settings(model) == current
+        try:
+            return backend.loaded_settings(model) == current  # the engine autotune loads
+        except NotSupported:
+            pass
         if not backend.capabilities.running_models:
             return True  # cannot tell: assume it is, so the plan never forces a change
+        key = (backend.name, model)
+        cached = self._running.get(key)
+        if cached is not None and time.monotonic() - cached[0] < 2.0:
+            return cached[1]  # an engine round trip per request is not worth it
         try:
             running = await backend.running_models()
         except BackendError:
             return True
-        return any(r.name == model for r in running)
+        loaded = any(r.name == model for r in running)
+        self._running[key] = (time.monotonic(), loaded)
+        return loaded
 
     def _memory(self, backend: Backend, model: str) -> MemoryState | None:
         """Memory a new load may use: free RAM (less the reserve) and free VRAM (less its

@@ -356,6 +356,10 @@ class Backend(ABC):
     def pull(self, model: str) -> AsyncIterator[PullProgress]:
         raise NotSupported(f"{self.name} cannot pull models.")
 
+    def loaded_settings(self, model: str) -> LoadSettings | None:
+        """The settings ``model`` is loaded with now (None: not loaded), where autotune loads."""
+        raise NotSupported(f"{self.name} does not report its load settings.")
+
     def reclaimable_bytes(self, model: str) -> int:
         """Memory this engine would free by unloading idle models other than ``model``."""
         return 0
