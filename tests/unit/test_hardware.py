@@ -335,7 +335,7 @@ def test_detect_hardware_on_this_machine_is_sane() -> None:
         assert profile.cpu_model == parsed.model
 
 
-def test_detect_hardware_finds_no_gpu_where_nvml_cannot_load() -> None:
+def test_detect_hardware_sees_an_nvidia_gpu_exactly_when_nvml_loads() -> None:
     import pynvml
 
     try:
@@ -346,9 +346,13 @@ def test_detect_hardware_finds_no_gpu_where_nvml_cannot_load() -> None:
             assert profile.gpus == ()
             assert profile.accelerator == "cpu"
             assert profile.bandwidth_source.startswith("assumed:")
-    else:  # pragma: no cover - only on a machine with an NVIDIA driver
-        pynvml.nvmlShutdown()
-        pytest.skip("an NVIDIA driver is present")
+        return
+    # pragma: no cover - only on a machine with an NVIDIA driver
+    count = pynvml.nvmlDeviceGetCount()
+    pynvml.nvmlShutdown()
+    profile = detect_hardware()
+    assert len([g for g in profile.gpus if g.vendor == "nvidia"]) == count
+    assert profile.accelerator == ("nvidia" if count else "cpu")
 
 
 def test_detect_hardware_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -92,8 +92,7 @@ async def test_calling_the_blocking_embed_inside_a_loop_is_a_clear_error(
 
 def test_default_embedder_is_minilm_when_installed() -> None:
     embedder = default_embedder()
-    if embedder is None:
-        pytest.skip("the offline embedding model is not installed")
+    assert embedder is not None, "the offline embedding model is missing: run `make setup`"
     assert isinstance(embedder, MiniLMEmbedder) and embedder.name == "minilm:all-MiniLM-L6-v2"
     assert embedder.embed([]).shape == (0, 384)  # nothing to embed: no model load needed
 
