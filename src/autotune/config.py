@@ -83,7 +83,6 @@ class Settings(BaseSettings):
     wait_timeout: float = 120.0
     max_body_bytes: int = 8 * 1024 * 1024
     cors_origins: str | None = None
-    log_prompts: bool = False
 
     @field_validator("backend")
     @classmethod

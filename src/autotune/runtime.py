@@ -147,4 +147,5 @@ async def open_runtime(
             engine.on_event = runtime.on_engine_event
     if start_sampler:
         pipeline.sampler.start()
+    runtime._write(telemetry.prune, 30)  # keep 30 days of runs and events
     return runtime

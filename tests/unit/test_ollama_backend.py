@@ -18,7 +18,6 @@ import pytest
 
 from autotune.backends.base import (
     ChatRequest,
-    Chunk,
     EngineUnavailable,
     LoadSettings,
     ModelNotFound,
@@ -26,6 +25,7 @@ from autotune.backends.base import (
     UpstreamError,
 )
 from autotune.backends.ollama import RELOAD_THRESHOLD_MS, OllamaBackend, ollama_chat_body
+from fakes.helpers import collect, has_null
 from fakes.ollama import CHAT_FINAL, HYBRID, MODEL, TOOL_CALL_LINES, FakeOllama, chat_lines
 from fakes.server import Swappable, closed_port_url, serve
 
@@ -56,20 +56,6 @@ async def ollama_at(url: str) -> AsyncIterator[OllamaBackend]:
         yield backend
     finally:
         await backend.aclose()
-
-
-async def collect(backend: OllamaBackend, request: ChatRequest) -> list[Chunk]:
-    return [chunk async for chunk in backend.stream_chat(request)]
-
-
-def no_nulls(value: object) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, dict):
-        return all(no_nulls(v) for v in value.values())
-    if isinstance(value, list):
-        return all(no_nulls(v) for v in value)
-    return True
 
 
 # --------------------------------------------------------------------------- chat streaming
@@ -163,7 +149,7 @@ async def test_load_settings_become_options_but_flash_attention_and_kv_type_neve
     text = json.dumps(sent)
     for never in ("flash", "cache_type", "kv", "ubatch", "parallel"):
         assert never not in text
-    assert no_nulls(sent)
+    assert not has_null(sent)
 
 
 async def test_openai_params_are_translated_to_ollama_terms(fake: FakeOllama) -> None:

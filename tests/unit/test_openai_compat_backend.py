@@ -31,6 +31,7 @@ from autotune.backends.openai_compat import (
     capabilities_for,
     engine_stats_from_chunk,
 )
+from fakes.helpers import collect, has_null
 from fakes.openai_compat import LLAMACPP_TIMINGS, FakeOpenAI
 from fakes.server import Swappable, closed_port_url, serve
 
@@ -66,20 +67,6 @@ async def backend_at(url: str, **kwargs: Any) -> AsyncIterator[OpenAICompatBacke
         yield backend
     finally:
         await backend.aclose()
-
-
-async def collect(backend: OpenAICompatBackend, request: ChatRequest) -> list[Chunk]:
-    return [chunk async for chunk in backend.stream_chat(request)]
-
-
-def has_null(value: object) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, dict):
-        return any(has_null(v) for v in value.values())
-    if isinstance(value, list):
-        return any(has_null(v) for v in value)
-    return False
 
 
 # --------------------------------------------------------------------------- probe

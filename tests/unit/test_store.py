@@ -77,3 +77,21 @@ def test_list_orders_by_last_update_and_delete_cascades(store: ConversationStore
 def test_ensure_keeps_a_given_id(store: ConversationStore) -> None:
     conv = store.ensure("imported-42", model="m")
     assert conv.id == "imported-42" and store.ensure("imported-42").model == "m"
+
+
+def test_telemetry_keeps_recent_runs_and_events_and_prunes_old_ones(tmp_path: Path) -> None:
+    import time
+
+    from autotune.backends.base import EngineEvent
+    from autotune.pipeline import RunRecord
+    from autotune.store.telemetry import TelemetryStore
+
+    telemetry = TelemetryStore(Database(tmp_path / "t.db"))
+    old = time.time() - 40 * 86400
+    telemetry.record_run(RunRecord("run_old", "m", "embedded", "fast", "api", started_at=old))
+    telemetry.record_run(RunRecord("run_new", "m", "embedded", "fast", "api"))
+    telemetry.record_event(EngineEvent("load", "m", at=old))
+    telemetry.record_event(EngineEvent("reload", "m"))
+    assert telemetry.prune(30) == 2
+    assert [r["id"] for r in telemetry.runs()] == ["run_new"]
+    assert [e["kind"] for e in telemetry.events()] == ["reload"]

@@ -216,11 +216,6 @@ def _json_or_none(response: Any) -> Any:
         return None
 
 
-def _error_message(response: httpx.Response) -> str:
-    """The engine's own words: ``error.message`` (OpenAI, llama.cpp), ``message`` (vLLM), …"""
-    return _error_text(response.status_code, response.text)
-
-
 def _error_text(status: int, text: str) -> str:
     try:
         payload = json.loads(text)

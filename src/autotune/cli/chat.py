@@ -277,21 +277,28 @@ _MODEL_HELP = "Model to chat with (default: AUTOTUNE_DEFAULT_MODEL, the bundled 
 _PROFILE_HELP = "Tuning profile: fast, balanced, quality, or auto (the one that fits)."
 
 
+#: Options ``chat`` and ``run`` share.
+_SYSTEM_OPTION = typer.Option(None, "--system", "-s", help="System prompt for the conversation.")
+_NO_SWAP_OPTION = typer.Option(
+    False, "--no-swap", help="Refuse a model the memory check calls a swap risk."
+)
+_VERBOSE_OPTION = typer.Option(
+    False, "--verbose", "-v", help="Show each reply's plan and any recalled memories."
+)
+_MAX_TOKENS_OPTION = typer.Option(
+    None, "--max-tokens", min=1, help="Cap each reply at this many tokens."
+)
+
+
 def chat(
     ctx: typer.Context,
     model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
     profile: str = typer.Option(None, "--profile", "-p", help=_PROFILE_HELP),
-    system: str = typer.Option(None, "--system", "-s", help="System prompt for the conversation."),
+    system: str = _SYSTEM_OPTION,
     conv_id: str = typer.Option(None, "--conv-id", help="Resume this conversation."),
-    no_swap: bool = typer.Option(
-        False, "--no-swap", help="Refuse a model the memory check calls a swap risk."
-    ),
-    verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="Show each reply's plan and any recalled memories."
-    ),
-    max_tokens: int = typer.Option(
-        None, "--max-tokens", min=1, help="Cap each reply at this many tokens."
-    ),
+    no_swap: bool = _NO_SWAP_OPTION,
+    verbose: bool = _VERBOSE_OPTION,
+    max_tokens: int = _MAX_TOKENS_OPTION,
 ) -> None:
     """Chat in the terminal; piped input is read line by line and answered in plain text."""
     from autotune.chat.repl import ChatOptions
@@ -354,16 +361,10 @@ def run(
         min=MIN_CONTEXT,
         help="Context tokens to plan for (default: the profile's context).",
     ),
-    system: str = typer.Option(None, "--system", "-s", help="System prompt for the conversation."),
-    no_swap: bool = typer.Option(
-        False, "--no-swap", help="Refuse a model the memory check calls a swap risk."
-    ),
-    verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="Show each reply's plan and any recalled memories."
-    ),
-    max_tokens: int = typer.Option(
-        None, "--max-tokens", min=1, help="Cap each reply at this many tokens."
-    ),
+    system: str = _SYSTEM_OPTION,
+    no_swap: bool = _NO_SWAP_OPTION,
+    verbose: bool = _VERBOSE_OPTION,
+    max_tokens: int = _MAX_TOKENS_OPTION,
 ) -> None:
     """Check that MODEL fits in memory (weights, KV cache, overhead), then chat with it.
 

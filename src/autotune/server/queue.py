@@ -51,11 +51,6 @@ class AdmissionQueue:
     def queued(self) -> int:
         return sum(1 for w in self._waiters if not w.done())
 
-    @property
-    def would_wait(self) -> bool:
-        """A new request would have to queue (so a client disconnect is worth watching for)."""
-        return self.running >= self.max_concurrent or self.queued > 0
-
     def retry_after(self) -> int:
         """Seconds until a place is likely free: mean request time × requests ahead ÷ slots."""
         mean = sum(self._durations) / len(self._durations) if self._durations else 1.0
