@@ -30,7 +30,7 @@ from rich.table import Table
 from autotune.backends.openai_compat import post_chat
 from autotune.backends.worker_process import start_worker, stop_worker
 from autotune.bench.report import write_results
-from autotune.config import Settings
+from autotune.ground.config import Settings
 from autotune.models.bundled import BUNDLED_NAME, bundled_model_path
 from autotune.pipeline import ChatInput
 from autotune.runtime import open_runtime

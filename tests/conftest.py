@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.config import get_settings
+from autotune.ground.config import get_settings
 from autotune.models.bundled import bundled_model_path
 
 _ISOLATED_VARS = (

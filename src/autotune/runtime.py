@@ -11,11 +11,12 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from autotune.backends.base import EngineEvent
 from autotune.backends.registry import BackendSet, open_backends
-from autotune.config import Settings, get_settings
+from autotune.ground.config import Settings, get_settings
+from autotune.ground.records import RunRecord
+from autotune.ground.types import EngineEvent
 from autotune.hardware.profile import HardwareProfile, detect_hardware
-from autotune.pipeline import Pipeline, RunRecord
+from autotune.pipeline import Pipeline
 from autotune.recall.embed import default_embedder
 from autotune.recall.manager import RecallManager
 from autotune.store.conversations import ConversationStore

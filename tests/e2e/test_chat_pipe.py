@@ -19,7 +19,7 @@ import pytest
 
 from autotune.chat.render import PlainRenderer
 from autotune.chat.repl import Chat, ChatOptions
-from autotune.config import Settings
+from autotune.ground.config import Settings
 from autotune.runtime import open_runtime
 
 pytestmark = pytest.mark.engine

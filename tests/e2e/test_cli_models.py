@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from autotune.backends.base import ChatRequest, LoadSettings
 from autotune.backends.embedded import EmbeddedBackend
-from autotune.config import get_settings
+from autotune.ground.config import get_settings
+from autotune.ground.types import ChatRequest, LoadSettings
 
 DIGEST = "sha256:" + "ab" * 32
 

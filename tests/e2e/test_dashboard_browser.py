@@ -16,7 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from autotune.config import Settings
+from autotune.ground.config import Settings
 from autotune.server import middleware
 from autotune.server.app import create_app
 from autotune.server.runner import BackgroundServer

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from autotune.config import Settings
+from autotune.ground.config import Settings
 from autotune.server.app import create_app
 from autotune.server.runner import BackgroundServer
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from autotune.backends.base import Backend, ChatRequest, Chunk
+from autotune.backends.base import Backend
+from autotune.ground.types import ChatRequest, Chunk
 
 __all__ = ["collect", "has_null"]
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
-from autotune.config import Settings
+from autotune.ground.config import Settings
 from autotune.server.app import create_app
 from autotune.server.runner import BackgroundServer
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from autotune.backends.base import ChatRequest, Chunk, LoadSettings, UnsupportedOption
 from autotune.backends.embedded import EmbeddedBackend
+from autotune.ground.errors import UnsupportedOption
+from autotune.ground.types import ChatRequest, Chunk, LoadSettings
 from autotune.models.bundled import BUNDLED_NAME
 from autotune.models.estimate import estimate_memory
 from autotune.models.gguf import read_gguf_meta
@@ -102,7 +103,7 @@ async def test_memory_budget_unloads_the_least_recently_used_model(
     models.mkdir()
     shutil.copy(bundled_gguf, models / "twin.gguf")  # a second, distinct model file
     monkeypatch.setenv("AUTOTUNE_MODELS_DIR", str(models))
-    from autotune.config import get_settings
+    from autotune.ground.config import get_settings
 
     get_settings.cache_clear()
     one = estimate_memory(read_gguf_meta(bundled_gguf), 2048).total

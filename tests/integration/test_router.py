@@ -28,9 +28,10 @@ from typing import Any
 import httpx
 import pytest
 
-from autotune.backends.base import BackendError, ChatRequest
 from autotune.backends.router import RouterBackend
 from autotune.backends.router_config import parse_router_config
+from autotune.ground.errors import BackendError
+from autotune.ground.types import ChatRequest
 
 pytestmark = pytest.mark.engine
 

@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from autotune.config import Settings
+from autotune.ground.config import Settings
 from autotune.server.app import create_app
 from autotune.server.runner import BackgroundServer
 

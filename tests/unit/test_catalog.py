@@ -11,6 +11,7 @@ from importlib import resources
 
 import pytest
 
+from autotune.ground.units import GiB
 from autotune.hardware.profile import CpuInfo, assemble_profile, effective_budget
 from autotune.models.catalog import (
     DEFAULT_CONTEXT,
@@ -29,7 +30,6 @@ from autotune.models.catalog import (
     speed_bound_tps,
 )
 from autotune.models.estimate import kv_cache_bytes
-from autotune.units import GiB
 
 REQUIRED = {
     "qwen3:4b",

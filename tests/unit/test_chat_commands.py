@@ -17,7 +17,6 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from autotune.backends.base import EngineEvent, ModelMeta
 from autotune.backends.embedded import EmbeddedBackend
 from autotune.backends.ollama import OllamaBackend
 from autotune.chat.commands import (
@@ -32,10 +31,11 @@ from autotune.chat.render import PlainRenderer, footer_text, hard_breaks, split_
 from autotune.chat.repl import Chat, ChatOptions
 from autotune.chat.watcher import ModelWatcher, notice_from_event, notice_from_poll
 from autotune.cli.chat import analyse, choose_profile
-from autotune.config import Settings
+from autotune.ground.config import Settings
+from autotune.ground.types import EngineEvent, ModelMeta
+from autotune.ground.units import MiB
 from autotune.models.fit import Verdict
 from autotune.runtime import Runtime, open_runtime
-from autotune.units import MiB
 from fakes.ollama import MODEL, PS, FakeOllama
 from fakes.server import serve
 

@@ -13,8 +13,8 @@ import gguf
 import numpy as np
 import pytest
 
-from autotune.backends.base import ModelNotFound
-from autotune.config import get_settings
+from autotune.ground.config import get_settings
+from autotune.ground.errors import ModelNotFound
 from autotune.models.bundled import BUNDLED_NAME
 from autotune.models.discovery import (
     Discovery,
@@ -322,7 +322,7 @@ def test_models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundled_ggu
 
 
 def test_explicit_settings_are_honoured(tmp_path: Path) -> None:
-    from autotune.config import Settings
+    from autotune.ground.config import Settings
 
     small_gguf(tmp_path / "mine" / "gamma.gguf")
     found = discover(Settings(models_dir=tmp_path / "mine"))

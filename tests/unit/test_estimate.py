@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autotune.backends.base import ModelMeta
+from autotune.ground.types import ModelMeta
+from autotune.ground.units import MiB
 from autotune.models.estimate import (
     KV_BYTES_PER_ELEMENT,
     OVERHEAD_BYTES,
@@ -26,7 +27,6 @@ from autotune.models.estimate import (
     weights_bytes,
 )
 from autotune.models.gguf import read_gguf_meta
-from autotune.units import MiB
 
 # SmolLM2-135M as read from the bundled GGUF (kept literal so these tests need no file).
 SMOL = ModelMeta(

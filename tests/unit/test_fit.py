@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autotune.backends.base import ModelMeta
+from autotune.ground.profiles import PROFILES
+from autotune.ground.types import ModelMeta
+from autotune.ground.units import GiB, MiB
 from autotune.models.estimate import estimate_memory
 from autotune.models.fit import (
     COMFORTABLE_FRACTION,
@@ -23,8 +25,6 @@ from autotune.models.fit import (
     profile_context,
 )
 from autotune.models.gguf import read_gguf_meta
-from autotune.tuning.profiles import PROFILES
-from autotune.units import GiB, MiB
 
 # Llama-3.1-8B-like dimensions (32 layers, 8 KV heads of 128, 128k trained) at Q4_K_M size.
 LLAMA8B = ModelMeta(

@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 import pytest
 
-from autotune.config import get_settings
+from autotune.ground.config import get_settings
 from autotune.models.gguf import GGUFError, check_gguf, is_gguf, read_gguf_meta, split_parts
 
 

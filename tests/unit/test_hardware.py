@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from autotune.ground.units import GiB, MiB
 from autotune.hardware import profile as hw
 from autotune.hardware.profile import (
     GPU,
@@ -36,7 +37,6 @@ from autotune.hardware.profile import (
     safety_reserve,
     vram_reserve,
 )
-from autotune.units import GiB, MiB
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "hardware"
 

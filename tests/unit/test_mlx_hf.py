@@ -21,7 +21,6 @@ import typer
 from typer.testing import CliRunner
 
 from autotune.backends import mlx_models
-from autotune.backends.base import ChatRequest, EngineUnavailable, ModelNotFound
 from autotune.backends.hf import HFAuthError, HFBackend, HFTokenMissing
 from autotune.backends.mlx import MlxBackend, fill_mlx_timings
 from autotune.backends.mlx_models import (
@@ -35,7 +34,9 @@ from autotune.backends.mlx_models import (
 )
 from autotune.backends.registry import make_backend
 from autotune.cli import mlx as mlx_cli
-from autotune.config import Settings
+from autotune.ground.config import Settings
+from autotune.ground.errors import EngineUnavailable, ModelNotFound
+from autotune.ground.types import ChatRequest
 from fakes.hf_router import MODEL as HF_MODEL
 from fakes.hf_router import FakeHFRouter
 from fakes.mlx_server import FakeMlxServer
@@ -131,7 +132,7 @@ def test_model_meta_from_config_json() -> None:
 
 
 def test_timings_without_milliseconds_get_them() -> None:
-    from autotune.backends.base import EngineStats
+    from autotune.ground.types import EngineStats
 
     timings = {
         "prompt_n": 50,

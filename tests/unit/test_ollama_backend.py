@@ -16,15 +16,14 @@ from datetime import datetime
 
 import pytest
 
-from autotune.backends.base import (
-    ChatRequest,
+from autotune.backends.ollama import RELOAD_THRESHOLD_MS, OllamaBackend, ollama_chat_body
+from autotune.ground.errors import (
     EngineUnavailable,
-    LoadSettings,
     ModelNotFound,
     UnsupportedOption,
     UpstreamError,
 )
-from autotune.backends.ollama import RELOAD_THRESHOLD_MS, OllamaBackend, ollama_chat_body
+from autotune.ground.types import ChatRequest, LoadSettings
 from fakes.helpers import collect, has_null
 from fakes.ollama import CHAT_FINAL, HYBRID, MODEL, TOOL_CALL_LINES, FakeOllama, chat_lines
 from fakes.server import Swappable, closed_port_url, serve

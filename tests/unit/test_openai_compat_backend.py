@@ -17,20 +17,13 @@ from typing import Any
 
 import pytest
 
-from autotune.backends.base import (
-    ChatRequest,
-    Chunk,
-    EngineUnavailable,
-    LoadSettings,
-    ModelNotFound,
-    NotSupported,
-    UpstreamError,
-)
 from autotune.backends.openai_compat import (
     OpenAICompatBackend,
     capabilities_for,
     engine_stats_from_chunk,
 )
+from autotune.ground.errors import EngineUnavailable, ModelNotFound, NotSupported, UpstreamError
+from autotune.ground.types import ChatRequest, Chunk, LoadSettings
 from fakes.helpers import collect, has_null
 from fakes.openai_compat import LLAMACPP_TIMINGS, FakeOpenAI
 from fakes.server import Swappable, closed_port_url, serve
@@ -490,8 +483,8 @@ async def test_a_stale_kept_alive_connection_is_retried_once() -> None:
     import asyncio
     import contextlib
 
-    from autotune.backends.base import ChatRequest
     from autotune.backends.openai_compat import OpenAICompatBackend
+    from autotune.ground.types import ChatRequest
 
     sse = (
         b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":"ok"}}]}\n\n'

@@ -6,17 +6,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autotune.backends.base import Capabilities, LoadSettings, ModelMeta
+from autotune.ground.profiles import get_profile
+from autotune.ground.tuned import TunedSettings
+from autotune.ground.types import Capabilities, LoadSettings, ModelMeta
 from autotune.tuning.planner import (
     CONTEXT_BUCKETS,
     MemoryState,
     PlanInput,
-    TunedSettings,
     bucket_for,
     context_need,
     plan,
 )
-from autotune.tuning.profiles import get_profile
 
 EMBEDDED = Capabilities(
     load_control=True,

@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from autotune.cli.recall import register
-from autotune.config import get_settings
+from autotune.ground.config import get_settings
 from autotune.recall.embed import minilm_available
 
 CORPUS = Path(__file__).parents[1] / "fixtures" / "recall" / "corpus.jsonl"

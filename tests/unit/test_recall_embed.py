@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from autotune.backends.base import Backend, NotSupported
+from autotune.backends.base import Backend
 from autotune.backends.ollama import OllamaBackend
+from autotune.ground.errors import NotSupported
 from autotune.recall.embed import Embedder, EngineEmbedder, MiniLMEmbedder, default_embedder
 from autotune.recall.manager import RecallManager
 from autotune.store.conversations import ConversationStore

@@ -17,17 +17,12 @@ from typing import Any
 
 import pytest
 
-from autotune.backends.base import (
-    BackendError,
-    ChatRequest,
-    EngineUnavailable,
-    ModelNotFound,
-    UpstreamError,
-)
 from autotune.backends.registry import make_backend, open_backends
 from autotune.backends.router import RouterBackend
 from autotune.backends.router_config import parse_router_config
-from autotune.config import Settings
+from autotune.ground.config import Settings
+from autotune.ground.errors import BackendError, EngineUnavailable, ModelNotFound, UpstreamError
+from autotune.ground.types import ChatRequest
 from fakes.router_upstream import FakeUpstream, vllm_metrics
 from fakes.server import Swappable, closed_port_url, serve
 

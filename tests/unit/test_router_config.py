@@ -17,7 +17,7 @@ from autotune.backends.router_config import (
     load_router_config,
     parse_router_config,
 )
-from autotune.config import Settings
+from autotune.ground.config import Settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "router.yaml"
 

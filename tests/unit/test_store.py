@@ -82,8 +82,8 @@ def test_ensure_keeps_a_given_id(store: ConversationStore) -> None:
 def test_telemetry_keeps_recent_runs_and_events_and_prunes_old_ones(tmp_path: Path) -> None:
     import time
 
-    from autotune.backends.base import EngineEvent
-    from autotune.pipeline import RunRecord
+    from autotune.ground.records import RunRecord
+    from autotune.ground.types import EngineEvent
     from autotune.store.telemetry import TelemetryStore
 
     telemetry = TelemetryStore(Database(tmp_path / "t.db"))

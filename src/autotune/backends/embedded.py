@@ -25,24 +25,26 @@ from typing import Any
 import httpx
 import psutil
 
-from autotune.backends.base import (
-    Backend,
+from autotune.backends.base import Backend
+from autotune.backends.openai_compat import OpenAICompatBackend
+from autotune.backends.worker_process import start_worker, stop_worker
+from autotune.ground.errors import (
+    InsufficientMemory,
+    ModelLoadError,
+    NotSupported,
+    UnsupportedOption,
+)
+from autotune.ground.types import (
     Capabilities,
     ChatRequest,
     Chunk,
     EngineEvent,
-    InsufficientMemory,
     LoadSettings,
     ModelEntry,
-    ModelLoadError,
     ModelMeta,
-    NotSupported,
     RunningModel,
-    UnsupportedOption,
 )
-from autotune.backends.openai_compat import OpenAICompatBackend
-from autotune.backends.worker_process import start_worker, stop_worker
-from autotune.units import MiB, format_bytes
+from autotune.ground.units import MiB, format_bytes
 
 __all__ = ["EmbeddedBackend", "EngineEvent"]  # EngineEvent re-exported from .base
 
@@ -82,7 +84,7 @@ def _load_estimate(meta: ModelMeta, settings: LoadSettings) -> int:
 
 
 def _default_budget() -> int:
-    from autotune.config import get_settings
+    from autotune.ground.config import get_settings
     from autotune.hardware.profile import detect_hardware, effective_budget
 
     return effective_budget(detect_hardware(), get_settings().memory_budget)
@@ -339,7 +341,7 @@ class EmbeddedBackend(Backend):
         return sum(w.estimate for n, w in self._workers.items() if n != model and not w.in_flight)
 
     async def set_priority(self, model: str, nice: int) -> str | None:
-        from autotune.tuning.os_tune import set_priority
+        from autotune.hardware.os_tune import set_priority
 
         worker = self._workers.get(model)
         if worker is None or not worker.alive():

@@ -16,14 +16,9 @@ from typing import Any
 
 import httpx
 
-from autotune.backends.base import (
-    BackendError,
-    Capabilities,
-    ChatRequest,
-    Chunk,
-    ModelEntry,
-)
 from autotune.backends.openai_compat import OpenAICompatBackend
+from autotune.ground.errors import BackendError
+from autotune.ground.types import Capabilities, ChatRequest, Chunk, ModelEntry
 
 __all__ = ["DEFAULT_HF_URL", "HFAuthError", "HFBackend", "HFTokenMissing"]
 

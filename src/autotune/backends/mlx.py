@@ -31,17 +31,6 @@ from typing import Any
 
 import httpx
 
-from autotune.backends.base import (
-    BackendError,
-    ChatRequest,
-    Chunk,
-    EngineStats,
-    EngineUnavailable,
-    ModelEntry,
-    ModelMeta,
-    ModelNotFound,
-    PullProgress,
-)
 from autotune.backends.mlx_models import (
     is_apple_silicon,
     local_mlx_models,
@@ -50,6 +39,15 @@ from autotune.backends.mlx_models import (
     resolve_mlx_repo,
 )
 from autotune.backends.openai_compat import OpenAICompatBackend
+from autotune.ground.errors import BackendError, EngineUnavailable, ModelNotFound
+from autotune.ground.types import (
+    ChatRequest,
+    Chunk,
+    EngineStats,
+    ModelEntry,
+    ModelMeta,
+    PullProgress,
+)
 
 __all__ = ["DEFAULT_COMMAND", "MlxBackend", "fill_mlx_timings", "mlx_lm_installed"]
 

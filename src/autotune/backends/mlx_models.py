@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune.backends.base import ModelMeta
+from autotune.ground.types import ModelMeta
 
 __all__ = [
     "OLLAMA_LATEST",

@@ -12,22 +12,19 @@ from typing import Any
 import httpx
 import ollama
 
-from autotune.backends.base import (
-    Backend,
-    BackendError,
+from autotune.backends.base import Backend
+from autotune.backends.openai_compat import transport_detail
+from autotune.ground.errors import BackendError, ModelNotFound, UnsupportedOption, UpstreamError
+from autotune.ground.types import (
     Capabilities,
     ChatRequest,
     Chunk,
     EngineStats,
     ModelEntry,
     ModelMeta,
-    ModelNotFound,
     PullProgress,
     RunningModel,
-    UnsupportedOption,
-    UpstreamError,
 )
-from autotune.backends.openai_compat import transport_detail
 
 __all__ = [
     "DEFAULT_TIMEOUT",

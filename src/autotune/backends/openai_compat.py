@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import httpx
 
-from autotune.backends.base import (
-    Backend,
-    BackendError,
+from autotune.backends.base import Backend
+from autotune.ground.errors import BackendError, ModelNotFound, NotSupported, UpstreamError
+from autotune.ground.types import (
     Capabilities,
     ChatRequest,
     Chunk,
@@ -26,10 +26,7 @@ from autotune.backends.base import (
     LoadSettings,
     ModelEntry,
     ModelMeta,
-    ModelNotFound,
-    NotSupported,
     RunningModel,
-    UpstreamError,
 )
 
 __all__ = [

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from autotune.backends.base import Backend, BackendError, ModelEntry, ModelNotFound
+from autotune.backends.base import Backend
 from autotune.backends.mlx_models import is_apple_silicon, mlx_first
-from autotune.config import Settings, get_settings
+from autotune.ground.config import Settings, get_settings
+from autotune.ground.errors import BackendError, ModelNotFound
+from autotune.ground.types import ModelEntry
 
 __all__ = [
     "ENGINE_ORDER",

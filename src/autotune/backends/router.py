@@ -24,21 +24,7 @@ from typing import Any
 
 import httpx
 
-from autotune.backends.base import (
-    Backend,
-    BackendError,
-    Capabilities,
-    ChatRequest,
-    Chunk,
-    EngineUnavailable,
-    ModelEntry,
-    ModelMeta,
-    ModelNotFound,
-    NotSupported,
-    RunningModel,
-    UpstreamError,
-    error_summary,
-)
+from autotune.backends.base import Backend
 from autotune.backends.metrics_adapters import LOAD_PATHS, EngineLoad, parse_load
 from autotune.backends.openai_compat import transport_detail
 from autotune.backends.router_config import RouterConfig, UpstreamConfig, load_router_config
@@ -50,6 +36,22 @@ from autotune.backends.routing import (
     external_load,
     model_name_on,
     servers_of,
+)
+from autotune.ground.errors import (
+    BackendError,
+    EngineUnavailable,
+    ModelNotFound,
+    NotSupported,
+    UpstreamError,
+    error_summary,
+)
+from autotune.ground.types import (
+    Capabilities,
+    ChatRequest,
+    Chunk,
+    ModelEntry,
+    ModelMeta,
+    RunningModel,
 )
 
 __all__ = ["RouterBackend", "Upstream", "make_upstream_backend"]

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from autotune.backends.base import BackendError
+from autotune.ground.errors import BackendError
 
 __all__ = [
     "UPSTREAM_KINDS",

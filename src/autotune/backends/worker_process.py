@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from autotune.backends.base import ModelLoadError
+from autotune.ground.errors import ModelLoadError
 
 __all__ = ["start_worker", "stop_worker"]
 

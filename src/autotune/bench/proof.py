@@ -22,15 +22,15 @@ from typing import Any
 import httpx
 import psutil
 
-from autotune.backends.base import ModelMeta
 from autotune.backends.worker_process import start_worker, stop_worker
 from autotune.bench.report import percentile
+from autotune.ground.profiles import get_profile
+from autotune.ground.types import ModelMeta
 from autotune.hardware.pressure import Tier
 from autotune.models.estimate import estimate_memory, kv_cache_bytes, load_estimate
 from autotune.pipeline import ChatInput
 from autotune.runtime import Runtime
 from autotune.tuning.planner import MemoryState, PlanInput, context_need, plan
-from autotune.tuning.profiles import get_profile
 
 __all__ = ["SCENARIOS", "ProofResult", "Sample", "Scenario", "guard_table", "run_proof"]
 
@@ -415,7 +415,7 @@ async def run_proof(
     backend, name = await runtime.backends.resolve(model)
     meta = await backend.model_meta(name)
     if meta.path is None or not backend.capabilities.load_control:
-        from autotune.backends.base import NotSupported
+        from autotune.ground.errors import NotSupported
 
         raise NotSupported(
             "The proof compares against a raw llama.cpp worker and needs the embedded engine.",

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from autotune.config import PROFILE_CHOICES
+from autotune.ground.config import PROFILE_CHOICES
 
 __all__ = [
     "COMMANDS",

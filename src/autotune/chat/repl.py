@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from autotune.backends.base import BackendError
 from autotune.chat.commands import (
     COMMANDS,
     Command,
@@ -32,9 +31,10 @@ from autotune.chat.commands import (
 )
 from autotune.chat.render import MarkdownRenderer, PlainRenderer, ReplyRenderer, footer_text
 from autotune.chat.watcher import ModelWatcher, UnloadNotice
+from autotune.ground.errors import BackendError
+from autotune.ground.profiles import get_profile
 from autotune.pipeline import ChatInput, ChatRun
 from autotune.store.conversations import new_conversation_id
-from autotune.tuning.profiles import get_profile
 
 if TYPE_CHECKING:
     from autotune.runtime import Runtime
@@ -586,7 +586,7 @@ class Chat:
         self.say(f"  {'embedded':<9} llama.cpp (built in)  {state}{use}{mark}")
 
     async def _cmd_models(self, arg: str) -> None:
-        from autotune.units import format_bytes
+        from autotune.ground.units import format_bytes
 
         inventory = await self.runtime.backends.inventory(fresh=True)
         for engine in self.runtime.backends.order:

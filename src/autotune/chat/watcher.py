@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from autotune.backends.base import Backend, BackendError, EngineEvent
+from autotune.backends.base import Backend
+from autotune.ground.errors import BackendError
+from autotune.ground.types import EngineEvent
 
 __all__ = ["ModelWatcher", "UnloadNotice", "notice_from_event", "notice_from_poll"]
 

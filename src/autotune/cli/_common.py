@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from autotune.serialize import to_jsonable
+from autotune.ground.serialize import to_jsonable
 
 __all__ = ["console", "err_console", "fail", "print_json", "run", "to_jsonable"]
 

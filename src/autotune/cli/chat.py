@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
-from autotune.backends.base import ModelMeta, NotSupported
 from autotune.cli._common import console, err_console, fail
 from autotune.cli._common import run as run_async
-from autotune.config import PROFILE_CHOICES, get_settings
+from autotune.ground.config import PROFILE_CHOICES, get_settings
+from autotune.ground.errors import NotSupported
+from autotune.ground.profiles import PROFILES
+from autotune.ground.types import ModelMeta
+from autotune.ground.units import format_bytes
 from autotune.models.estimate import MemoryEstimate, estimate_memory
 from autotune.models.fit import (
     COMFORTABLE_FRACTION,
@@ -24,8 +27,6 @@ from autotune.models.fit import (
     profile_context,
     verdict_for,
 )
-from autotune.tuning.profiles import PROFILES
-from autotune.units import format_bytes
 
 if TYPE_CHECKING:
     from autotune.chat.repl import ChatOptions, FitCheck

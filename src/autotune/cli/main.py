@@ -8,9 +8,9 @@ import typer
 from pydantic import ValidationError
 
 from autotune import __version__
-from autotune.backends.base import BackendError
 from autotune.cli import chat, hardware, mlx, models, proof, recall, serve, telemetry, tune
 from autotune.cli._common import err_console
+from autotune.ground.errors import BackendError
 
 __all__ = ["app", "main"]
 

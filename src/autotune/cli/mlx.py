@@ -15,7 +15,7 @@ from autotune.backends.mlx_models import (
     resolve_mlx_repo,
 )
 from autotune.cli._common import console, fail, print_json, run
-from autotune.units import format_bytes
+from autotune.ground.units import format_bytes
 
 __all__ = ["mlx_app", "register"]
 

@@ -12,12 +12,13 @@ import httpx
 import typer
 from rich.table import Table
 
-from autotune.backends.base import BackendError, ModelMeta, RunningModel
 from autotune.backends.registry import BackendSet, open_backends
 from autotune.cli._common import console, err_console, print_json, run
-from autotune.config import get_settings
-from autotune.serialize import to_jsonable
-from autotune.units import format_bytes
+from autotune.ground.config import get_settings
+from autotune.ground.errors import BackendError
+from autotune.ground.serialize import to_jsonable
+from autotune.ground.types import ModelMeta, RunningModel
+from autotune.ground.units import format_bytes
 
 __all__ = ["register"]
 
@@ -374,8 +375,8 @@ def show(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a model's architecture and how it fits this machine under each profile."""
+    from autotune.ground.profiles import PROFILES
     from autotune.models.fit import assess_fit, profile_context
-    from autotune.tuning.profiles import PROFILES
 
     async def job() -> tuple[str, ModelMeta]:
         backends = await open_backends(requested=(ctx.obj or {}).get("backend"))

@@ -11,9 +11,9 @@ from rich.table import Table
 
 from autotune.bench.proof import SCENARIOS, ProofResult
 from autotune.cli._common import console, err_console, print_json, run
-from autotune.config import get_settings
-from autotune.serialize import to_jsonable
-from autotune.units import format_bytes
+from autotune.ground.config import get_settings
+from autotune.ground.serialize import to_jsonable
+from autotune.ground.units import format_bytes
 
 __all__ = ["register", "result_rows"]
 

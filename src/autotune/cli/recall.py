@@ -27,7 +27,7 @@ _SHOWN_BAD_LINES = 20
 
 
 def _manager(fts_only: bool) -> Any:
-    from autotune.config import get_settings
+    from autotune.ground.config import get_settings
     from autotune.recall.embed import default_embedder
     from autotune.recall.manager import RecallManager
     from autotune.store.db import Database

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from autotune.cli._common import console, fail
-from autotune.config import get_settings
+from autotune.ground.config import get_settings
 
 __all__ = ["register"]
 

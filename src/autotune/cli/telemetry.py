@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from autotune.cli._common import console, print_json
-from autotune.config import get_settings
-from autotune.units import format_bytes
+from autotune.ground.config import get_settings
+from autotune.ground.units import format_bytes
 
 __all__ = ["register"]
 

@@ -10,9 +10,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from autotune.cli._common import console, err_console, fail, print_json, run
-from autotune.config import get_settings
-from autotune.serialize import to_jsonable
-from autotune.units import format_bytes
+from autotune.ground.config import get_settings
+from autotune.ground.serialize import to_jsonable
+from autotune.ground.units import format_bytes
 
 __all__ = ["register"]
 
@@ -44,8 +44,8 @@ def tune(
 
     async def job() -> tuple[str, str, object]:
         from autotune.backends.registry import open_backends
+        from autotune.bench.sweep import sweep
         from autotune.hardware.profile import detect_hardware
-        from autotune.tuning.sweep import sweep
 
         backends = await open_backends(settings, requested=(ctx.obj or {}).get("backend"))
         try:
@@ -81,9 +81,9 @@ def tune(
             await backends.aclose()
 
     engine, name, result = run(job)
+    from autotune.bench.sweep import SweepResult
     from autotune.store.db import Database
     from autotune.store.tuning import TuningStore
-    from autotune.tuning.sweep import SweepResult
 
     assert isinstance(result, SweepResult)
     if not result.chosen:

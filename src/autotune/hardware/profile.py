@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune.units import GiB, MiB
+from autotune.ground.units import GiB, MiB
 
 __all__ = [
     "GPU",

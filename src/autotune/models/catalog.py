@@ -23,7 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from autotune.backends.base import ModelMeta
+from autotune.ground.types import ModelMeta
 from autotune.models.estimate import estimate_memory
 
 __all__ = [

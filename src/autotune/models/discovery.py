@@ -40,8 +40,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autotune.backends.base import ModelNotFound
-from autotune.config import Settings, get_settings
+from autotune.ground.config import Settings, get_settings
+from autotune.ground.errors import ModelNotFound
 from autotune.models.bundled import BUNDLED_NAME, bundled_model_path
 from autotune.models.gguf import check_gguf, split_parts
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from autotune.backends.base import LoadSettings, ModelMeta
-from autotune.units import MiB
+from autotune.ground.types import LoadSettings, ModelMeta
+from autotune.ground.units import MiB
 
 __all__ = [
     "COMPUTE_BYTES_PER_EMBD_FA",

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from autotune.backends.base import ModelMeta
+from autotune.ground.profiles import PROFILES
+from autotune.ground.types import ModelMeta
+from autotune.ground.units import format_bytes
 from autotune.models.estimate import MemoryEstimate, estimate_memory
-from autotune.tuning.profiles import PROFILES
-from autotune.units import format_bytes
 
 __all__ = [
     "COMFORTABLE_FRACTION",

@@ -38,7 +38,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from autotune.backends.base import ModelMeta
+from autotune.ground.types import ModelMeta
 
 __all__ = [
     "GGUF_MAGIC",
@@ -454,7 +454,7 @@ def _meta_from_reader(reader: Any, path: Path, display: str) -> ModelMeta:
 
 
 def _cache_path() -> Path:
-    from autotune.config import get_settings
+    from autotune.ground.config import get_settings
 
     return get_settings().home / "cache" / _CACHE_NAME
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from autotune.backends.base import BackendError
+from autotune.ground.errors import BackendError
+from autotune.ground.profiles import PROFILES
+from autotune.ground.serialize import to_jsonable
 from autotune.hardware.pressure import pressure_tier
-from autotune.serialize import to_jsonable
-from autotune.tuning.profiles import PROFILES
 
 __all__ = ["router"]
 

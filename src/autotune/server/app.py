@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from autotune import __version__
 from autotune.backends.registry import BackendSet
-from autotune.config import Settings, get_settings
+from autotune.ground.config import Settings, get_settings
 from autotune.runtime import open_runtime
 from autotune.server import admin, conversations_api, dashboard, openai
 from autotune.server.errors import install_error_handlers

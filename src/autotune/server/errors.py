@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from autotune.backends.base import BackendError
+from autotune.ground.errors import BackendError
 
 __all__ = ["error_body", "error_response", "install_error_handlers"]
 

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from autotune.pipeline import RunRecord
-from autotune.server.queue import AdmissionQueue
+from autotune.ground.records import RunRecord
+from autotune.pipeline.admission import AdmissionQueue
 
 __all__ = ["Metrics"]
 

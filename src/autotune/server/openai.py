@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from autotune.backends.base import BackendError
+from autotune.ground.errors import BackendError
 from autotune.pipeline import ChatInput, ChatRun, Pipeline
 from autotune.server.errors import error_body
 from autotune.server.schemas import ChatCompletionRequest, forwardable_params

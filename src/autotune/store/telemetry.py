@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from autotune.backends.base import EngineEvent
-from autotune.pipeline import RunRecord
+from autotune.ground.records import RunRecord
+from autotune.ground.types import EngineEvent
 from autotune.store.db import Database
 
 __all__ = ["EventRules", "TelemetryStore", "derive_events"]

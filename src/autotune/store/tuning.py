@@ -6,9 +6,8 @@ import json
 import time
 from typing import Any
 
+from autotune.ground.tuned import Trial, TunedSettings
 from autotune.store.db import Database
-from autotune.tuning.calibrate import Trial
-from autotune.tuning.planner import TunedSettings
 
 __all__ = ["TuningStore"]
 

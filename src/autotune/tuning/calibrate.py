@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+
+from autotune.ground.tuned import Candidate, Trial
 
 __all__ = [
     "NOISE",
-    "Candidate",
-    "Trial",
     "best",
     "dimensions",
     "is_better",
@@ -26,37 +26,6 @@ __all__ = [
 
 #: A result must be this much faster (fraction) to count as better than another.
 NOISE = 0.03
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One set of load-time settings to measure (None = the engine's default)."""
-
-    n_threads: int | None = None
-    n_batch: int | None = None
-    n_ubatch: int | None = None
-    flash_attn: bool | None = None
-    cache_type: str = "f16"
-
-    def label(self) -> str:
-        fa = {None: "auto", True: "on", False: "off"}[self.flash_attn]
-        return (
-            f"threads={self.n_threads or 'default'} batch={self.n_batch or 2048}/"
-            f"{self.n_ubatch or 512} flash={fa} kv={self.cache_type}"
-        )
-
-
-@dataclass
-class Trial:
-    """A candidate and what it measured."""
-
-    candidate: Candidate
-    prefill_tps: float | None = None
-    decode_tps: float | None = None
-    rss_bytes: int | None = None
-    seconds: float = 0.0
-    error: str | None = None
-    samples: list[dict[str, float]] = field(default_factory=list)
 
 
 def score(trial: Trial) -> float:

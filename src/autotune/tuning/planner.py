@@ -18,19 +18,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from autotune.backends.base import Capabilities, LoadSettings, ModelMeta
+from autotune.ground.decision import Decision
+from autotune.ground.profiles import Profile
+from autotune.ground.tuned import TunedSettings
+from autotune.ground.types import Capabilities, LoadSettings, ModelMeta
+from autotune.ground.units import format_bytes
 from autotune.hardware.pressure import Tier, pressure_tier
-from autotune.tuning.profiles import Profile
-from autotune.units import format_bytes
 
 __all__ = [
     "CONTEXT_BUCKETS",
     "MIN_CONTEXT",
-    "Decision",
     "MemoryState",
     "Plan",
     "PlanInput",
-    "TunedSettings",
     "bucket_for",
     "context_need",
     "plan",
@@ -62,18 +62,6 @@ class MemoryState:
 
 
 @dataclass(frozen=True)
-class TunedSettings:
-    """Load-time settings measured best on this machine by ``autotune tune``."""
-
-    n_batch: int | None = None
-    n_ubatch: int | None = None
-    n_threads: int | None = None
-    flash_attn: bool | None = None
-    cache_type: str | None = None
-    source: str = "autotune tune"
-
-
-@dataclass(frozen=True)
 class PlanInput:
     """Everything the planner looks at; no I/O happens inside :func:`plan`."""
 
@@ -94,15 +82,6 @@ class PlanInput:
     tuned: TunedSettings | None = None
     #: Bytes a load with these settings needs (weights + KV + compute + overhead).
     estimator: Callable[[ModelMeta, LoadSettings], int] | None = None
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One choice and why it was made."""
-
-    key: str
-    value: Any
-    reason: str
 
 
 @dataclass

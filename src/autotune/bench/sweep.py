@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import httpx
 import psutil
 
-from autotune.backends.base import ModelMeta
 from autotune.backends.openai_compat import post_chat
 from autotune.backends.worker_process import start_worker, stop_worker
-from autotune.tuning.calibrate import Candidate, Trial, apply, best, dimensions, is_better
+from autotune.ground.tuned import Candidate, Trial
+from autotune.ground.types import ModelMeta
+from autotune.tuning.calibrate import apply, best, dimensions, is_better
 
 __all__ = ["SweepResult", "sweep"]
 

@@ -26,45 +26,42 @@ from typing import Any
 
 import anyio
 
-from autotune.backends.base import (
-    Backend,
+from autotune.backends.base import Backend
+from autotune.backends.registry import BackendSet
+from autotune.context.tokens import TokenEstimator
+from autotune.context.window import CompactionState, ContextOverflow, ContextWindow
+from autotune.ground.config import Settings
+from autotune.ground.decision import Decision
+from autotune.ground.errors import (
     BackendError,
-    ChatRequest,
-    Chunk,
-    EngineStats,
     InsufficientMemory,
     InvalidRequest,
-    LoadSettings,
-    ModelMeta,
     ModelNotFound,
     NotSupported,
     UpstreamError,
     error_summary,
 )
-from autotune.backends.registry import BackendSet
-from autotune.config import Settings
-from autotune.context.tokens import TokenEstimator
-from autotune.context.window import CompactionState, ContextOverflow, ContextWindow
+from autotune.ground.profiles import Profile, get_profile
+from autotune.ground.records import RunRecord
+from autotune.ground.tuned import TunedSettings
+from autotune.ground.types import ChatRequest, Chunk, EngineStats, LoadSettings, ModelMeta
+from autotune.hardware.os_tune import gc_paused
 from autotune.hardware.profile import safety_reserve, vram_reserve
 from autotune.hardware.sampler import Sampler
 from autotune.models.estimate import load_estimate
-from autotune.server.queue import AdmissionQueue
+from autotune.pipeline.admission import AdmissionQueue
 from autotune.store.conversations import ConversationStore, content_text
-from autotune.tuning.os_tune import gc_paused
 from autotune.tuning.planner import (
     CONTEXT_MARGIN,
     DEFAULT_OUTPUT_RESERVE,
-    Decision,
     MemoryState,
     Plan,
     PlanInput,
-    TunedSettings,
     context_need,
     plan,
 )
-from autotune.tuning.profiles import Profile, get_profile
 
-__all__ = ["ChatInput", "ChatRun", "Pipeline", "RunRecord"]
+__all__ = ["ChatInput", "ChatRun", "Pipeline"]
 
 Observer = Callable[["RunRecord"], Awaitable[None] | None]
 #: Returns measured load-time settings for (backend, model, profile), or None.
@@ -84,44 +81,6 @@ class ChatInput:
     #: Store this turn in the conversation (defaults to: a conversation id was given).
     persist: bool | None = None
     source: str = "api"
-
-
-@dataclass
-class RunRecord:
-    """What telemetry keeps about one request. Never the prompt text."""
-
-    id: str
-    model: str
-    backend: str
-    profile: str
-    source: str
-    plan: str = ""
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    conversation_id: str | None = None
-    status: str = "ok"
-    error: str | None = None
-    started_at: float = field(default_factory=time.time)
-    queue_ms: float | None = None
-    ttft_ms: float | None = None
-    total_ms: float | None = None
-    prompt_tokens: int | None = None
-    cached_tokens: int | None = None
-    completion_tokens: int | None = None
-    prompt_ms: float | None = None
-    decode_ms: float | None = None
-    load_ms: float | None = None
-    tokens_per_s: float | None = None
-    reloaded: bool | None = None
-    n_ctx: int | None = None
-    ram_before: int | None = None
-    ram_after: int | None = None
-    ram_peak_fraction: float | None = None
-    swap_delta: int | None = None
-    gpu_memory_peak: int | None = None
-    engine_timings: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class ChatRun:

@@ -9,7 +9,7 @@ import platformdirs
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from autotune.units import parse_duration, parse_size
+from autotune.ground.units import parse_duration, parse_size
 
 __all__ = ["BACKEND_CHOICES", "PROFILE_CHOICES", "Settings", "get_settings"]
 

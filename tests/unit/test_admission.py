@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from autotune.server.queue import AdmissionQueue, QueueFull
+from autotune.ground.errors import QueueFull
+from autotune.pipeline.admission import AdmissionQueue
 
 
 async def test_runs_up_to_the_limit_then_queues_in_order() -> None:

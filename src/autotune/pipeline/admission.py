@@ -15,21 +15,9 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from autotune.backends.base import BackendError
+from autotune.ground.errors import QueueFull
 
 __all__ = ["AdmissionQueue", "QueueFull"]
-
-
-class QueueFull(BackendError):
-    """Too many requests: the queue is full or the wait timed out."""
-
-    status = 429
-    code = "rate_limit_exceeded"
-    error_type = "rate_limit_error"
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class AdmissionQueue:

@@ -1,0 +1,130 @@
+"""Errors a user can act on; each carries the HTTP status, code and type the API answers with."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "EngineUnavailable",
+    "InsufficientMemory",
+    "InvalidRequest",
+    "ModelLoadError",
+    "ModelNotFound",
+    "NotSupported",
+    "QueueFull",
+    "UnsupportedOption",
+    "UpstreamError",
+    "error_summary",
+]
+
+
+class BackendError(Exception):
+    """An engine problem a user can act on; ``status`` is the HTTP status the API answers with."""
+
+    status: int = 502
+    code: str = "upstream_error"
+    error_type: str = "api_error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}" if self.hint else self.message
+
+
+class EngineUnavailable(BackendError):
+    """The engine does not answer; the message names it, its URL and how to start it."""
+
+    status = 503
+    code = "engine_unavailable"
+
+
+class ModelNotFound(BackendError):
+    """No backend knows this model; ``suggestions`` holds the closest known names."""
+
+    status = 404
+    code = "model_not_found"
+    error_type = "invalid_request_error"
+
+    def __init__(self, model: str, suggestions: list[str] | None = None) -> None:
+        self.model = model
+        self.suggestions = list(suggestions or [])
+        hint = f"Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else None
+        super().__init__(f"Unknown model {model!r}.", hint=hint)
+
+
+class UnsupportedOption(BackendError):
+    """The request asks for something this engine cannot honour; named, never dropped silently."""
+
+    status = 400
+    code = "unsupported_parameter"
+    error_type = "invalid_request_error"
+
+    def __init__(self, param: str, engine: str, why: str = "") -> None:
+        self.param = param
+        super().__init__(f"{engine} cannot honour {param!r}{': ' + why if why else '.'}")
+
+
+class InvalidRequest(BackendError):
+    """The request itself is wrong (a bad field, an unknown profile); ``param`` names the field."""
+
+    status = 400
+    code = "invalid_request"
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ModelLoadError(BackendError):
+    """The engine could not load a model file (broken, truncated, or unsupported architecture)."""
+
+    status = 500
+    code = "model_load_failed"
+
+
+class InsufficientMemory(BackendError):
+    """Loading would exceed the memory budget; the message says what would fit."""
+
+    status = 503
+    code = "insufficient_memory"
+
+
+class NotSupported(BackendError):
+    """The backend lacks this capability (for example tokenize or pull)."""
+
+    status = 501
+    code = "not_supported"
+
+
+class UpstreamError(BackendError):
+    """The engine answered with an error; its status (4xx) and message are passed on."""
+
+    def __init__(self, status: int, message: str, engine: str) -> None:
+        self.status = status if 400 <= status < 600 else 502
+        self.error_type = "invalid_request_error" if 400 <= status < 500 else "api_error"
+        super().__init__(f"{engine}: {message}")
+
+
+class QueueFull(BackendError):
+    """Too many requests: the queue is full or the wait timed out."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def error_summary(exc: BaseException) -> str:
+    """What telemetry keeps of an error: autotune's own message, but never an engine's words,
+    which can quote the prompt or the output (vLLM validation errors echo ``input_value``)."""
+    if isinstance(exc, UpstreamError):
+        return f"{type(exc).__name__}: HTTP {exc.status} from the engine ({exc.code})"
+    if isinstance(exc, BackendError):
+        return f"{type(exc).__name__}: {exc.message}"[:300]
+    return type(exc).__name__
