@@ -42,7 +42,12 @@ from pathlib import Path
 
 from autotune.ground.config import Settings, get_settings
 from autotune.ground.errors import ModelNotFound
-from autotune.models.bundled import BUNDLED_NAME, bundled_model_path
+from autotune.models.bundled import (
+    BUNDLED_NAME,
+    SECOND_NAME,
+    bundled_model_path,
+    second_model_path,
+)
 from autotune.models.gguf import check_gguf, split_parts
 
 __all__ = [
@@ -286,9 +291,9 @@ def _model_file_filter(path: Path, collector: _Collector, label: str) -> bool:
 
 
 def _bundled(collector: _Collector) -> None:
-    path = bundled_model_path()
-    if path is not None:
-        collector.add(BUNDLED_NAME, path, "bundled")
+    for name, path in ((BUNDLED_NAME, bundled_model_path()), (SECOND_NAME, second_model_path())):
+        if path is not None:
+            collector.add(name, path, "bundled")
 
 
 def _ollama_name(parts: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
