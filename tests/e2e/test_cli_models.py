@@ -189,3 +189,22 @@ def test_help_lists_the_commands() -> None:
     assert done.returncode == 0
     for command in ("hardware", "ls", "ps", "recommend", "show", "serve"):
         assert command in done.stdout
+
+
+def test_ls_at_80_columns_piped_keeps_every_name_whole(bundled_gguf: Path, tmp_path: Path) -> None:
+    """Piped output is 80 columns wide: names wrap or stay whole, never ``smoll…``."""
+    tag = "registry.ollama.ai/library/tinychat-instruct-preview/1b-q4_1"
+    store = ollama_store(tmp_path / "ollama", bundled_gguf, tag=tag)
+    env = {"OLLAMA_MODELS": str(store), "COLUMNS": "80"}
+    done = cli("ls", env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "…" not in done.stdout and all(len(line) <= 80 for line in lines)
+    for name in ("smollm2:135m", "tinychat-instruct-preview:1b-q4_1"):
+        assert any(name in line for line in lines), name  # whole, on one line
+    assert "verdict" in done.stdout  # what matters comes first and is kept
+    full = json.loads(cli("ls", "--json", env=env).stdout)
+    assert {m["name"] for m in full["models"]} == {
+        "smollm2:135m",
+        "tinychat-instruct-preview:1b-q4_1",
+    }

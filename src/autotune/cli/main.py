@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from autotune import __version__
 from autotune.cli import chat, hardware, mlx, models, proof, recall, serve, telemetry, tune
 from autotune.cli._common import err_console
+from autotune.cli._help import PlainGroup
 from autotune.ground.errors import BackendError
 
 __all__ = ["app", "main"]
@@ -21,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=PlainGroup,
 )
 
 
@@ -38,8 +40,10 @@ def _root(
         "--backend",
         "-b",
         envvar="AUTOTUNE_BACKEND",
-        help="Engine: auto, embedded, ollama, lmstudio, llamacpp, openai, router, mlx or hf.",
-        show_default="auto",
+        metavar="ENGINE",
+        show_envvar=True,
+        help="Engine: auto (the default: every engine that answers, and the embedded one), "
+        "embedded, ollama, lmstudio, llamacpp, openai, router, mlx or hf.",
     ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
