@@ -72,36 +72,54 @@ def search(
 ) -> None:
     """Find past conversations by meaning and by words; each result names its conversation id.
 
-    Searches the conversations stored under AUTOTUNE_HOME.
+    A conversation matches when one of its messages holds every word of the query or, with
+    the embedding model, is as close in meaning as a recalled memory must be. Full-text
+    search alone has no such measure of meaning: when no message holds every word, it lists
+    the conversations that share some, and says so. Searches the conversations stored under
+    AUTOTUNE_HOME.
     """
+    from autotune.recall.manager import MEMORY_THRESHOLD
+
     manager = _manager(fts_only)
     try:
         _index(manager, quiet=json_out)
-        hits = manager.search(query, limit=limit)
-        mode = "fts" if manager.embedder is None else "hybrid"
+        hits = manager.search(query, limit=limit, relevant_only=True)
+        some_words = []
+        if not hits and manager.embedder is None:
+            some_words = manager.search_fts(query, limit=limit)
     finally:
         manager.db.close()
+    mode = "fts" if manager.embedder is None else "hybrid"
     if json_out:
         print_json(
             {
                 "query": query,
                 "mode": mode,
                 "embedder": manager.embedder.name if manager.embedder else None,
+                "similarity_threshold": MEMORY_THRESHOLD if manager.embedder else None,
                 "hits": hits,
+                "some_words": some_words,
             }
         )
         return
-    if not hits:
-        console.print("No matching conversations.")
-        return
+    if hits:
+        _print_hits(hits)
+    else:
+        console.print(f"No conversation matches {escape(repr(query))}.")
+    if some_words:
+        console.print("No message holds all of its words; conversations that share some:")
+        _print_hits(some_words)
+    if mode == "fts":
+        console.print("[dim](full-text search only: no embedding model in use)[/]")
+
+
+def _print_hits(hits: list[Any]) -> None:
     for hit in hits:
         when = time.strftime("%Y-%m-%d", time.localtime(hit.created_at))
         title = escape(hit.title or "(untitled)")
         model = f" · {escape(hit.model)}" if hit.model else ""
         console.print(f"[bold]{title}[/]  [dim]{when}{model} · {hit.conversation_id}[/]")
         console.print(f"  [dim]{hit.role}:[/] {escape(hit.snippet)}")
-    if mode == "fts":
-        console.print("[dim](full-text search only: no embedding model in use)[/]")
 
 
 def import_(
