@@ -367,9 +367,11 @@ class OllamaBackend(Backend):
         base_url: str = "http://127.0.0.1:11434",
         *,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        api_key: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = ollama.AsyncClient(host=self.base_url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._client = ollama.AsyncClient(host=self.base_url, timeout=timeout, headers=headers)
 
     @property
     def _http(self) -> httpx.AsyncClient:
