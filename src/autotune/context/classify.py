@@ -27,6 +27,7 @@ from typing import Any
 __all__ = [
     "CHATTER_THRESHOLD",
     "ERROR_LINE_RE",
+    "FILE_EXTENSIONS",
     "is_chatter",
     "message_text",
     "score_message",
@@ -91,10 +92,12 @@ _SHELL_RE = re.compile(
 _PATH_RE = re.compile(
     r"(?:^|[\s(\"'`=])(?:~?/|\.{1,2}/)?(?:[\w.-]+/)+[\w.-]+|[A-Za-z]:\\[\w\\. -]+"
 )
-_EXT_RE = re.compile(
-    r"(?<=[\w-])\.(?:py|js|ts|tsx|jsx|rs|go|java|kt|c|cc|cpp|h|hpp|cs|rb|php|swift|md|toml|yaml"
-    r"|yml|json|txt|cfg|ini|sh|sql|html|css|lock|gguf|log|csv)\b"
+#: File name extensions that mark a word as a file name (a regex alternation).
+FILE_EXTENSIONS = (
+    "py|js|ts|tsx|jsx|rs|go|java|kt|c|cc|cpp|h|hpp|cs|rb|php|swift|md|toml|yaml"
+    "|yml|json|txt|cfg|ini|sh|sql|html|css|lock|gguf|log|csv"
 )
+_EXT_RE = re.compile(rf"(?<=[\w-])\.(?:{FILE_EXTENSIONS})\b")
 _URL_RE = re.compile(r"\bhttps?://\S+|\bwww\.\S+\.\w+")
 _INLINE_CODE_RE = re.compile(r"`[^`\n]+`")
 _DIGIT_RE = re.compile(r"\d")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autotune.context.classify import is_chatter, message_text, word_set
+from autotune.context.classify import FILE_EXTENSIONS, is_chatter, message_text, word_set
 from autotune.context.compress import split_sentences
 
 __all__ = [
@@ -61,8 +61,7 @@ _ERROR_PHRASE = re.compile(
 _URL = re.compile(r"\bhttps?://[^\s<>()\"'`]+")
 _PATH = re.compile(
     r"(?<![\w/.@:-])((?:~|\.{1,2})?/?(?:[\w.-]+/)+[\w.-]+|[A-Za-z]:\\[\w\\.-]+"
-    r"|[\w-]+\.(?:py|js|ts|tsx|jsx|rs|go|java|kt|c|cc|cpp|h|hpp|cs|rb|php|swift|md|toml|yaml"
-    r"|yml|json|txt|cfg|ini|sh|sql|html|css|lock|gguf|log|csv))\b"
+    rf"|[\w-]+\.(?:{FILE_EXTENSIONS}))\b"
 )
 _VERSION = re.compile(r"\b([A-Za-z][\w+-]{1,24})\s+v?(\d+(?:\.\d+){1,3}(?:[-+][\w.]+)?)\b")
 _QUANTITY = re.compile(
