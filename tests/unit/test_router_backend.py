@@ -118,7 +118,9 @@ async def test_a_refused_connection_fails_over(hosts: list[tuple[Swappable, str]
     hosts[1][0].app = b.app
     config = {
         "upstreams": [
-            {"name": "gone", "url": closed_port_url(), "kind": "vllm", "models": [MODEL]},
+            # Named to sort first: with equal loads the router tries it before "b" whether or
+            # not its monitor has read the loads yet (a tie goes to the name).
+            {"name": "a-gone", "url": closed_port_url(), "kind": "vllm", "models": [MODEL]},
             {"name": "b", "url": hosts[1][1], "kind": "vllm", "models": [MODEL]},
         ],
         "cooldown": 60,
@@ -126,8 +128,8 @@ async def test_a_refused_connection_fails_over(hosts: list[tuple[Swappable, str]
     router = RouterBackend(parse_router_config(config))
     try:
         assert (await chat(router))["upstream"] == "b"
-        assert state(router, "gone")["state"] == "down"
-        assert "connection refused" in state(router, "gone")["last_error"]
+        assert state(router, "a-gone")["state"] == "down"
+        assert "connection refused" in state(router, "a-gone")["last_error"]
         assert (await chat(router))["upstream"] == "b"
     finally:
         await router.aclose()
