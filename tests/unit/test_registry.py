@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from autotune.backends.registry import BackendSet, choose_engines, route_model
-from autotune.ground.errors import ModelNotFound
+from autotune.backends.registry import BackendSet, choose_engines, make_backend, route_model
+from autotune.ground.errors import BackendError, ModelNotFound
 from autotune.ground.types import ModelEntry
 from fakes.backend import MODEL, FakeBackend
 
@@ -70,3 +72,21 @@ async def test_a_known_name_resolves_and_forget_drops_it() -> None:
     backends._inventory.clear()
     with pytest.raises(ModelNotFound):
         await backends.resolve(MODEL)
+
+
+def test_every_choosable_engine_in_the_table_can_be_built(tmp_path: Path) -> None:
+    """One table lists the engines; each --backend value has a builder that makes it."""
+    from autotune.ground.config import BACKEND_CHOICES, Settings
+    from autotune.ground.engines import ENGINES
+
+    settings = Settings(
+        home=tmp_path, openai_url="http://127.0.0.1:9", mlx_url="http://127.0.0.1:9"
+    )
+    assert ("auto", *(e.name for e in ENGINES if e.choosable)) == BACKEND_CHOICES
+    for spec in ENGINES:
+        if not spec.choosable or spec.name == "router":  # the router needs its config file
+            continue
+        backend = make_backend(spec.name, settings)
+        assert backend.name == spec.name
+    with pytest.raises(BackendError, match="Choose one of"):
+        make_backend("bogus", settings)

@@ -73,8 +73,8 @@ def test_every_problem_at_once_one_line_each() -> None:
     )
     assert bad == [
         'upstreams[0].url: expected an http:// or https:// URL with a host, got "ftp://x"',
-        "upstreams[0].kind: expected one of 'ollama', 'llamacpp', 'vllm', 'sglang', "
-        "'lmstudio', 'mlx' or 'openai', got \"tgi\"",
+        "upstreams[0].kind: expected one of 'ollama', 'lmstudio', 'llamacpp', 'openai', "
+        "'vllm', 'sglang' or 'mlx', got \"tgi\"",
         'upstreams[0].models: expected a list, got "qwen3:8b"',
         "upstreams[0].weight: expected a number above 0, got 0",
         "upstreams[1].url: missing (this key is required)",

@@ -28,6 +28,8 @@ import psutil
 from autotune.backends.base import Backend
 from autotune.backends.openai_compat import OpenAICompatBackend
 from autotune.backends.worker_process import start_worker, stop_worker
+from autotune.ground.config import Settings
+from autotune.ground.engines import EngineSpec
 from autotune.ground.errors import (
     InsufficientMemory,
     ModelLoadError,
@@ -46,7 +48,7 @@ from autotune.ground.types import (
 )
 from autotune.ground.units import MiB, format_bytes
 
-__all__ = ["EmbeddedBackend", "EngineEvent"]  # EngineEvent re-exported from .base
+__all__ = ["EmbeddedBackend", "EngineEvent", "from_settings"]  # EngineEvent re-exported from .base
 
 #: What one model may use when no plan says otherwise: the trained context, capped.
 DEFAULT_N_CTX = 4096
@@ -489,4 +491,14 @@ def _diff(old: LoadSettings, new: LoadSettings) -> str:
     a, b = old.as_dict(), new.as_dict()
     return ", ".join(
         f"{k} {a.get(k)}→{b.get(k)}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
+    )
+
+
+def from_settings(spec: EngineSpec, settings: Settings) -> EmbeddedBackend:
+    """The embedded engine as the settings configure it (the engine table's builder)."""
+    return EmbeddedBackend(
+        memory_budget=settings.memory_budget,
+        keep_alive=settings.keep_alive,
+        threads=settings.threads,
+        log_dir=settings.home / "logs",
     )

@@ -17,10 +17,12 @@ from typing import Any
 import httpx
 
 from autotune.backends.openai_compat import OpenAICompatBackend
+from autotune.ground.config import Settings
+from autotune.ground.engines import EngineSpec
 from autotune.ground.errors import BackendError
 from autotune.ground.types import Capabilities, ChatRequest, Chunk, ModelEntry
 
-__all__ = ["DEFAULT_HF_URL", "HFAuthError", "HFBackend", "HFTokenMissing"]
+__all__ = ["DEFAULT_HF_URL", "HFAuthError", "HFBackend", "HFTokenMissing", "from_settings"]
 
 DEFAULT_HF_URL = "https://router.huggingface.co/v1"
 _TOKEN_HINT = (
@@ -138,3 +140,8 @@ def _detail(status: int, text: str) -> str:
     if isinstance(error, dict):
         error = error.get("message")
     return str(error or text.strip()[:200] or f"HTTP {status}")
+
+
+def from_settings(spec: EngineSpec, settings: Settings) -> HFBackend:
+    """The Hugging Face Inference API with the configured token (the engine table's builder)."""
+    return HFBackend(settings.hf_api_url, token=settings.hf_token)

@@ -40,6 +40,8 @@ from autotune.backends.mlx_models import (
 )
 from autotune.backends.openai_compat import OpenAICompatBackend
 from autotune.backends.worker_process import stop_process
+from autotune.ground.config import Settings
+from autotune.ground.engines import EngineSpec
 from autotune.ground.errors import BackendError, EngineUnavailable, ModelNotFound
 from autotune.ground.types import (
     ChatRequest,
@@ -50,7 +52,7 @@ from autotune.ground.types import (
     PullProgress,
 )
 
-__all__ = ["DEFAULT_COMMAND", "MlxBackend", "fill_mlx_timings", "mlx_lm_installed"]
+__all__ = ["DEFAULT_COMMAND", "MlxBackend", "fill_mlx_timings", "from_settings", "mlx_lm_installed"]
 
 #: How autotune starts its own mlx_lm.server; ``{port}`` is replaced by a free port.
 DEFAULT_COMMAND: tuple[str, ...] = (
@@ -274,3 +276,8 @@ class MlxBackend(OpenAICompatBackend):
         proc, self._proc = self._proc, None
         if proc is not None:
             await asyncio.to_thread(stop_process, proc, grace=5)
+
+
+def from_settings(spec: EngineSpec, settings: Settings) -> MlxBackend:
+    """mlx_lm.server at its URL, or one autotune starts (the engine table's builder)."""
+    return MlxBackend(settings.mlx_url, log_dir=settings.home / "logs")

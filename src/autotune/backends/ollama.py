@@ -15,6 +15,8 @@ import ollama
 
 from autotune.backends.base import Backend
 from autotune.backends.openai_compat import transport_detail
+from autotune.ground.config import Settings
+from autotune.ground.engines import EngineSpec
 from autotune.ground.errors import BackendError, ModelNotFound, UnsupportedOption, UpstreamError
 from autotune.ground.types import (
     Capabilities,
@@ -32,6 +34,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "RELOAD_THRESHOLD_MS",
     "OllamaBackend",
+    "from_settings",
     "ollama_chat_body",
     "ollama_stats",
 ]
@@ -619,3 +622,8 @@ def _error_text(response: httpx.Response) -> str:
     if isinstance(payload, dict) and payload.get("error"):
         return str(payload["error"])
     return response.text.strip() or f"HTTP {response.status_code}"
+
+
+def from_settings(spec: EngineSpec, settings: Settings) -> OllamaBackend:
+    """Ollama at its configured URL (the engine table's builder)."""
+    return OllamaBackend(settings.ollama_url)

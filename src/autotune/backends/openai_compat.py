@@ -17,6 +17,8 @@ import aiohttp
 import httpx
 
 from autotune.backends.base import Backend
+from autotune.ground.config import Settings
+from autotune.ground.engines import COMPAT_KINDS, EngineSpec, engine
 from autotune.ground.errors import BackendError, ModelNotFound, NotSupported, UpstreamError
 from autotune.ground.types import (
     Capabilities,
@@ -37,6 +39,7 @@ __all__ = [
     "OpenAICompatBackend",
     "capabilities_for",
     "engine_stats_from_chunk",
+    "from_settings",
     "once_more_if_stale",
     "post_chat",
     "sse_events",
@@ -48,27 +51,9 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 #: What a probe can tell apart; ``mlx`` is only ever forced (it looks like a generic server).
-KINDS = ("llamacpp", "lmstudio", "vllm", "sglang", "mlx", "openai")
-
-ENGINE_LABELS = {
-    "llamacpp": "llama.cpp",
-    "lmstudio": "LM Studio",
-    "vllm": "vLLM",
-    "sglang": "SGLang",
-    "mlx": "mlx_lm",
-    "openai": "OpenAI-compatible server",
-}
-
-START_HINTS = {
-    "llamacpp": "Start it with `llama-server -m MODEL.gguf --port 8080`.",
-    "lmstudio": (
-        "Start LM Studio and enable its local server (Developer tab), or run `lms server start`."
-    ),
-    "vllm": "Start it with `vllm serve MODEL`.",
-    "sglang": "Start it with `python -m sglang.launch_server --model-path MODEL`.",
-    "mlx": "Start it with `mlx_lm.server --model MODEL`.",
-    "openai": "Start the server, or check the URL and API key.",
-}
+KINDS = COMPAT_KINDS
+ENGINE_LABELS = {kind: engine(kind).label for kind in KINDS}
+START_HINTS = {kind: engine(kind).start_hint for kind in KINDS}
 
 #: Long reads: the first token can wait for a JIT load (LM Studio) or a long prefill.
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
@@ -810,3 +795,14 @@ def _config_matches(config: Mapping[str, Any], settings: LoadSettings) -> bool:
     if settings.n_batch is not None and config.get("eval_batch_size") != settings.n_batch:
         return False
     return settings.flash_attn is None or config.get("flash_attention") == settings.flash_attn
+
+
+def from_settings(spec: EngineSpec, settings: Settings) -> OpenAICompatBackend:
+    """An OpenAI-compatible engine at its configured URL (the engine table's builder)."""
+    url = getattr(settings, spec.url_setting, None) if spec.url_setting else None
+    if not url:
+        setting = f"AUTOTUNE_{(spec.url_setting or 'openai_url').upper()}"
+        raise BackendError(f"No URL set for {spec.label}.", hint=f"Set {setting} to its base URL.")
+    api_key = settings.openai_api_key if spec.name == "openai" else None
+    kind = spec.name if spec.name != "openai" else None  # a generic server is probed
+    return OpenAICompatBackend(url, name=spec.name, api_key=api_key, kind=kind)

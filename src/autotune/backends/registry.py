@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import importlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ import httpx
 from autotune.backends.base import Backend
 from autotune.backends.mlx_models import is_apple_silicon, mlx_first
 from autotune.ground.config import Settings, get_settings
+from autotune.ground.engines import AUTO_DETECTED, BACKEND_NAMES, EngineSpec, engine
 from autotune.ground.errors import BackendError, ModelNotFound
 from autotune.ground.types import ModelEntry
 
@@ -37,13 +39,7 @@ __all__ = [
 ]
 
 #: The engines autotune looks for, in order of preference when several run.
-ENGINE_ORDER = ("ollama", "lmstudio", "llamacpp", "openai")
-_PROBE_PATHS = {
-    "ollama": "/api/version",
-    "lmstudio": "/v1/models",
-    "llamacpp": "/health",
-    "openai": "/v1/models",
-}
+ENGINE_ORDER = AUTO_DETECTED
 _INVENTORY_TTL = 10.0  # seconds a model list from a remote engine is trusted
 #: Seconds an unknown name is answered from memory, and the least time between rescans.
 _MISSING_TTL = 5.0
@@ -52,13 +48,9 @@ _RESCAN_INTERVAL = 5.0
 _MAX_NAMES = 256
 
 
-def _url(settings: Settings, engine: str) -> str | None:
-    return {
-        "ollama": settings.ollama_url,
-        "lmstudio": settings.lmstudio_url,
-        "llamacpp": settings.llamacpp_url,
-        "openai": settings.openai_url,
-    }.get(engine)
+def _url(settings: Settings, name: str) -> str | None:
+    setting = engine(name).url_setting
+    return getattr(settings, setting, None) if setting else None
 
 
 def choose_engines(requested: str, reachable: Mapping[str, bool]) -> list[str]:
@@ -79,10 +71,10 @@ def route_model(model: str, inventory: Mapping[str, Iterable[str]], order: list[
     A bare name also matches its ``:latest`` tag, as Ollama does.
     """
     wanted = {model, model.lower(), f"{model}:latest", f"{model.lower()}:latest"}
-    for engine in order:
-        names = {n.lower() for n in inventory.get(engine, ())} | set(inventory.get(engine, ()))
+    for name in order:
+        names = {n.lower() for n in inventory.get(name, ())} | set(inventory.get(name, ()))
         if wanted & names:
-            return engine
+            return name
     return None
 
 
@@ -91,64 +83,39 @@ async def probe_engines(
 ) -> dict[str, bool]:
     """Which engines answer on their URLs, probed concurrently with a short timeout."""
 
-    async def one(client: httpx.AsyncClient, engine: str) -> tuple[str, bool]:
-        url = _url(settings, engine)
+    async def one(client: httpx.AsyncClient, name: str) -> tuple[str, bool]:
+        url = _url(settings, name)
         if not url:
-            return engine, False
+            return name, False
         try:
-            response = await client.get(url.rstrip("/") + _PROBE_PATHS[engine])
+            response = await client.get(url.rstrip("/") + (engine(name).probe_path or "/"))
         except httpx.HTTPError:
-            return engine, False
-        return engine, response.status_code < 500
+            return name, False
+        return name, response.status_code < 500
 
     async with httpx.AsyncClient(timeout=settings.probe_timeout) as client:
         results = await asyncio.gather(*(one(client, e) for e in engines))
     return dict(results)
 
 
-def make_backend(engine: str, settings: Settings) -> Backend:
-    """A backend object for one engine name (no I/O)."""
-    if engine == "embedded":
-        from autotune.backends.embedded import EmbeddedBackend
-
-        return EmbeddedBackend(
-            memory_budget=settings.memory_budget,
-            keep_alive=settings.keep_alive,
-            threads=settings.threads,
-            log_dir=settings.home / "logs",
-        )
-    if engine == "ollama":
-        from autotune.backends.ollama import OllamaBackend
-
-        return OllamaBackend(settings.ollama_url)
-    if engine == "router":
-        from autotune.backends.router import RouterBackend
-
-        if settings.router_config is None:
-            raise BackendError(
-                "The router needs a config file listing its upstream engines.",
-                hint="Set AUTOTUNE_ROUTER_CONFIG to a YAML or TOML file "
-                "(every key is explained in examples/router.yaml).",
-            )
-        return RouterBackend.from_file(settings.router_config)
-    if engine == "mlx":
-        from autotune.backends.mlx import MlxBackend
-
-        return MlxBackend(settings.mlx_url, log_dir=settings.home / "logs")
-    if engine == "hf":
-        from autotune.backends.hf import HFBackend
-
-        return HFBackend(settings.hf_api_url, token=settings.hf_token)
-    from autotune.backends.openai_compat import OpenAICompatBackend
-
-    url = _url(settings, engine)
-    if not url:
+def make_backend(name: str, settings: Settings) -> Backend:
+    """A backend object for one engine name (no I/O), built as the engine table says."""
+    try:
+        spec = engine(name)
+    except KeyError:
         raise BackendError(
-            f"No URL set for the {engine} engine.", hint="Set AUTOTUNE_OPENAI_URL to its base URL."
+            f"Unknown engine {name!r}.", hint=f"Choose one of {', '.join(BACKEND_NAMES)}."
+        ) from None
+    if not spec.build:
+        raise BackendError(
+            f"{spec.label} is reached through another engine setting.",
+            hint="Use --backend openai with AUTOTUNE_OPENAI_URL, or a router upstream.",
         )
-    api_key = settings.openai_api_key if engine == "openai" else None
-    kind = {"lmstudio": "lmstudio", "llamacpp": "llamacpp"}.get(engine)
-    return OpenAICompatBackend(url, name=engine, api_key=api_key, kind=kind)
+    module, _, function = spec.build.partition(":")
+    builder: Callable[[EngineSpec, Settings], Backend] = getattr(
+        importlib.import_module(module), function
+    )
+    return builder(spec, settings)
 
 
 @dataclass
@@ -207,8 +174,8 @@ class BackendSet:
         """
         if model in self._resolved:
             self._resolved.move_to_end(model)
-            engine, name = self._resolved[model]
-            return self.backends[engine], name
+            serving, name = self._resolved[model]
+            return self.backends[serving], name
         missing = self._missing.get(model)
         if missing is not None and time.monotonic() - missing[0] < _MISSING_TTL:
             raise missing[1].with_traceback(None)
@@ -242,9 +209,9 @@ class BackendSet:
     async def _find(self, model: str, *, fresh: bool) -> tuple[str, str] | None:
         inventory = await self.inventory(fresh=fresh)
         names = {e: [m.name for m in models] for e, models in inventory.items()}
-        engine = route_model(model, names, self.order)
-        if engine is not None:
-            return engine, _canonical(model, names.get(engine, []))
+        serving = route_model(model, names, self.order)
+        if serving is not None:
+            return serving, _canonical(model, names.get(serving, []))
         if "embedded" in self.backends:
             primary = await self._embedded_alias(model, fresh=fresh)
             if primary is not None:  # known by an alias: use the model's own name

@@ -37,6 +37,8 @@ from autotune.backends.routing import (
     model_name_on,
     servers_of,
 )
+from autotune.ground.config import Settings
+from autotune.ground.engines import EngineSpec
 from autotune.ground.errors import (
     BackendError,
     EngineUnavailable,
@@ -54,7 +56,7 @@ from autotune.ground.types import (
     RunningModel,
 )
 
-__all__ = ["RouterBackend", "Upstream", "make_upstream_backend"]
+__all__ = ["RouterBackend", "Upstream", "from_settings", "make_upstream_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -584,3 +586,14 @@ class RouterBackend(Backend):
                 await self._http.aclose()
             self._http = None
         await asyncio.gather(*(u.backend.aclose() for u in self.upstreams), return_exceptions=True)
+
+
+def from_settings(spec: EngineSpec, settings: Settings) -> RouterBackend:
+    """The router over the upstreams of ``AUTOTUNE_ROUTER_CONFIG`` (the engine table's builder)."""
+    if settings.router_config is None:
+        raise BackendError(
+            "The router needs a config file listing its upstream engines.",
+            hint="Set AUTOTUNE_ROUTER_CONFIG to a YAML or TOML file "
+            "(every key is explained in examples/router.yaml).",
+        )
+    return RouterBackend.from_file(settings.router_config)

@@ -12,11 +12,13 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
+from autotune.ground.engines import UPSTREAM_KINDS
 from autotune.ground.errors import BackendError
 
 __all__ = [
@@ -30,8 +32,6 @@ __all__ = [
 ]
 
 #: Engines an upstream can be; ``ollama`` speaks Ollama's native API, the rest OpenAI's.
-UPSTREAM_KINDS = ("ollama", "llamacpp", "vllm", "sglang", "lmstudio", "mlx", "openai")
-UpstreamKind = Literal["ollama", "llamacpp", "vllm", "sglang", "lmstudio", "mlx", "openai"]
 
 
 class RouterConfigError(BackendError):
@@ -57,11 +57,23 @@ class UpstreamConfig(BaseModel):
 
     name: str | None = Field(None, min_length=1)
     url: str
-    kind: UpstreamKind
+    kind: str
     models: list[str] | None = None
     weight: float = Field(1.0, gt=0)
     api_key: str | None = None
     api_key_env: str | None = Field(None, min_length=1)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in UPSTREAM_KINDS:
+            *head, last = (repr(k) for k in UPSTREAM_KINDS)
+            raise PydanticCustomError(
+                "literal_error",
+                "Input should be one of {expected}",
+                {"expected": f"{', '.join(head)} or {last}"},
+            )
+        return value
 
     @field_validator("url")
     @classmethod

@@ -22,13 +22,14 @@ from typing import Any
 import httpx
 import psutil
 
+from autotune.backends.openai_compat import once_more_if_stale
 from autotune.backends.worker_process import start_worker, stop_worker
 from autotune.bench.report import percentile
 from autotune.ground.profiles import get_profile
-from autotune.ground.types import ModelMeta
+from autotune.ground.types import Chunk, ModelMeta
 from autotune.hardware.pressure import Tier
 from autotune.models.estimate import estimate_memory, kv_cache_bytes, load_estimate
-from autotune.pipeline import ChatInput
+from autotune.pipeline import ChatInput, Reply
 from autotune.runtime import Runtime
 from autotune.tuning.planner import MemoryState, PlanInput, context_need, plan
 
@@ -322,31 +323,26 @@ class _RawSide:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        return await once_more_if_stale(
+            lambda: self._ask_once(body, index), (httpx.RemoteProtocolError,)
+        )
+
+    async def _ask_once(self, body: dict[str, Any], index: int) -> Sample:
         sample = Sample("raw", index)
+        reply = Reply()
         start = time.perf_counter()
-        for attempt in (1, 2):
-            try:
-                async with self.http.stream("POST", "/v1/chat/completions", json=body) as reply:
-                    if reply.status_code >= 400:
-                        await reply.aread()
-                        sample.error = f"HTTP {reply.status_code}: {reply.text[:160]}"
-                        return sample
-                    async for line in reply.aiter_lines():
-                        if not line.startswith("data: {"):
-                            continue
-                        data = json.loads(line[6:])
-                        for choice in data.get("choices") or ():
-                            if (choice.get("delta") or {}).get(
-                                "content"
-                            ) and sample.ttft_ms is None:
-                                sample.ttft_ms = (time.perf_counter() - start) * 1000
-                        if data.get("timings"):
-                            _fill(sample, data["timings"], data.get("usage") or {})
+        async with self.http.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                sample.error = f"HTTP {response.status_code}: {response.text[:160]}"
                 return sample
-            except httpx.RemoteProtocolError:
-                if attempt == 2:  # llama-server drops kept-alive connections after streams
-                    raise
-                start = time.perf_counter()
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    text = reply.add(Chunk(json.loads(line[6:])))
+                    if text and sample.ttft_ms is None:
+                        sample.ttft_ms = (time.perf_counter() - start) * 1000
+        if reply.extra.get("timings"):
+            _fill(sample, reply.extra["timings"], reply.usage or {})
         return sample
 
     async def aclose(self) -> None:

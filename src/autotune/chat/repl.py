@@ -436,11 +436,8 @@ class Chat:
             self._verbose(run)
         if self._stop_requested:
             return "cancelled"
-        async for chunk in run:
-            for choice in chunk.data.get("choices") or ():
-                content = (choice.get("delta") or {}).get("content")
-                if content:
-                    renderer.feed(content)
+        async for text in run.text_deltas():
+            renderer.feed(text)
         return "ok"
 
     def _reply_failed(self, renderer: ReplyRenderer, exc: Exception) -> None:

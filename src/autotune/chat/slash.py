@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rich.text import Text
 
 from autotune.chat.commands import format_conversation_list, help_lines, parse_recall
+from autotune.ground.engines import engine as engine_spec
 from autotune.ground.errors import BackendError
 from autotune.ground.profiles import get_profile
 from autotune.store.conversations import new_conversation_id
@@ -27,13 +28,6 @@ __all__ = ["HANDLERS", "Handler"]
 
 #: ``(chat, argument)``; returns False to end the chat (only /quit does).
 Handler = Callable[["Chat", str], Awaitable[bool | None]]
-
-_URL_SETTINGS = {
-    "ollama": "ollama_url",
-    "lmstudio": "lmstudio_url",
-    "llamacpp": "llamacpp_url",
-    "openai": "openai_url",
-}
 
 
 async def _help(chat: Chat, arg: str) -> None:
@@ -141,7 +135,8 @@ async def _backends(chat: Chat, arg: str) -> None:
     order = chat.runtime.backends.order
     reachable = await probe_engines(settings, ENGINE_ORDER)
     for engine in ENGINE_ORDER:
-        url = getattr(settings, _URL_SETTINGS[engine], None)
+        setting = engine_spec(engine).url_setting
+        url = getattr(settings, setting, None) if setting else None
         if not url:
             chat.say(f"  {engine:<9} not configured")
             continue

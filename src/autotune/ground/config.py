@@ -9,21 +9,12 @@ import platformdirs
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from autotune.ground.engines import BACKEND_NAMES, engine
 from autotune.ground.units import parse_duration, parse_size
 
 __all__ = ["BACKEND_CHOICES", "PROFILE_CHOICES", "Settings", "get_settings"]
 
-BACKEND_CHOICES = (
-    "auto",
-    "embedded",
-    "ollama",
-    "lmstudio",
-    "llamacpp",
-    "openai",
-    "router",
-    "mlx",
-    "hf",
-)
+BACKEND_CHOICES = ("auto", *BACKEND_NAMES)
 PROFILE_CHOICES = ("fast", "balanced", "quality")
 
 
@@ -37,12 +28,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AUTOTUNE_", extra="ignore")
 
     home: Path = Field(default_factory=_default_home, description="Where all data lives.")
-    backend: str = Field(
-        "auto", description="auto | embedded | ollama | lmstudio | llamacpp | openai"
-    )
-    ollama_url: str = "http://127.0.0.1:11434"
-    lmstudio_url: str = "http://127.0.0.1:1234"
-    llamacpp_url: str = "http://127.0.0.1:8080"
+    backend: str = Field("auto", description=" | ".join(BACKEND_CHOICES))
+    ollama_url: str = engine("ollama").default_url or ""
+    lmstudio_url: str = engine("lmstudio").default_url or ""
+    llamacpp_url: str = engine("llamacpp").default_url or ""
     openai_url: str | None = Field(
         None, description="Any other OpenAI-compatible server (vLLM, SGLang…)."
     )
@@ -56,7 +45,7 @@ class Settings(BaseSettings):
     )
     mlx_url: str | None = Field(None, description="An mlx_lm.server base URL (Apple Silicon).")
     hf_api_url: str = Field(
-        "https://router.huggingface.co/v1", description="Hugging Face Inference API base URL."
+        engine("hf").default_url or "", description="Hugging Face Inference API base URL."
     )
     hf_token: str | None = Field(
         None,

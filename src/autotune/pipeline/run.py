@@ -84,6 +84,7 @@ class ChatRun:
         self._first = first
         self._started = started
         self._done = False
+        self._last_text = ""
 
     # -- what the reply said so far
 
@@ -138,8 +139,14 @@ class ChatRun:
         if not self._done:
             await self._finish("cancelled", None)
 
+    async def text_deltas(self) -> AsyncIterator[str]:
+        """The reply's content as it streams, piece by piece (what a terminal renders)."""
+        async for _ in self:
+            if self._last_text:
+                yield self._last_text
+
     def _add(self, chunk: Chunk) -> None:
-        self.reply.add(chunk)
+        self._last_text = self.reply.add(chunk)
         if self.record.ttft_ms is None and self.reply.ttft_ms is not None:
             self.record.ttft_ms = self.reply.ttft_ms
 

@@ -27,7 +27,7 @@ class ClientGone(Exception):
 
 
 def _pipeline(request: Request) -> Pipeline:
-    return request.app.state.pipeline  # type: ignore[no-any-return]
+    return request.app.state.pipeline
 
 
 async def _watching(
