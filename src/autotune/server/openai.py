@@ -75,7 +75,9 @@ async def chat_completions(
         None, description="Tuning profile for this request (default: the server's)."
     ),
     x_conversation_id: str | None = Header(
-        None, max_length=128, description="Store and resume this conversation."
+        None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",  # = conversations_api.CONVERSATION_ID_PATTERN
+        description="Store and resume this conversation (1-128 letters, digits, _ . : -).",
     ),
 ) -> Response:
     """Chat completion through autotune's pipeline (OpenAI schema; SSE when ``stream``)."""
