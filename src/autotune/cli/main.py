@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from autotune import __version__
 from autotune.cli import chat, hardware, mlx, models, proof, recall, serve, telemetry, tune
 from autotune.cli._common import err_console
+from autotune.ground.config import BACKEND_CHOICES
 from autotune.ground.errors import BackendError
 
 __all__ = ["app", "main"]
@@ -22,6 +23,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def _known_backend(value: str | None) -> str | None:
+    """``--backend`` / ``AUTOTUNE_BACKEND`` is one of the engines autotune knows."""
+    if value is not None and value.strip().lower() not in BACKEND_CHOICES:
+        raise typer.BadParameter(
+            f"unknown backend {value!r}; choose one of {', '.join(BACKEND_CHOICES)}."
+        )
+    return value.strip().lower() if value is not None else None
 
 
 def _version(value: bool) -> None:
@@ -38,6 +48,7 @@ def _root(
         "--backend",
         "-b",
         envvar="AUTOTUNE_BACKEND",
+        callback=_known_backend,
         help="Engine: auto, embedded, ollama, lmstudio, llamacpp, openai, router, mlx or hf.",
         show_default="auto",
     ),
