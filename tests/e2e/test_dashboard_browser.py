@@ -17,7 +17,6 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from autotune.ground.config import Settings
-from autotune.server import middleware
 from autotune.server.app import create_app
 from autotune.server.runner import BackgroundServer
 
@@ -44,10 +43,6 @@ CHROMIUM_FLAGS = (
 )
 WAIT_S = 30  # generous: the page polls every second, the machine is shared
 KEY = "s3cret-dashboard-key"
-
-#: The shell is served without a key once ApiKeyMiddleware asks the dashboard module.
-_SHELL_GUARDED = not hasattr(middleware, "is_public_dashboard_request")
-_SHELL_REASON = "ApiKeyMiddleware does not let the dashboard's static shell through yet"
 
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -81,7 +76,6 @@ def test_dashboard_page_and_assets_are_served_with_their_content_types(tmp_path:
         assert client.get(f"/dashboard/static/{missing}").status_code == 404
 
 
-@pytest.mark.xfail(_SHELL_GUARDED, reason=_SHELL_REASON, strict=True)
 def test_with_a_key_the_shell_is_public_and_the_data_is_not(tmp_path: Path) -> None:
     client = TestClient(create_app(_settings(tmp_path, api_key=KEY)))
     assert client.get("/dashboard").status_code == 200
@@ -186,7 +180,6 @@ def test_a_chat_request_shows_up_in_the_live_dashboard(tmp_path: Path, browser: 
 
 
 @pytest.mark.engine
-@pytest.mark.xfail(_SHELL_GUARDED, reason=_SHELL_REASON, run=False)
 @needs_chromium
 def test_a_keyed_server_s_dashboard_takes_the_key_from_the_url_or_the_form(
     tmp_path: Path, browser: WebDriver

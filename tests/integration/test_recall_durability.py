@@ -26,11 +26,9 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSI
 
 CHILD = r"""
 import sys
-from autotune.recall.store import ensure_recall_schema
 from autotune.store.conversations import ConversationStore
 from autotune.store.db import Database
 
-ensure_recall_schema()
 store = ConversationStore(Database(sys.argv[1]))
 round_, n = sys.argv[2], 0
 print("ready", flush=True)

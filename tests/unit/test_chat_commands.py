@@ -29,6 +29,7 @@ from autotune.chat.commands import (
 )
 from autotune.chat.render import PlainRenderer, footer_text, hard_breaks, split_stable
 from autotune.chat.repl import Chat, ChatOptions
+from autotune.chat.slash import HANDLERS
 from autotune.chat.watcher import ModelWatcher, notice_from_event, notice_from_poll
 from autotune.cli.chat import analyse, choose_profile
 from autotune.ground.config import Settings
@@ -65,6 +66,10 @@ def test_commands_parse_with_their_argument(line: str, name: str, arg: str) -> N
     command = parse_command(line)
     assert command is not None and command.error is None
     assert (command.name, command.arg) == (name, arg)
+
+
+def test_every_command_has_one_handler() -> None:
+    assert set(HANDLERS) == set(COMMANDS)
 
 
 def test_an_unknown_command_lists_the_known_ones_and_the_closest() -> None:
@@ -390,7 +395,7 @@ async def test_commands_that_need_no_engine_run_against_the_real_store(
 async def test_export_writes_the_conversation_under_the_exports_dir(runtime: Runtime) -> None:
     chat, err = await _piped_chat(runtime)
     conv_id = chat.state.conversation_id
-    await chat._ensure_conversation()
+    await chat.ensure_conversation()
     runtime.store.append(
         conv_id,
         [{"role": "user", "content": "Name a whale."}, {"role": "assistant", "content": "Blue."}],

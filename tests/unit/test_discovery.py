@@ -15,7 +15,7 @@ import pytest
 
 from autotune.ground.config import get_settings
 from autotune.ground.errors import ModelNotFound
-from autotune.models.bundled import BUNDLED_NAME
+from autotune.models.bundled import BUNDLED_NAME, SECOND_NAME
 from autotune.models.discovery import (
     Discovery,
     LocalModel,
@@ -25,6 +25,9 @@ from autotune.models.discovery import (
     ollama_models_dir,
 )
 from autotune.models.gguf import GGUFError, read_gguf_meta
+
+#: What a machine with nothing installed has: the models `make` installs beside autotune.
+BUNDLED = sorted([BUNDLED_NAME, SECOND_NAME])
 
 
 def small_gguf(path: Path, rows: int = 4) -> Path:
@@ -64,9 +67,9 @@ def reasons(found: Discovery) -> dict[Path, str]:
 # --------------------------------------------------------------------------- bundled
 
 
-def test_empty_machine_has_only_the_bundled_model(bundled_gguf: Path) -> None:
+def test_empty_machine_has_only_the_bundled_models(bundled_gguf: Path) -> None:
     found = discover()
-    assert found.names() == [BUNDLED_NAME]
+    assert found.names() == BUNDLED
     model = found.find(BUNDLED_NAME)
     assert model.source == "bundled"
     assert model.path == bundled_gguf
@@ -141,7 +144,7 @@ def test_ollama_names(ollama_store: Path) -> None:
     found = discover()
     models = by_name(found)
     assert set(models) == {
-        BUNDLED_NAME,
+        *BUNDLED,
         "qwen3:8b",
         "llama3:latest",
         "someuser/mymodel:q4",
@@ -362,5 +365,5 @@ def test_unreadable_store_roots_do_not_raise(
     (lms / "loop").symlink_to(lms)
     (lms / "dangling.gguf").symlink_to(tmp_path / "gone.gguf")
     found = discover()
-    assert found.names() == [BUNDLED_NAME]
+    assert found.names() == BUNDLED
     assert "file missing" in reasons(found)[lms / "dangling.gguf"]

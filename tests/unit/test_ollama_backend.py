@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -465,3 +466,31 @@ def test_capabilities_say_what_ollama_allows() -> None:
     assert not (caps.load_control or caps.kv_cache_type or caps.flash_attention)
     assert not caps.reports_cached_tokens and not caps.tokenize
     assert caps.keep_alive and caps.pull and caps.unload and caps.embeddings
+
+
+async def test_a_router_upstreams_api_key_is_sent_on_every_request(
+    server: tuple[Swappable, str], fake: FakeOllama
+) -> None:
+    """An Ollama behind an authenticating proxy: the router config's key goes in the
+    Authorization header of each call (the fake's app is wrapped to read the headers)."""
+    from autotune.backends.router import make_upstream_backend
+    from autotune.backends.router_config import UpstreamConfig
+
+    board, _ = server
+    seen: list[bytes | None] = []
+    inner = fake.app
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(dict(scope["headers"]).get(b"authorization"))
+        await inner(scope, receive, send)
+
+    board.app = app
+    config = UpstreamConfig(url=fake.url, kind="ollama", api_key="sk-test")
+    backend = make_upstream_backend(config)
+    try:
+        assert [m.name for m in await backend.list_models()]
+        await collect(backend, ChatRequest(model=MODEL, messages=HELLO))
+    finally:
+        await backend.aclose()
+    assert len(seen) >= 2 and set(seen) == {b"Bearer sk-test"}

@@ -532,3 +532,34 @@ async def test_a_stale_kept_alive_connection_is_retried_once() -> None:
         await backend.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_only_a_stale_connection_is_tried_once_more() -> None:
+    """The retry rule shared by the streaming and the non-streaming path: a stale connection
+    is tried once more, a second failure and a refused connection are raised as they are."""
+    import aiohttp
+
+    from autotune.backends.openai_compat import once_more_if_stale
+
+    stale = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+    refused = (aiohttp.ClientConnectorError,)
+    failures: list[BaseException] = []
+
+    async def send() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "answered"
+
+    failures[:] = [aiohttp.ServerDisconnectedError()]
+    assert await once_more_if_stale(send, stale, refused=refused) == "answered"
+
+    failures[:] = [aiohttp.ClientOSError(), aiohttp.ServerDisconnectedError()]
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await once_more_if_stale(send, stale, refused=refused)
+
+    # The connection key only names the host in the message; none is needed here.
+    down = aiohttp.ClientConnectorError(None, OSError(111, "refused"))  # type: ignore[arg-type]
+    failures[:] = [down]
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await once_more_if_stale(send, stale, refused=refused)
+    assert failures == []  # refused: not sent again

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from autotune.cli.recall import register
 from autotune.ground.config import get_settings
 from autotune.recall.embed import minilm_available
+from autotune.recall.manager import MEMORY_THRESHOLD
 
 CORPUS = Path(__file__).parents[1] / "fixtures" / "recall" / "corpus.jsonl"
 
@@ -64,7 +65,23 @@ def test_search_with_special_characters_succeeds(cli: typer.Typer, query: str) -
 
 def test_search_on_an_empty_home_says_so(cli: typer.Typer) -> None:
     code, out, _ = run(cli, "search", "anything", "--fts")
-    assert code == 0 and "No matching conversations." in out
+    assert code == 0 and "No conversation matches 'anything'." in out
+
+
+def test_full_text_search_without_every_word_says_no_match_then_lists_partial_ones(
+    cli: typer.Typer,
+) -> None:
+    """Full text has no measure of meaning: a message must hold every word to match."""
+    run(cli, "import", str(CORPUS), "--no-index")
+    code, out, _ = run(cli, "search", "acetone smell in my quarterly tax return", "--fts", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["hits"] == [] and result["similarity_threshold"] is None
+    assert {"sourdough", "tax-deadline"} <= {h["conversation_id"] for h in result["some_words"]}
+    code, out, _ = run(cli, "search", "acetone smell in my quarterly tax return", "--fts")
+    assert out.startswith("No conversation matches 'acetone smell in my quarterly tax return'.")
+    assert "share some" in out and "Sourdough starter" in out
+    code, out, _ = run(cli, "search", "zeppelin", "--fts", "--json")
+    assert json.loads(out)["hits"] == json.loads(out)["some_words"] == []
 
 
 def test_a_file_with_bad_lines_imports_the_rest_and_exits_1(
@@ -100,3 +117,20 @@ def test_import_embeds_and_search_is_hybrid(cli: typer.Typer) -> None:
     assert result["mode"] == "hybrid" and result["embedder"].startswith("minilm:")
     assert result["hits"][0]["conversation_id"] == "compost"
     assert result["hits"][0]["similarity"] is not None
+
+
+@pytest.mark.skipif(not minilm_available(), reason="needs the offline embedding model")
+def test_an_unrelated_query_matches_no_conversation(cli: typer.Typer) -> None:
+    """Before the threshold, this listed ten unrelated conversations, ranked."""
+    run(cli, "import", str(CORPUS))
+    code, out, _ = run(cli, "search", "who painted the Sistine Chapel ceiling")
+    assert code == 0
+    assert out.strip() == "No conversation matches 'who painted the Sistine Chapel ceiling'."
+    code, out, _ = run(cli, "search", "how many moons does Jupiter have", "--json")
+    result = json.loads(out)
+    assert result["hits"] == [] and result["some_words"] == []
+    assert result["similarity_threshold"] == MEMORY_THRESHOLD
+    code, out, _ = run(cli, "search", "my levain smells like nail varnish", "--json")
+    found = json.loads(out)["hits"]
+    assert [h["conversation_id"] for h in found] == ["sourdough"]  # and nothing unrelated
+    assert found[0]["similarity"] >= MEMORY_THRESHOLD

@@ -23,7 +23,6 @@ from autotune.recall.store import (
     RECALL_MIGRATION,
     RecallStore,
     VectorIndex,
-    ensure_recall_schema,
     fts_query,
 )
 from autotune.store import schema
@@ -77,10 +76,8 @@ def fts_ids(db: Database, term: str) -> list[int]:
 # --------------------------------------------------------------------------- migration
 
 
-def test_the_migration_is_number_3_and_registering_it_twice_adds_it_once() -> None:
+def test_the_migration_is_number_3_and_listed_once_in_order() -> None:
     assert RECALL_MIGRATION[:2] == (3, "recall")
-    ensure_recall_schema()
-    ensure_recall_schema()
     assert [v for v, _, _ in schema.MIGRATIONS].count(3) == 1
     versions = [v for v, _, _ in schema.MIGRATIONS]
     assert versions == sorted(versions)

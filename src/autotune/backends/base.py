@@ -79,6 +79,11 @@ class Backend(ABC):
         """Memory this engine would free by unloading idle models other than ``model``."""
         return 0
 
+    def resident_bytes(self, *, exclude: str | None = None) -> int:
+        """Memory held by the models this backend loaded (but ``exclude``), as its estimates
+        count it; 0 when autotune does not perform the loads."""
+        return 0
+
     def upstream_states(self) -> list[dict[str, Any]] | None:
         """The engines behind this backend and their state (a router); None for one engine."""
         return None

@@ -113,6 +113,8 @@ class EmbeddedBackend(Backend):
         keep_alive=True,
         unload=True,
         engine_events=True,
+        # llama-server answers at most one choice per slot, and autotune runs one slot.
+        max_choices=1,
     )
 
     def __init__(
@@ -340,6 +342,9 @@ class EmbeddedBackend(Backend):
         )
         self._ensure_reaper()
         return worker
+
+    def resident_bytes(self, *, exclude: str | None = None) -> int:
+        return sum(w.estimate for n, w in self._workers.items() if n != exclude)
 
     def reclaimable_bytes(self, model: str) -> int:
         """Memory the engine would free by unloading idle models other than ``model``."""

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = [
     "LOAD_PATHS",
@@ -84,81 +85,60 @@ class EngineLoad:
 
 # --------------------------------------------------------------------------- Prometheus text
 
-_SAMPLE = re.compile(
-    r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)"
-    r"(?:\{(?P<labels>.*)\})?"
-    r"\s+(?P<value>\S+)(?:\s+-?\d+)?\s*$"
-)
-_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
-
-
-def _labels(text: str) -> dict[str, str] | None:
-    labels: dict[str, str] = {}
-    pos = 0
-    text = text.strip()
-    while pos < len(text):
-        match = _LABEL.match(text, pos)
-        if match is None:
-            return None
-        value = match.group(2).replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
-        labels[match.group(1)] = value
-        pos = match.end()
-    return labels
-
 
 def parse_prometheus(text: str) -> Samples | None:
     """Samples from Prometheus text exposition; ``None`` when ``text`` holds no sample at all.
 
-    Tolerant by design: a line it cannot read is skipped, so one odd line does not blind the
-    router to an engine's whole load; a body that is not Prometheus text at all gives ``None``.
+    Tolerant by design: each line goes through prometheus_client's parser on its own and a
+    line it cannot read is skipped, so one odd line does not blind the router to an engine's
+    whole load; a body that is not Prometheus text at all gives ``None``. Sample names stay as
+    written (a counter keeps its ``_total``).
     """
     samples: Samples = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if match is None:
-            continue
-        labels = _labels(match.group("labels") or "")
-        if labels is None:
-            continue
-        try:
-            value = float(match.group("value"))
-        except ValueError:
-            continue
-        samples.setdefault(match.group("name"), []).append((labels, value))
+    for line in text.splitlines():
+        for name, labels, value in _line_samples(line):
+            samples.setdefault(name, []).append((labels, value))
     return samples or None
 
 
-def _finite(values: list[float]) -> list[float]:
-    return [v for v in values if math.isfinite(v)]
+def _line_samples(line: str) -> list[tuple[str, dict[str, str], float]]:
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return []
+    try:
+        return [
+            (sample.name, dict(sample.labels), float(sample.value))
+            for family in text_string_to_metric_families(line)
+            for sample in family.samples
+        ]
+    except ValueError:
+        return []
+
+
+def _first_values(samples: Samples, names: tuple[str, ...]) -> list[float]:
+    """The finite values (one per label set) of the first of ``names`` that has any."""
+    for name in names:
+        values = [v for _, v in samples.get(name, []) if math.isfinite(v)]
+        if values:
+            return values
+    return []
 
 
 def _total(samples: Samples, *names: str) -> float | None:
-    """Sum over label sets of the first of ``names`` present (counts: requests, tokens)."""
-    for name in names:
-        values = _finite([v for _, v in samples.get(name, [])])
-        if values:
-            return sum(values)
-    return None
+    """Sum over label sets (counts: requests, tokens)."""
+    values = _first_values(samples, names)
+    return sum(values) if values else None
 
 
 def _highest(samples: Samples, *names: str) -> float | None:
     """The largest value over label sets (a fraction: the fullest engine is the bottleneck)."""
-    for name in names:
-        values = _finite([v for _, v in samples.get(name, [])])
-        if values:
-            return max(values)
-    return None
+    values = _first_values(samples, names)
+    return max(values) if values else None
 
 
 def _mean(samples: Samples, *names: str) -> float | None:
-    for name in names:
-        values = _finite([v for _, v in samples.get(name, [])])
-        if values:
-            return sum(values) / len(values)
-    return None
+    values = _first_values(samples, names)
+    return sum(values) / len(values) if values else None
 
 
 def _ratio(hits: float | None, total: float | None) -> float | None:

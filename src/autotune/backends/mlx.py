@@ -39,6 +39,7 @@ from autotune.backends.mlx_models import (
     resolve_mlx_repo,
 )
 from autotune.backends.openai_compat import OpenAICompatBackend
+from autotune.backends.worker_process import stop_process
 from autotune.ground.errors import BackendError, EngineUnavailable, ModelNotFound
 from autotune.ground.types import (
     ChatRequest,
@@ -183,7 +184,7 @@ class MlxBackend(OpenAICompatBackend):
                     if (await client.get(self.base_url + "/health")).status_code == 200:
                         return
                 await asyncio.sleep(0.1)
-        await asyncio.to_thread(_terminate, proc)
+        await asyncio.to_thread(stop_process, proc, grace=5)
         raise EngineUnavailable(
             f"mlx_lm.server did not answer within {self._start_timeout:g} s.", hint=_INSTALL_HINT
         )
@@ -272,14 +273,4 @@ class MlxBackend(OpenAICompatBackend):
         await super().aclose()
         proc, self._proc = self._proc, None
         if proc is not None:
-            await asyncio.to_thread(_terminate, proc)
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            await asyncio.to_thread(stop_process, proc, grace=5)

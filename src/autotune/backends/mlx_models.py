@@ -157,30 +157,39 @@ def local_mlx_models(hub_dir: Path | None = None) -> list[LocalMlxModel]:
         return []
     for repo_dir in repos:
         org, _, name = repo_dir.name[len("models--") :].partition("--")
-        repo = f"{org}/{name}"
-        snapshots = [p for p in (repo_dir / "snapshots").glob("*") if p.is_dir()]
-        for snapshot in sorted(snapshots, key=lambda p: p.stat().st_mtime, reverse=True):
-            config = _read_config(snapshot)
-            weights = list(snapshot.glob("*.safetensors"))
-            if config is None or not weights or not _is_mlx(repo, config):
-                continue
-            size = 0
-            for file in weights:
-                try:
-                    size += file.stat().st_size  # follows the blob symlink
-                except OSError:
-                    size = -1
-                    break
-            if size < 0:  # a weight file's blob is missing: an interrupted download
-                continue
-            found.append(LocalMlxModel(repo, snapshot, size))
-            break
+        model = _newest_mlx_snapshot(f"{org}/{name}", repo_dir)
+        if model is not None:
+            found.append(model)
     return found
+
+
+def _newest_mlx_snapshot(repo: str, repo_dir: Path) -> LocalMlxModel | None:
+    """The newest complete MLX snapshot of one cached repo."""
+    snapshots = [p for p in (repo_dir / "snapshots").glob("*") if p.is_dir()]
+    for snapshot in sorted(snapshots, key=lambda p: p.stat().st_mtime, reverse=True):
+        config = _read_config(snapshot)
+        weights = list(snapshot.glob("*.safetensors"))
+        if config is None or not weights or not _is_mlx(repo, config):
+            continue
+        size = _total_size(weights)
+        if size is not None:
+            return LocalMlxModel(repo, snapshot, size)
+    return None
+
+
+def _total_size(files: list[Path]) -> int | None:
+    """Bytes of ``files`` (following the blob symlinks); None when one's blob is missing, as
+    after an interrupted download."""
+    try:
+        return sum(file.stat().st_size for file in files)
+    except OSError:
+        return None
 
 
 def mlx_meta_from_config(name: str, config: dict[str, Any]) -> ModelMeta:
     """Architecture facts from an MLX model's ``config.json`` (Hugging Face field names)."""
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    nested = config.get("text_config")
+    text: dict[str, Any] = nested if isinstance(nested, dict) else config
 
     def number(*keys: str) -> int | None:
         for key in keys:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,6 +21,7 @@ from autotune.ground.types import (
     ChatRequest,
     Chunk,
     EngineStats,
+    LoadSettings,
     ModelEntry,
     ModelMeta,
     PullProgress,
@@ -78,61 +80,107 @@ def ollama_chat_body(request: ChatRequest) -> dict[str, Any]:
     for key, value in request.params.items():
         if value is None or key in _NO_EFFECT:
             continue
-        if key in _SAME_NAME_OPTIONS or key in _NATIVE_OPTIONS:
-            options[key] = value
-        elif key == "stop":
-            options["stop"] = [value] if isinstance(value, str) else list(value)
-        elif key in ("max_tokens", "max_completion_tokens"):
-            # max_completion_tokens is the newer name; it wins when both are given.
-            if key == "max_completion_tokens" or "max_completion_tokens" not in request.params:
-                options["num_predict"] = value
-        elif key == "response_format":
-            fmt = _format_for(value)
-            if fmt is not None:
-                body["format"] = fmt
-        elif key == "tools":
-            body["tools"] = value
-        elif key == "tool_choice":
-            if value != "auto":
-                raise UnsupportedOption(
-                    key, ENGINE, "Ollama always lets the model decide; only 'auto' is possible"
-                )
-        elif key == "parallel_tool_calls":
-            if value is not True:
-                raise UnsupportedOption(key, ENGINE, "Ollama cannot forbid parallel tool calls")
-        elif key == "n":
-            if value != 1:
-                raise UnsupportedOption(key, ENGINE, "Ollama returns one choice per request")
-        elif key in ("logprobs", "top_logprobs"):
-            if value:
-                raise UnsupportedOption(
-                    key, ENGINE, "autotune does not translate Ollama's native logprobs"
-                )
-        elif key == "reasoning_effort":
-            body["think"] = _think_for(value)
-        elif key == "think":  # Ollama's own field, passed by clients that know it
-            body["think"] = value
-        else:
+        translate = _PARAMS.get(key)
+        if translate is None:
             raise UnsupportedOption(key, ENGINE, "it has no equivalent in Ollama's chat API")
-
+        translate(_Param(key, value, request.params, body, options))
     if request.load is not None:
-        # num_ctx/num_batch/num_thread are load-time options: a changed value reloads the model.
-        for ours, theirs in (
-            ("n_ctx", "num_ctx"),
-            ("n_batch", "num_batch"),
-            ("n_threads", "num_thread"),
-        ):
-            value = getattr(request.load, ours)
-            if value is not None:
-                options[theirs] = value
-        # flash_attn and cache_type_k/v are never sent: on Ollama they are server env vars
-        # (OLLAMA_FLASH_ATTENTION, OLLAMA_KV_CACHE_TYPE), unknown options are ignored.
-        # n_ubatch has no Ollama option; n_parallel is OLLAMA_NUM_PARALLEL (env): neither is sent.
+        options.update(_load_options(request.load))
     if options:
         body["options"] = options
     if request.keep_alive is not None:
         body["keep_alive"] = _keep_alive(request.keep_alive)
     return body
+
+
+@dataclass(frozen=True)
+class _Param:
+    """One OpenAI request field on its way into the Ollama body or its ``options``."""
+
+    key: str
+    value: Any
+    params: Mapping[str, Any]
+    body: dict[str, Any]
+    options: dict[str, Any]
+
+
+def _as_option(p: _Param) -> None:
+    p.options[p.key] = p.value
+
+
+def _stop(p: _Param) -> None:
+    p.options["stop"] = [p.value] if isinstance(p.value, str) else list(p.value)
+
+
+def _max_tokens(p: _Param) -> None:
+    # max_completion_tokens is the newer name; it wins when both are given.
+    if p.key == "max_completion_tokens" or "max_completion_tokens" not in p.params:
+        p.options["num_predict"] = p.value
+
+
+def _response_format(p: _Param) -> None:
+    fmt = _format_for(p.value)
+    if fmt is not None:
+        p.body["format"] = fmt
+
+
+def _tools(p: _Param) -> None:
+    p.body["tools"] = p.value
+
+
+def _reasoning_effort(p: _Param) -> None:
+    p.body["think"] = _think_for(p.value)
+
+
+def _think(p: _Param) -> None:
+    p.body["think"] = p.value  # Ollama's own field, passed by clients that know it
+
+
+def _only_when(ok: Callable[[Any], bool], reason: str) -> Callable[[_Param], None]:
+    """A field Ollama has no use for: accepted at the value that asks for nothing."""
+
+    def check(p: _Param) -> None:
+        if not ok(p.value):
+            raise UnsupportedOption(p.key, ENGINE, reason)
+
+    return check
+
+
+_NO_LOGPROBS = _only_when(lambda v: not v, "autotune does not translate Ollama's native logprobs")
+
+#: How each OpenAI field reaches Ollama; a field not listed here is refused.
+_PARAMS: dict[str, Callable[[_Param], None]] = {
+    **{key: _as_option for key in (*_SAME_NAME_OPTIONS, *_NATIVE_OPTIONS)},
+    "stop": _stop,
+    "max_tokens": _max_tokens,
+    "max_completion_tokens": _max_tokens,
+    "response_format": _response_format,
+    "tools": _tools,
+    "tool_choice": _only_when(
+        lambda v: v == "auto", "Ollama always lets the model decide; only 'auto' is possible"
+    ),
+    "parallel_tool_calls": _only_when(
+        lambda v: v is True, "Ollama cannot forbid parallel tool calls"
+    ),
+    "n": _only_when(lambda v: v == 1, "Ollama returns one choice per request"),
+    "logprobs": _NO_LOGPROBS,
+    "top_logprobs": _NO_LOGPROBS,
+    "reasoning_effort": _reasoning_effort,
+    "think": _think,
+}
+
+
+def _load_options(load: LoadSettings) -> dict[str, Any]:
+    """num_ctx/num_batch/num_thread: load-time options, a changed value reloads the model.
+
+    flash_attn and cache_type_k/v are never sent: on Ollama they are server env vars
+    (OLLAMA_FLASH_ATTENTION, OLLAMA_KV_CACHE_TYPE), unknown options are ignored. n_ubatch has
+    no Ollama option; n_parallel is OLLAMA_NUM_PARALLEL (env): neither is sent.
+    """
+    pairs = (("n_ctx", "num_ctx"), ("n_batch", "num_batch"), ("n_threads", "num_thread"))
+    return {
+        theirs: getattr(load, ours) for ours, theirs in pairs if getattr(load, ours) is not None
+    }
 
 
 def _keep_alive(seconds: float) -> int | float:
@@ -367,9 +415,11 @@ class OllamaBackend(Backend):
         base_url: str = "http://127.0.0.1:11434",
         *,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        api_key: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = ollama.AsyncClient(host=self.base_url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._client = ollama.AsyncClient(host=self.base_url, timeout=timeout, headers=headers)
 
     @property
     def _http(self) -> httpx.AsyncClient:

@@ -9,8 +9,8 @@ import logging
 import math
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -37,12 +37,15 @@ __all__ = [
     "OpenAICompatBackend",
     "capabilities_for",
     "engine_stats_from_chunk",
+    "once_more_if_stale",
     "post_chat",
     "sse_events",
     "transport_detail",
 ]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: What a probe can tell apart; ``mlx`` is only ever forced (it looks like a generic server).
 KINDS = ("llamacpp", "lmstudio", "vllm", "sglang", "mlx", "openai")
@@ -125,33 +128,47 @@ def engine_stats_from_chunk(data: Mapping[str, Any]) -> EngineStats | None:
         return None
     stats = EngineStats()
     if isinstance(usage, Mapping):
-        stats.prompt_tokens = usage.get("prompt_tokens")
-        stats.completion_tokens = usage.get("completion_tokens")
-        details = usage.get("prompt_tokens_details")
-        if isinstance(details, Mapping):
-            stats.cached_tokens = details.get("cached_tokens")
-        stats.raw["usage"] = dict(usage)
+        _add_usage(stats, usage)
     if isinstance(timings, Mapping):
-        # llama.cpp: prompt_n counts only the tokens it computed; cache_n those reused from cache,
-        # so usage.prompt_tokens = prompt_n + cache_n.
-        prompt_n, cache_n = timings.get("prompt_n"), timings.get("cache_n")
-        if stats.cached_tokens is None and cache_n is not None:
-            stats.cached_tokens = cache_n
-        if stats.prompt_tokens is None and prompt_n is not None:
-            stats.prompt_tokens = prompt_n + (cache_n or 0)
-        if stats.completion_tokens is None:
-            stats.completion_tokens = timings.get("predicted_n")
-        stats.prompt_ms = timings.get("prompt_ms")
-        stats.decode_ms = timings.get("predicted_ms")
-        stats.raw["timings"] = dict(timings)
+        _add_llamacpp_timings(stats, timings)
     if isinstance(lms, Mapping):
-        ttft, gen = lms.get("time_to_first_token"), lms.get("generation_time")
-        if stats.prompt_ms is None and isinstance(ttft, (int, float)):
-            stats.prompt_ms = ttft * 1000.0  # seconds; includes a JIT load when there was one
-        if stats.decode_ms is None and isinstance(gen, (int, float)):
-            stats.decode_ms = gen * 1000.0
-        stats.raw["stats"] = dict(lms)
+        _add_lmstudio_stats(stats, lms)
     return stats
+
+
+def _add_usage(stats: EngineStats, usage: Mapping[str, Any]) -> None:
+    stats.prompt_tokens = usage.get("prompt_tokens")
+    stats.completion_tokens = usage.get("completion_tokens")
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, Mapping):
+        stats.cached_tokens = details.get("cached_tokens")
+    stats.raw["usage"] = dict(usage)
+
+
+def _add_llamacpp_timings(stats: EngineStats, timings: Mapping[str, Any]) -> None:
+    """Counts the usage left out, and the prompt and decode times."""
+    # llama.cpp: prompt_n counts only the tokens it computed; cache_n those reused from cache,
+    # so usage.prompt_tokens = prompt_n + cache_n.
+    prompt_n, cache_n = timings.get("prompt_n"), timings.get("cache_n")
+    if stats.cached_tokens is None and cache_n is not None:
+        stats.cached_tokens = cache_n
+    if stats.prompt_tokens is None and prompt_n is not None:
+        stats.prompt_tokens = prompt_n + (cache_n or 0)
+    if stats.completion_tokens is None:
+        stats.completion_tokens = timings.get("predicted_n")
+    stats.prompt_ms = timings.get("prompt_ms")
+    stats.decode_ms = timings.get("predicted_ms")
+    stats.raw["timings"] = dict(timings)
+
+
+def _add_lmstudio_stats(stats: EngineStats, lms: Mapping[str, Any]) -> None:
+    """The times llama.cpp timings left out, from LM Studio's seconds."""
+    ttft, gen = lms.get("time_to_first_token"), lms.get("generation_time")
+    if stats.prompt_ms is None and isinstance(ttft, (int, float)):
+        stats.prompt_ms = ttft * 1000.0  # seconds; includes a JIT load when there was one
+    if stats.decode_ms is None and isinstance(gen, (int, float)):
+        stats.decode_ms = gen * 1000.0
+    stats.raw["stats"] = dict(lms)
 
 
 def _is_remote(url: str) -> bool:
@@ -168,7 +185,8 @@ async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, 
     Lines are split here rather than with aiohttp's line reader, which refuses lines over
     64 KiB (a chunk carrying logprobs can be long).
     """
-    kind, data, buffer = "message", [], b""
+    kind, buffer = "message", b""
+    data: list[str] = []
     async for piece in content.iter_any():
         buffer += piece
         *lines, buffer = buffer.split(b"\n")
@@ -213,6 +231,15 @@ def _json_or_none(response: Any) -> Any:
         return None
 
 
+def _metrics_kind(reply: Any) -> str | None:
+    """vLLM, SGLang and llama.cpp name their Prometheus metrics "vllm:…", "sglang:…" …"""
+    text = reply.text if isinstance(reply, httpx.Response) and reply.is_success else ""
+    for prefix, kind in (("vllm:", "vllm"), ("sglang:", "sglang"), ("llamacpp:", "llamacpp")):
+        if prefix in text:
+            return kind
+    return None
+
+
 def _error_text(status: int, text: str) -> str:
     try:
         payload = json.loads(text)
@@ -238,16 +265,32 @@ _LLAMACPP_REQUEST_FAULT = re.compile(
 )
 
 
+async def once_more_if_stale(
+    send: Callable[[], Awaitable[_T]],
+    stale: tuple[type[BaseException], ...],
+    *,
+    refused: tuple[type[BaseException], ...] = (),
+) -> _T:
+    """``send()``, and once more when the kept-alive connection it went out on was stale.
+
+    llama-server closes a kept-alive connection after streamed replies without saying so
+    (seen: every third back-to-back streamed request on one connection failed with "Server
+    disconnected without sending a response", despite ``Keep-Alive: timeout=5, max=100``).
+    Nothing came back, so the engine never ran the request: one retry on a fresh connection
+    is safe. ``refused`` (a kind of ``stale`` error that means the engine is down) is raised.
+    """
+    try:
+        return await send()
+    except refused:
+        raise
+    except stale:
+        pass
+    return await send()
+
+
 async def post_chat(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> httpx.Response:
-    """A non-streaming POST to a llama-server, retried once on a stale kept-alive connection
-    (see :meth:`OpenAICompatBackend._open_stream` for why that retry is safe)."""
-    for attempt in (1, 2):
-        try:
-            return await http.post(url, json=body)
-        except httpx.RemoteProtocolError:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    """A non-streaming POST to a llama-server, retried once on a stale kept-alive connection."""
+    return await once_more_if_stale(lambda: http.post(url, json=body), (httpx.RemoteProtocolError,))
 
 
 class OpenAICompatBackend(Backend):
@@ -321,6 +364,19 @@ class OpenAICompatBackend(Backend):
         )
 
     async def _detect(self, root: str) -> str:
+        """The server's kind, from what it answers on the paths only one kind of server has."""
+        props, lms_models, metrics, model_info = await self._probe_replies(root)
+        return (
+            self._llamacpp_props(props)
+            or self._lmstudio_models_v0(lms_models)
+            or _metrics_kind(metrics)
+            or self._sglang_model_info(model_info)
+            or "openai"  # mlx_lm.server and anything else: only /v1/* and /health
+        )
+
+    async def _probe_replies(self, root: str) -> list[Any]:
+        """GET /props, /api/v0/models, /metrics, /get_model_info at once (a failure in place of
+        its response); raises when none answered."""
         paths = ("/props", "/api/v0/models", "/metrics", "/get_model_info")
         replies = await asyncio.gather(
             *(self._http.get(root + p, timeout=_PROBE_TIMEOUT) for p in paths),
@@ -331,30 +387,33 @@ class OpenAICompatBackend(Backend):
             if isinstance(first, (httpx.TransportError, OSError)):
                 raise self.unavailable(transport_detail(first))
             raise first
-        props, lms_models, metrics, model_info = replies
+        return list(replies)
+
+    def _llamacpp_props(self, reply: Any) -> str | None:
         # llama-server: GET /props has default_generation_settings and total_slots.
-        body = _json_or_none(props)
+        body = _json_or_none(reply)
         if isinstance(body, Mapping) and (
             "default_generation_settings" in body or "total_slots" in body
         ):
             self.probe_info["props"] = dict(body)
             return "llamacpp"
+        return None
+
+    def _lmstudio_models_v0(self, reply: Any) -> str | None:
         # LM Studio: GET /api/v0/models lists models with their `state` (loaded / not-loaded).
-        body = _json_or_none(lms_models)
+        body = _json_or_none(reply)
         if isinstance(body, Mapping) and isinstance(body.get("data"), list):
             self.probe_info["models"] = body["data"]
             return "lmstudio"
-        # vLLM and SGLang name their Prometheus metrics "vllm:…" and "sglang:…".
-        text = metrics.text if isinstance(metrics, httpx.Response) and metrics.is_success else ""
-        for prefix, kind in (("vllm:", "vllm"), ("sglang:", "sglang"), ("llamacpp:", "llamacpp")):
-            if prefix in text:
-                return kind
+        return None
+
+    def _sglang_model_info(self, reply: Any) -> str | None:
         # SGLang without --enable-metrics still answers GET /get_model_info {model_path, …}.
-        body = _json_or_none(model_info)
+        body = _json_or_none(reply)
         if isinstance(body, Mapping) and "model_path" in body:
             self.probe_info["model_info"] = dict(body)
             return "sglang"
-        return "openai"  # mlx_lm.server and anything else: only /v1/* and /health
+        return None
 
     # ---------------------------------------------------------------- HTTP helpers
 
@@ -426,7 +485,8 @@ class OpenAICompatBackend(Backend):
 
     def _openai_entry(self, m: Mapping[str, Any]) -> ModelEntry:
         name = str(m.get("id", ""))
-        extra = m.get("meta") if isinstance(m.get("meta"), Mapping) else {}
+        meta_field = m.get("meta")
+        extra: Mapping[str, Any] = meta_field if isinstance(meta_field, Mapping) else {}
         # llama.cpp adds meta {n_ctx_train, n_params, n_embd, n_vocab, size}; vLLM max_model_len.
         meta = ModelMeta(
             name=name,
@@ -649,26 +709,16 @@ class OpenAICompatBackend(Backend):
             reply.release()
 
     async def _open_stream(self, url: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
-        """POST and return the streaming response, retrying once on a stale kept-alive connection.
-
-        llama-server closes a kept-alive connection after streamed replies without saying so
-        (seen: every third back-to-back streamed request on one connection failed with "Server
-        disconnected without sending a response", despite ``Keep-Alive: timeout=5, max=100``).
-        Nothing came back, so the engine never ran the request: one retry on a fresh
-        connection is safe.
-        """
+        """POST and return the streaming response, retried once on a stale kept-alive
+        connection (see :func:`once_more_if_stale`)."""
         session = self._session()
-        for attempt in (1, 2):
-            try:
-                return await session.post(url, json=body)
-            except aiohttp.ClientConnectorError:
-                raise  # refused: the engine is down, not a stale connection
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                # aiohttp reports the stale connection as a disconnect, or as a reset /
-                # broken pipe while sending; either way nothing came back
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        # aiohttp reports a stale connection as a disconnect, or as a reset / broken pipe while
+        # sending; a refused connection (a ClientOSError too) means the engine is down.
+        return await once_more_if_stale(
+            lambda: session.post(url, json=body),
+            (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError),
+            refused=(aiohttp.ClientConnectorError,),
+        )
 
     async def _relay(
         self,
@@ -684,46 +734,33 @@ class OpenAICompatBackend(Backend):
         async for kind, text in events:
             # Read on past [DONE] to the end of the response: a fully read response hands its
             # connection back to the pool; an abandoned one costs a new TCP connection next time.
-            if done or text == "[DONE]":
-                done = True
+            done = done or text == "[DONE]"
+            if done or not text:
                 continue
-            if not text:
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError:
-                raise UpstreamError(502, f"unreadable event: {text[:120]!r}", self.engine) from None
-            if not isinstance(data, dict):
-                raise UpstreamError(502, f"unexpected event: {text[:120]!r}", self.engine)
-            if kind == "error" or ("error" in data and "choices" not in data):
-                error = data.get("error", data)
-                message = error.get("message") if isinstance(error, Mapping) else error
-                raise UpstreamError(500, str(message), self.engine)
-            closing = False
-            for key in ("usage", "timings", "stats"):
-                if data.get(key):
-                    final[key] = data[key]
-                    closing = True
-            if not closing:
-                closing = any(c.get("finish_reason") for c in data.get("choices") or ())
+            data = self._event_data(kind, text)
             if held is not None:
                 yield Chunk(held)
                 held = None
-            if closing:
+            if _closing(data, final):
                 held = data
             else:
                 yield Chunk(data)
         if held is not None:
-            stats = engine_stats_from_chunk(final)
-            if loaded is not None:
-                stats = stats or EngineStats()
-                stats.reloaded = loaded is not False
-                if isinstance(loaded, dict):
-                    seconds = loaded.get("load_time_seconds")
-                    if isinstance(seconds, (int, float)):
-                        stats.load_ms = seconds * 1000.0
-                    stats.raw["load"] = loaded
-            yield Chunk(held, stats)
+            yield Chunk(held, _final_stats(final, loaded))
+
+    def _event_data(self, kind: str, text: str) -> dict[str, Any]:
+        """One event's chunk; an unreadable event or an error event raises UpstreamError."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            raise UpstreamError(502, f"unreadable event: {text[:120]!r}", self.engine) from None
+        if not isinstance(data, dict):
+            raise UpstreamError(502, f"unexpected event: {text[:120]!r}", self.engine)
+        if kind == "error" or ("error" in data and "choices" not in data):
+            error = data.get("error", data)
+            message = error.get("message") if isinstance(error, Mapping) else error
+            raise UpstreamError(500, str(message), self.engine)
+        return data
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -738,6 +775,33 @@ class OpenAICompatBackend(Backend):
                 connector=aiohttp.TCPConnector(limit=0),
             )
         return self._aio
+
+
+def _closing(data: Mapping[str, Any], final: dict[str, Any]) -> bool:
+    """Whether a chunk closes the reply (stats or a finish reason); its stats go to ``final``."""
+    closing = False
+    for key in ("usage", "timings", "stats"):
+        if data.get(key):
+            final[key] = data[key]
+            closing = True
+    return closing or any(c.get("finish_reason") for c in data.get("choices") or ())
+
+
+def _final_stats(
+    final: Mapping[str, Any], loaded: dict[str, Any] | bool | None
+) -> EngineStats | None:
+    """The stats of the closing chunks, with what the LM Studio load step did (when it ran)."""
+    stats = engine_stats_from_chunk(final)
+    if loaded is None:
+        return stats
+    stats = stats or EngineStats()
+    stats.reloaded = loaded is not False
+    if isinstance(loaded, dict):
+        seconds = loaded.get("load_time_seconds")
+        if isinstance(seconds, (int, float)):
+            stats.load_ms = seconds * 1000.0
+        stats.raw["load"] = loaded
+    return stats
 
 
 def _config_matches(config: Mapping[str, Any], settings: LoadSettings) -> bool:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import difflib
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -43,6 +45,11 @@ _PROBE_PATHS = {
     "openai": "/v1/models",
 }
 _INVENTORY_TTL = 10.0  # seconds a model list from a remote engine is trusted
+#: Seconds an unknown name is answered from memory, and the least time between rescans.
+_MISSING_TTL = 5.0
+_RESCAN_INTERVAL = 5.0
+#: Names remembered each way (found, not found); the least recently used go first.
+_MAX_NAMES = 256
 
 
 def _url(settings: Settings, engine: str) -> str | None:
@@ -146,7 +153,14 @@ def make_backend(engine: str, settings: Settings) -> Backend:
 
 @dataclass
 class BackendSet:
-    """The engines in use; resolves a model name to the engine that serves it."""
+    """The engines in use; resolves a model name to the engine that serves it.
+
+    Resolutions are cached both ways, each bounded: a name found stays mapped until
+    :meth:`forget` (an engine said it does not have it); a name not found is answered from a
+    short-lived negative cache, and the disk and the engines are rescanned for unknown names
+    at most once per :data:`_RESCAN_INTERVAL` — a stream of misspelt names must not turn
+    into a stream of disk scans that slows every other request.
+    """
 
     backends: dict[str, Backend]
     order: list[str]
@@ -154,7 +168,12 @@ class BackendSet:
     #: The last listing error per engine (cleared when it answers again).
     errors: dict[str, BackendError] = field(default_factory=dict)
     #: Models already resolved → (engine, name): the hot path never re-lists models.
-    _resolved: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _resolved: OrderedDict[str, tuple[str, str]] = field(default_factory=OrderedDict)
+    #: Names not found → (when, the error raised).
+    _missing: OrderedDict[str, tuple[float, BackendError]] = field(default_factory=OrderedDict)
+    _rescanned_at: float = float("-inf")
+    _discovery: tuple[float, Any] | None = None
+    _rescan_lock: asyncio.Lock | None = None
 
     @property
     def primary(self) -> Backend:
@@ -184,50 +203,88 @@ class BackendSet:
     async def resolve(self, model: str) -> tuple[Backend, str]:
         """The engine for ``model`` and the name that engine knows it by.
 
-        Raises :class:`ModelNotFound` with the closest names when no engine has it. A model
-        resolved once stays mapped until :meth:`forget` (an engine said it does not have it).
+        Raises :class:`ModelNotFound` with the closest names when no engine has it.
         """
         if model in self._resolved:
+            self._resolved.move_to_end(model)
             engine, name = self._resolved[model]
             return self.backends[engine], name
-        for fresh in (False, True):
-            inventory = await self.inventory(fresh=fresh)
-            names = {e: [m.name for m in models] for e, models in inventory.items()}
-            engine = route_model(model, names, self.order)
-            if engine is None and "embedded" in self.backends:
-                primary = await self._embedded_alias(model)
-                if primary is not None:  # known by an alias: use the model's own name
-                    self._resolved[model] = ("embedded", primary)
-                    return self.backends["embedded"], primary
-            if engine is not None:
-                name = _canonical(model, names.get(engine, []))
-                self._resolved[model] = (engine, name)
-                return self.backends[engine], name
+        missing = self._missing.get(model)
+        if missing is not None and time.monotonic() - missing[0] < _MISSING_TTL:
+            raise missing[1].with_traceback(None)
+        try:
+            found = await self._find(model, fresh=False) or await self._rescan(model)
+        except BackendError as exc:
+            _remember(self._missing, model, (time.monotonic(), exc))
+            raise
+        _remember(self._resolved, model, found)
+        self._missing.pop(model, None)
+        return self.backends[found[0]], found[1]
+
+    async def _rescan(self, model: str) -> tuple[str, str]:
+        """Look again with fresh model lists, at most once per interval for all names."""
+        if self._rescan_lock is None:
+            self._rescan_lock = asyncio.Lock()
+        async with self._rescan_lock:
+            fresh = time.monotonic() - self._rescanned_at >= _RESCAN_INTERVAL
+            if fresh:
+                self._rescanned_at = time.monotonic()
+            found = await self._find(model, fresh=fresh)
+        if found is not None:
+            return found
         for name in self.order:  # it may be in an engine that did not answer: say that
             if name in self.errors:
                 raise self.errors[name].with_traceback(None)
+        inventory = await self.inventory()
         known = sorted({m.name for models in inventory.values() for m in models})
         raise ModelNotFound(model, difflib.get_close_matches(model, known, n=3, cutoff=0.4))
+
+    async def _find(self, model: str, *, fresh: bool) -> tuple[str, str] | None:
+        inventory = await self.inventory(fresh=fresh)
+        names = {e: [m.name for m in models] for e, models in inventory.items()}
+        engine = route_model(model, names, self.order)
+        if engine is not None:
+            return engine, _canonical(model, names.get(engine, []))
+        if "embedded" in self.backends:
+            primary = await self._embedded_alias(model, fresh=fresh)
+            if primary is not None:  # known by an alias: use the model's own name
+                return "embedded", primary
+        return None
 
     def forget(self, model: str | None = None) -> None:
         """Drop a cached resolution (all of them with no argument)."""
         if model is None:
             self._resolved.clear()
+            self._missing.clear()
         else:
             self._resolved.pop(model, None)
+            self._missing.pop(model, None)
 
-    async def _embedded_alias(self, model: str) -> str | None:
+    async def _embedded_alias(self, model: str, *, fresh: bool) -> str | None:
         """The primary name of a model discovery knows by an alias (``llama3`` for
-        ``llama3:latest``, a file stem), or None."""
+        ``llama3:latest``, a file stem), or None. The disk scan is reused like a model list."""
         from autotune.models.discovery import discover
 
+        if (
+            fresh
+            or self._discovery is None
+            or time.monotonic() - self._discovery[0] >= (_INVENTORY_TTL)
+        ):
+            self._discovery = (time.monotonic(), await asyncio.to_thread(discover))
         try:
-            return (await asyncio.to_thread(discover)).find(model).name
+            return self._discovery[1].find(model).name
         except ModelNotFound:
             return None
 
     async def aclose(self) -> None:
         await asyncio.gather(*(b.aclose() for b in self.backends.values()))
+
+
+def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > _MAX_NAMES:
+        cache.popitem(last=False)
 
 
 def _canonical(model: str, names: list[str]) -> str:

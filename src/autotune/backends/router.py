@@ -71,9 +71,8 @@ def make_upstream_backend(config: UpstreamConfig, timeout: httpx.Timeout | None 
     if config.kind == "ollama":
         from autotune.backends.ollama import OllamaBackend
 
-        backend: Backend = OllamaBackend(config.url)
-        if api_key:  # e.g. an Ollama behind an authenticating proxy
-            backend._http.headers["Authorization"] = f"Bearer {api_key}"  # type: ignore[attr-defined]
+        # An API key: e.g. an Ollama behind an authenticating proxy.
+        backend: Backend = OllamaBackend(config.url, api_key=api_key)
         backend.name = config.display_name
         return backend
     from autotune.backends.openai_compat import DEFAULT_TIMEOUT, OpenAICompatBackend
@@ -305,8 +304,8 @@ class RouterBackend(Backend):
             return
         task = upstream._discovery
         if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
-            upstream._discovery = asyncio.ensure_future(self._list(upstream))
-        await asyncio.shield(upstream._discovery)
+            task = upstream._discovery = asyncio.ensure_future(self._list(upstream))
+        await asyncio.shield(task)
 
     async def _list(self, upstream: Upstream) -> None:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -227,11 +228,11 @@ def parse_router_config(data: Any, source: str = "<config>") -> RouterConfig:
 
 
 def _load_toml(text: str) -> Any:
-    try:
-        import tomllib  # Python 3.11+
-    except ModuleNotFoundError:  # pragma: no cover (3.10)
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover (3.10)
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib
         except ModuleNotFoundError:
             raise ValueError(
                 "reading TOML on Python 3.10 needs the tomli package; "

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from autotune.ground.errors import ModelLoadError
 
-__all__ = ["start_worker", "stop_worker"]
+__all__ = ["start_worker", "stop_process", "stop_worker"]
 
 
 def start_worker(
@@ -61,13 +63,29 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, grace=3)
     for stream in (proc.stdin, proc.stdout):
         if stream is not None:
             with contextlib.suppress(OSError):
                 stream.close()
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, grace: float) -> None:
+    """Terminate ``proc``, give it ``grace`` seconds to exit, then kill it; returns once it is
+    gone, its exit code on ``proc``."""
+    if proc.poll() is not None:
+        return
+    try:
+        handle = psutil.Process(proc.pid)  # not reaped yet, so still this child's pid
+        handle.terminate()
+    except psutil.NoSuchProcess:
+        proc.wait()
+        return
+    _, alive = psutil.wait_procs([handle], timeout=grace)
+    for lingering in alive:
+        lingering.kill()
+    psutil.wait_procs(alive)
+    # wait_procs reaped the child and set the documented ``returncode`` on each process it saw
+    # go; Popen can no longer read it, so it is handed over.
+    code = getattr(handle, "returncode", None)
+    proc.returncode = code if code is not None else proc.wait()

@@ -378,10 +378,9 @@ async def _tuned_ask(
                 params={"max_tokens": max_tokens, "temperature": 0, "seed": 1},
             )
         )
-        async for chunk in run:
-            for choice in chunk.data.get("choices") or ():
-                if (choice.get("delta") or {}).get("content") and sample.ttft_ms is None:
-                    sample.ttft_ms = (time.perf_counter() - start) * 1000
+        async for _ in run:
+            if run.reply.text and sample.ttft_ms is None:
+                sample.ttft_ms = (time.perf_counter() - start) * 1000
     except Exception as exc:  # a failure is a figure too
         sample.error = f"{type(exc).__name__}: {exc}"
         return sample
@@ -493,7 +492,7 @@ async def run_proof(
 
 async def _tuned_state(runtime: Runtime, backend: Any, model: str) -> dict[str, Any]:
     """The autotune side's load settings (its plan) and its engine process's RSS."""
-    loaded = runtime.pipeline.sticky.get((backend.name, model))
+    loaded = runtime.pipeline.state.current(backend, model)
     state: dict[str, Any] = {**(loaded.as_dict() if loaded else {}), "source": "autotune plan"}
     for running in await backend.running_models():
         if running.name == model:

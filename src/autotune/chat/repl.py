@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import signal
 import sys
 import time
@@ -19,17 +18,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from autotune.chat.commands import (
-    COMMANDS,
-    Command,
-    SessionMetrics,
-    complete,
-    format_conversation_list,
-    help_lines,
-    parse_command,
-    parse_recall,
-)
+from autotune.chat.commands import COMMANDS, Command, SessionMetrics, complete, parse_command
 from autotune.chat.render import MarkdownRenderer, PlainRenderer, ReplyRenderer, footer_text
+from autotune.chat.slash import HANDLERS
 from autotune.chat.watcher import ModelWatcher, UnloadNotice
 from autotune.ground.errors import BackendError
 from autotune.ground.profiles import get_profile
@@ -45,12 +36,6 @@ __all__ = ["Chat", "ChatOptions", "FitCheck", "SlashCompleter", "run_chat"]
 FitCheck = Callable[[str, str], Awaitable[str | None]]
 
 _ENGINE_LABEL = {"embedded": "embedded llama.cpp (autotune-managed worker)"}
-_URL_SETTINGS = {
-    "ollama": "ollama_url",
-    "lmstudio": "lmstudio_url",
-    "llamacpp": "llamacpp_url",
-    "openai": "openai_url",
-}
 
 
 @dataclass
@@ -166,10 +151,10 @@ class Chat:
         backend, name = await runtime.backends.resolve(model)
         self.state.model, self.state.engine = name, backend.name
         self.state.profile, self.state.conversation_id = profile, conv_id
-        if not opts.checked and not await self._fit_ok(name, profile):
+        if not opts.checked and not await self.fit_ok(name, profile):
             return 1
         if opts.system:
-            await self._set_system(opts.system)
+            await self.ensure_conversation(system=opts.system)
         self._header(resumed=bool(opts.conversation_id))
         self.watcher.watch(backend.name, name)
         self.watcher.start()
@@ -178,7 +163,7 @@ class Chat:
     async def close(self) -> None:
         await self.watcher.stop()
 
-    async def _fit_ok(self, model: str, profile: str) -> bool:
+    async def fit_ok(self, model: str, profile: str) -> bool:
         """False (and why) when ``--no-swap`` forbids this load; otherwise warn and go on."""
         if self.check_fit is None:
             return True
@@ -194,19 +179,25 @@ class Chat:
         self.warn(f"warning: {problem}")
         return True
 
-    def _engine_label(self, engine: str) -> str:
+    def engine_label(self, engine: str) -> str:
+        """How the header names an engine: what it is and where it listens."""
         backend = self.runtime.backends.get(engine)
         if engine in _ENGINE_LABEL:
             return _ENGINE_LABEL[engine]
         url = getattr(backend, "base_url", "") if backend is not None else ""
         return f"{engine} at {url}" if url else engine
 
+    def use_model(self, engine: str, model: str) -> None:
+        """Send the next messages to ``model`` on ``engine`` (and watch it there)."""
+        self.state.model, self.state.engine = model, engine
+        self.watcher.watch(engine, model)
+
     def _header(self, *, resumed: bool) -> None:
         s = self.state
         title = "resumed conversation" if resumed else "conversation"
         self.say(f"autotune chat · {title} {s.conversation_id}", "bold")
         self.say(
-            f"model {s.model} · engine {self._engine_label(s.engine)} · profile {s.profile}",
+            f"model {s.model} · engine {self.engine_label(s.engine)} · profile {s.profile}",
         )
         others = [e for e in self.runtime.backends.order if e != s.engine]
         if others:
@@ -322,9 +313,8 @@ class Chat:
             return True
 
     async def dispatch(self, command: Command) -> bool:
-        """Run a parsed command; False for /quit."""
-        handler = getattr(self, f"_cmd_{command.name}")
-        result = await handler(command.arg)
+        """Run a parsed command (see :mod:`autotune.chat.slash`); False for /quit."""
+        result = await HANDLERS[command.name](self, command.arg)
         return result is not False
 
     # ------------------------------------------------------------------ replies
@@ -334,7 +324,8 @@ class Chat:
             return MarkdownRenderer(self.console)
         return PlainRenderer(self.out, self.err)
 
-    async def _ensure_conversation(self, **fields: Any) -> None:
+    async def ensure_conversation(self, **fields: Any) -> None:
+        """Store the conversation if it is not stored yet; then set ``fields`` on it."""
         s = self.state
         store = self.runtime.store
         if not s.stored:
@@ -363,7 +354,7 @@ class Chat:
             source="chat",
         )
         first = not await self._has_turns()
-        await self._ensure_conversation()
+        await self.ensure_conversation()
         if first:
             await self._inject_memories(text)
         self.watcher.busy = True
@@ -410,39 +401,22 @@ class Chat:
             self.runtime.store.get, self.state.conversation_id, with_messages=False
         )
         system = f"{conv.system}\n\n{note}" if conv is not None and conv.system else note
-        await self._ensure_conversation(system=system)
+        await self.ensure_conversation(system=system)
 
     async def _reply(self, inp: ChatInput) -> None:
         renderer = self._renderer()
         renderer.begin()
         run: ChatRun | None = None
-        status = "ok"
         try:
             run = await self.runtime.pipeline.start(inp)
-            self._phase = "streaming"
-            if self.options.verbose:
-                self._verbose(run)
-            if not self._stop_requested:
-                async for chunk in run:
-                    for choice in chunk.data.get("choices") or ():
-                        content = (choice.get("delta") or {}).get("content")
-                        if content:
-                            renderer.feed(content)
-            else:
-                status = "cancelled"
+            status = await self._stream(run, renderer)
         except asyncio.CancelledError:
             status = "cancelled"
             current = asyncio.current_task()
             if current is not None and hasattr(current, "uncancel"):
                 current.uncancel()
         except Exception as exc:
-            renderer.end(None)
-            self._failed = True
-            self.state.metrics.add(None, status="error")
-            if isinstance(exc, BackendError):
-                self.error(exc.message, exc.hint)
-            else:  # not the engine's words: say what broke, keep the chat alive
-                self.error(f"{type(exc).__name__}: {exc}")
+            self._reply_failed(renderer, exc)
             return
         if run is not None:
             await run.aclose()  # stops the engine's generation when the reply was cut short
@@ -454,6 +428,30 @@ class Chat:
         if status == "ok":
             self.watcher.used()
 
+    async def _stream(self, run: ChatRun, renderer: ReplyRenderer) -> str:
+        """Show the reply as it comes: ``ok``, or ``cancelled`` when Ctrl-C came during the
+        engine's start."""
+        self._phase = "streaming"
+        if self.options.verbose:
+            self._verbose(run)
+        if self._stop_requested:
+            return "cancelled"
+        async for chunk in run:
+            for choice in chunk.data.get("choices") or ():
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    renderer.feed(content)
+        return "ok"
+
+    def _reply_failed(self, renderer: ReplyRenderer, exc: Exception) -> None:
+        renderer.end(None)
+        self._failed = True
+        self.state.metrics.add(None, status="error")
+        if isinstance(exc, BackendError):
+            self.error(exc.message, exc.hint)
+        else:  # not the engine's words: say what broke, keep the chat alive
+            self.error(f"{type(exc).__name__}: {exc}")
+
     def _verbose(self, run: ChatRun) -> None:
         self.info(f"plan: {run.plan.summary()}")
         memories, self._memories = self._memories, []
@@ -461,280 +459,6 @@ class Chat:
             title = getattr(memory, "title", None) or getattr(memory, "conversation_id", "")
             snippet = getattr(memory, "snippet", "") or ""
             self.info(f"memory: {title} — {snippet}")
-
-    # ------------------------------------------------------------------ commands
-
-    async def _cmd_help(self, arg: str) -> None:
-        width = max(len(usage) for usage, _ in help_lines())
-        for usage, text in help_lines():
-            self.say(f"  {usage.ljust(width)}  {text}")
-        self.info("  A line starting with // sends a message that starts with /.")
-
-    async def _cmd_quit(self, arg: str) -> bool:
-        return False
-
-    async def _cmd_new(self, arg: str) -> None:
-        s = self.state
-        s.conversation_id, s.stored = new_conversation_id(), False
-        self.say(f"New conversation {s.conversation_id}.")
-
-    async def _cmd_delete(self, arg: str) -> None:
-        s = self.state
-        old = s.conversation_id
-        deleted = s.stored and await asyncio.to_thread(self.runtime.store.delete, old)
-        s.conversation_id, s.stored = new_conversation_id(), False
-        s.listing = [i for i in s.listing if i != old]
-        what = f"Deleted {old}" if deleted else f"{old} had nothing stored"
-        self.say(f"{what}; new conversation {s.conversation_id}.")
-
-    async def _cmd_history(self, arg: str) -> None:
-        s = self.state
-        messages = (
-            await asyncio.to_thread(self.runtime.store.messages, s.conversation_id)
-            if s.stored
-            else []
-        )
-        conv = (
-            await asyncio.to_thread(self.runtime.store.get, s.conversation_id, with_messages=False)
-            if s.stored
-            else None
-        )
-        if conv is not None and conv.system:
-            self.say(f"system: {conv.system}", "magenta")
-        if not messages:
-            self.say("No messages yet in this conversation.")
-            return
-        for m in messages:
-            style = "cyan" if m.role == "user" else ""
-            label = "you" if m.role == "user" else m.role
-            self.say(f"{label}: {m.content}", style)
-
-    async def _cmd_profile(self, arg: str) -> None:
-        s = self.state
-        if not await self._fit_ok(s.model, arg):
-            return
-        s.profile = arg
-        if s.stored:
-            await self._ensure_conversation(profile=arg)
-        profile = get_profile(arg)
-        self.say(f"profile {arg}: {profile.description}")
-        self.info("A loaded model keeps its context and KV settings until its next load.")
-
-    async def _cmd_model(self, arg: str) -> None:
-        s = self.state
-        backend, name = await self.runtime.backends.resolve(arg)
-        if not await self._fit_ok(name, s.profile):
-            return
-        s.model, s.engine = name, backend.name
-        self.watcher.watch(backend.name, name)
-        if s.stored:
-            await self._ensure_conversation(model=name)
-        self.say(f"model {name} · engine {self._engine_label(backend.name)}")
-
-    async def _set_system(self, text: str) -> None:
-        await self._ensure_conversation(system=text)
-
-    async def _cmd_system(self, arg: str) -> None:
-        await self._set_system(arg)
-        self.say(f"System prompt set for {self.state.conversation_id}.")
-
-    async def _cmd_export(self, arg: str) -> None:
-        s = self.state
-        store = self.runtime.store
-        count = len(await asyncio.to_thread(store.messages, s.conversation_id)) if s.stored else 0
-        if not count:
-            self.say("Nothing to export yet: send a message first.")
-            return
-        text = await asyncio.to_thread(store.export_markdown, s.conversation_id)
-        exports = Path(self.runtime.settings.exports_dir)
-        path = exports / f"{s.conversation_id}.md"
-
-        def write() -> None:
-            exports.mkdir(parents=True, exist_ok=True)
-            path.write_text(text or "", encoding="utf-8")
-
-        await asyncio.to_thread(write)
-        self.say(f"Exported {count} messages to {path}")
-
-    async def _cmd_metrics(self, arg: str) -> None:
-        for line in self.state.metrics.lines():
-            self.say(line)
-
-    async def _cmd_backends(self, arg: str) -> None:
-        from autotune.backends.registry import ENGINE_ORDER, probe_engines
-
-        settings = self.runtime.settings
-        order = self.runtime.backends.order
-        reachable = await probe_engines(settings, ENGINE_ORDER)
-        for engine in ENGINE_ORDER:
-            url = getattr(settings, _URL_SETTINGS[engine], None)
-            if not url:
-                self.say(f"  {engine:<9} not configured")
-                continue
-            state = "reachable" if reachable.get(engine) else "not reachable"
-            use = (
-                " · in use"
-                if engine in order
-                else (" · restart the chat to use it" if reachable.get(engine) else "")
-            )
-            mark = " · this chat" if engine == self.state.engine else ""
-            self.say(f"  {engine:<9} {url}  {state}{use}{mark}")
-        installed = importlib.util.find_spec("xllamacpp") is not None
-        state = "available" if installed else "missing (run `make setup`)"
-        use = " · in use" if "embedded" in order else ""
-        mark = " · this chat" if self.state.engine == "embedded" else ""
-        self.say(f"  {'embedded':<9} llama.cpp (built in)  {state}{use}{mark}")
-
-    async def _cmd_models(self, arg: str) -> None:
-        from autotune.ground.units import format_bytes
-
-        inventory = await self.runtime.backends.inventory(fresh=True)
-        for engine in self.runtime.backends.order:
-            models = inventory.get(engine, [])
-            problem = self.runtime.backends.errors.get(engine)
-            self.say(f"{engine}:", "bold")
-            if problem is not None:
-                self.warn(f"  {problem}")
-            elif not models:
-                self.say("  (no models)")
-            for m in models:
-                mark = "*" if (engine, m.name) == (self.state.engine, self.state.model) else " "
-                self.say(f" {mark}{m.name}  {format_bytes(m.size_bytes)}")
-
-    async def _cmd_recall(self, arg: str) -> None:
-        request = parse_recall(arg)
-        if request.kind == "search":
-            await self._recall_search(request.value)
-        elif request.kind == "pick":
-            await self._resume(request.value)
-        else:
-            await self._recall_list()
-
-    async def _recall_list(self) -> None:
-        conversations = await asyncio.to_thread(self.runtime.store.list, limit=10)
-        if not conversations:
-            self.say("No conversations yet.")
-            return
-        self.state.listing = [c.id for c in conversations]
-        for line in format_conversation_list(
-            conversations, current=self.state.conversation_id if self.state.stored else None
-        ):
-            self.say(line)
-        if not self.interactive:
-            return
-        from prompt_toolkit import PromptSession
-        from prompt_toolkit.patch_stdout import patch_stdout
-
-        session: PromptSession[str] = PromptSession()
-        try:
-            with patch_stdout(raw=True):
-                answer = await session.prompt_async(
-                    "resume which? (number, Enter to stay) › ", handle_sigint=False
-                )
-        except (KeyboardInterrupt, EOFError):
-            return
-        if answer.strip():
-            await self._resume(answer.strip())
-
-    async def _recall_search(self, query: str) -> None:
-        if not query:
-            self.error("Usage: /recall search <query>")
-            return
-        manager = getattr(self.runtime, "recall", None)
-        if manager is None or not hasattr(manager, "search"):
-            self.say("Memory search is not set up yet; /recall lists recent conversations.")
-            return
-        if hasattr(manager, "asearch"):
-            hits = await manager.asearch(query, limit=10)
-        else:
-            hits = await asyncio.to_thread(manager.search, query, limit=10)
-        if not hits:
-            self.say(f"Nothing found for {query!r}.")
-            return
-        self.state.listing = [h.conversation_id for h in hits]
-        for i, hit in enumerate(hits, start=1):
-            stamp = time.strftime("%Y-%m-%d", time.localtime(getattr(hit, "created_at", 0) or 0))
-            title = getattr(hit, "title", None) or "(untitled)"
-            snippet = " ".join(str(getattr(hit, "snippet", "")).split())
-            self.say(f" {i:>2}. {stamp}  {title}  [{hit.conversation_id}]")
-            if snippet:
-                self.info(f"     {snippet}")
-        self.info("/recall <number> resumes one.")
-
-    async def _resume(self, choice: str) -> None:
-        s = self.state
-        if choice.isdigit():
-            if not s.listing:
-                s.listing = [
-                    c.id for c in await asyncio.to_thread(self.runtime.store.list, limit=10)
-                ]
-            index = int(choice) - 1
-            if not 0 <= index < len(s.listing):
-                self.error(f"No conversation number {choice}; /recall lists them.")
-                return
-            choice = s.listing[index]
-        conv = await asyncio.to_thread(self.runtime.store.get, choice, with_messages=False)
-        if conv is None:
-            self.error(f"No conversation {choice!r}; /recall lists them.")
-            return
-        s.conversation_id, s.stored = conv.id, True
-        self.say(f"Resumed {conv.id}: {conv.title or '(untitled)'} ({conv.message_count} messages)")
-        if conv.model and conv.model != s.model:
-            try:
-                backend, name = await self.runtime.backends.resolve(conv.model)
-            except BackendError as exc:
-                self.warn(f"Staying on {s.model}: the conversation's model {conv.model} — {exc}")
-                return
-            s.model, s.engine = name, backend.name
-            self.watcher.watch(backend.name, name)
-            self.say(f"model {name} · engine {self._engine_label(backend.name)}")
-
-    async def _cmd_pull(self, arg: str) -> None:
-        pullers = [b for b in self.runtime.backends.backends.values() if b.capabilities.pull]
-        if not pullers:
-            self.say(
-                "No Ollama engine is in use, so there is nothing to pull with: start Ollama "
-                "(`ollama serve`) and restart the chat. The embedded engine runs GGUF files "
-                "already on disk (`autotune ls`)."
-            )
-            return
-        backend = pullers[0]
-        if self.interactive:
-            await self._pull_with_bar(backend, arg)
-        else:
-            async for step in backend.pull(arg):
-                done = f" {step.completed}/{step.total}" if step.total else ""
-                self.info(f"{step.status}{done}")
-        self.runtime.backends.forget(arg)
-        await self.runtime.backends.inventory(fresh=True)
-        self.say(f"Pulled {arg} with {backend.name}; `/model {arg}` switches to it.")
-
-    async def _pull_with_bar(self, backend: Any, model: str) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TransferSpeedColumn,
-        )
-
-        tasks: dict[str, Any] = {}
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=self.console,
-            transient=False,
-        ) as progress:
-            async for step in backend.pull(model):
-                if step.total:
-                    key = step.status
-                    if key not in tasks:
-                        tasks[key] = progress.add_task(step.status[:40], total=step.total)
-                    progress.update(tasks[key], completed=step.completed or 0, total=step.total)
-                else:
-                    progress.console.print(Text(step.status, style="dim"))
 
 
 @contextlib.contextmanager

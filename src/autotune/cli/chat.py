@@ -12,6 +12,7 @@ import typer
 
 from autotune.cli._common import console, err_console, fail
 from autotune.cli._common import run as run_async
+from autotune.cli._help import PlainCommand
 from autotune.ground.config import PROFILE_CHOICES, get_settings
 from autotune.ground.errors import NotSupported
 from autotune.ground.profiles import PROFILES
@@ -52,7 +53,7 @@ def choose_profile(meta: ModelMeta, budget: int) -> tuple[str, str]:
     quality when it fits comfortably (≤ 70 % of the budget) at its context, else balanced
     when that does, else fast.
     """
-    tried = []
+    tried: list[str] = []
     for name in ("quality", "balanced"):
         n_ctx = profile_context(meta, name)
         total = _kv_estimate(meta, n_ctx, PROFILES[name].kv_cache_type).total
@@ -279,7 +280,9 @@ _PROFILE_HELP = "Tuning profile: fast, balanced, quality, or auto (the one that 
 
 
 #: Options ``chat`` and ``run`` share.
-_SYSTEM_OPTION = typer.Option(None, "--system", "-s", help="System prompt for the conversation.")
+_SYSTEM_OPTION = typer.Option(
+    None, "--system", "-s", metavar="TEXT", help="System prompt for the conversation."
+)
 _NO_SWAP_OPTION = typer.Option(
     False, "--no-swap", help="Refuse a model the memory check calls a swap risk."
 )
@@ -287,21 +290,25 @@ _VERBOSE_OPTION = typer.Option(
     False, "--verbose", "-v", help="Show each reply's plan and any recalled memories."
 )
 _MAX_TOKENS_OPTION = typer.Option(
-    None, "--max-tokens", min=1, help="Cap each reply at this many tokens."
+    None, "--max-tokens", min=1, metavar="N", help="Cap each reply at this many tokens."
 )
 
 
 def chat(
     ctx: typer.Context,
-    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
-    profile: str = typer.Option(None, "--profile", "-p", help=_PROFILE_HELP),
+    model: str = typer.Option(None, "--model", "-m", metavar="MODEL", help=_MODEL_HELP),
+    profile: str = typer.Option(None, "--profile", "-p", metavar="PROFILE", help=_PROFILE_HELP),
     system: str = _SYSTEM_OPTION,
-    conv_id: str = typer.Option(None, "--conv-id", help="Resume this conversation."),
+    conv_id: str = typer.Option(None, "--conv-id", metavar="ID", help="Resume this conversation."),
     no_swap: bool = _NO_SWAP_OPTION,
     verbose: bool = _VERBOSE_OPTION,
     max_tokens: int = _MAX_TOKENS_OPTION,
 ) -> None:
-    """Chat in the terminal; piped input is read line by line and answered in plain text."""
+    """Chat in the terminal; piped input is read line by line and answered in plain text.
+
+    Reads AUTOTUNE_DEFAULT_MODEL, AUTOTUNE_PROFILE, AUTOTUNE_MEMORY_BUDGET, AUTOTUNE_KEEP_ALIVE
+    and AUTOTUNE_THREADS; conversations are kept in the database under AUTOTUNE_HOME.
+    """
     from autotune.chat.repl import ChatOptions
 
     _check_profile(profile)
@@ -354,12 +361,15 @@ def _session(
 
 def run(
     ctx: typer.Context,
-    model: str = typer.Argument(..., help="Model to run, e.g. smollm2:135m or qwen3:8b."),
-    profile: str = typer.Option("auto", "--profile", "-p", help=_PROFILE_HELP),
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="Model to run, e.g. smollm2:135m or qwen3:8b."
+    ),
+    profile: str = typer.Option("auto", "--profile", "-p", metavar="PROFILE", help=_PROFILE_HELP),
     context: int = typer.Option(
         None,
         "--context",
         min=MIN_CONTEXT,
+        metavar="TOKENS",
         help="Context tokens to plan for (default: the profile's context).",
     ),
     system: str = _SYSTEM_OPTION,
@@ -370,7 +380,9 @@ def run(
     """Check that MODEL fits in memory (weights, KV cache, overhead), then chat with it.
 
     When it would swap, the largest context that fits is offered (asked in a terminal,
-    refused with the numbers in a script).
+    refused with the numbers in a script). Reads AUTOTUNE_MEMORY_BUDGET (the budget the check
+    uses), AUTOTUNE_PROFILE, AUTOTUNE_KEEP_ALIVE and AUTOTUNE_THREADS; conversations are kept
+    in the database under AUTOTUNE_HOME.
     """
     from autotune.chat.repl import ChatOptions
 
@@ -425,5 +437,5 @@ def run(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("chat")(chat)
-    app.command("run")(run)
+    app.command("chat", cls=PlainCommand)(chat)
+    app.command("run", cls=PlainCommand)(run)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from autotune.cli._common import console, print_json
+from autotune.cli._help import PlainCommand
+from autotune.cli._tables import details_table
 from autotune.ground.config import get_settings
 from autotune.ground.serialize import to_jsonable
 from autotune.ground.units import format_bytes
@@ -14,7 +15,10 @@ __all__ = ["register"]
 
 
 def hardware(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Show CPU, memory, GPU, memory bandwidth and the planning budget."""
+    """Show CPU, memory, GPU, memory bandwidth and the planning budget.
+
+    The budget is AUTOTUNE_MEMORY_BUDGET when set, else the available RAM minus a reserve.
+    """
     from autotune.hardware.pressure import memory_pressure
     from autotune.hardware.profile import detect_hardware, effective_budget
 
@@ -36,7 +40,7 @@ def hardware(json_out: bool = typer.Option(False, "--json", help="Print JSON."))
             }
         )
         return
-    table = Table(show_header=False, box=None, padding=(0, 2))
+    table = details_table()
     table.add_row("OS", f"{profile.os} {profile.os_version} ({profile.machine})")
     table.add_row(
         "CPU",
@@ -69,4 +73,4 @@ def hardware(json_out: bool = typer.Option(False, "--json", help="Print JSON."))
 
 
 def register(app: typer.Typer) -> None:
-    app.command("hardware")(hardware)
+    app.command("hardware", cls=PlainCommand)(hardware)

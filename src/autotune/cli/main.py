@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import typer
@@ -10,8 +11,9 @@ from pydantic import ValidationError
 from autotune import __version__
 from autotune.cli import chat, hardware, mlx, models, proof, recall, serve, telemetry, tune
 from autotune.cli._common import err_console
+from autotune.cli._help import PlainGroup
 from autotune.ground.config import BACKEND_CHOICES
-from autotune.ground.errors import BackendError
+from autotune.ground.errors import BackendError, ModelNotFound
 
 __all__ = ["app", "main"]
 
@@ -22,6 +24,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=PlainGroup,
 )
 
 
@@ -49,8 +52,10 @@ def _root(
         "-b",
         envvar="AUTOTUNE_BACKEND",
         callback=_known_backend,
-        help="Engine: auto, embedded, ollama, lmstudio, llamacpp, openai, router, mlx or hf.",
-        show_default="auto",
+        metavar="ENGINE",
+        show_envvar=True,
+        help="Engine: auto (the default: every engine that answers, and the embedded one), "
+        "embedded, ollama, lmstudio, llamacpp, openai, router, mlx or hf.",
     ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
@@ -70,14 +75,45 @@ tune.register(app)
 recall.register(app)
 
 
+def _how_to_get(model: str) -> list[str]:
+    """How to get a well-known model (``ollama pull``, later ``autotune pull``) and whether it
+    fits this machine; nothing for a name the catalog does not know."""
+    from autotune.backends.registry import probe_engines
+    from autotune.ground.config import get_settings
+    from autotune.hardware.profile import detect_hardware, effective_budget
+    from autotune.models.howto import Machine, how_to_get, known_model
+
+    if known_model(model) is None:
+        return []
+    settings = get_settings()
+    ollama = asyncio.run(probe_engines(settings, ["ollama"])).get("ollama", False)
+    hardware = detect_hardware()
+    machine = Machine(
+        effective_budget(hardware, settings.memory_budget),
+        hardware.memory_bandwidth_gbs,
+        hardware.bandwidth_source,
+    )
+    return how_to_get(model, ollama=ollama, machine=machine)
+
+
+def _report(exc: BackendError) -> None:
+    """The error in one line, its hint, and for a well-known model how to get it."""
+    message, extra = exc.message, []
+    if isinstance(exc, ModelNotFound):
+        extra = _how_to_get(exc.model)
+        if extra:  # not unknown at all: only not here yet
+            message = f"{exc.model} is not on this machine yet (no engine here has it)."
+    err_console.print(f"[bold red]error:[/] {message}")
+    for line in ([exc.hint] if exc.hint else []) + extra:
+        err_console.print(f"  {line}")
+
+
 def main() -> None:
     """Console-script entry point: turns known failures into one readable line."""
     try:
         app()
     except BackendError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}")
-        if exc.hint:
-            err_console.print(f"  {exc.hint}")
+        _report(exc)
         sys.exit(1)
     except ValidationError as exc:
         for problem in exc.errors():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 
 import typer
-from rich.table import Table
 
 from autotune.backends.mlx_models import (
     OLLAMA_TO_MLX,
@@ -15,6 +14,8 @@ from autotune.backends.mlx_models import (
     resolve_mlx_repo,
 )
 from autotune.cli._common import console, fail, print_json, run
+from autotune.cli._help import PlainCommand, PlainGroup
+from autotune.cli._tables import Column, print_table
 from autotune.ground.units import format_bytes
 
 __all__ = ["mlx_app", "register"]
@@ -23,6 +24,7 @@ mlx_app = typer.Typer(
     name="mlx",
     help="MLX models on Apple Silicon: pull, list and resolve Ollama names to mlx-community.",
     no_args_is_help=True,
+    cls=PlainGroup,
 )
 
 
@@ -35,9 +37,9 @@ def _needs_apple_silicon() -> None:
         )
 
 
-@mlx_app.command("resolve")
+@mlx_app.command("resolve", cls=PlainCommand)
 def resolve(
-    name: str = typer.Argument(..., help="An Ollama name (qwen3:8b) or a repo id."),
+    name: str = typer.Argument(..., metavar="NAME", help="An Ollama name (qwen3:8b) or a repo id."),
 ) -> None:
     """Print the Hugging Face repo that stands for NAME."""
     repo = resolve_mlx_repo(name)
@@ -49,7 +51,7 @@ def resolve(
     typer.echo(repo)
 
 
-@mlx_app.command("list")
+@mlx_app.command("list", cls=PlainCommand)
 def list_models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The MLX models in the Hugging Face cache, with the Ollama names they answer to."""
     models = local_mlx_models()
@@ -69,14 +71,17 @@ def list_models(json_out: bool = typer.Option(False, "--json", help="Print JSON.
     if not models:
         console.print("No MLX models yet. Get one with `autotune mlx pull qwen3:8b`.")
         return
-    table = Table("repo", "Ollama names", "size")
-    for m in models:
-        table.add_row(m.repo, ", ".join(ollama_names_for(m.repo)), format_bytes(m.size_bytes))
-    console.print(table)
+    columns = (Column("repo", name=True), Column("Ollama names"), Column("size", right=True))
+    rows = [
+        [m.repo, ", ".join(ollama_names_for(m.repo)), format_bytes(m.size_bytes)] for m in models
+    ]
+    print_table(console, columns, rows)
 
 
-@mlx_app.command("pull")
-def pull(name: str = typer.Argument(..., help="An Ollama name (qwen3:8b) or a repo id.")) -> None:
+@mlx_app.command("pull", cls=PlainCommand)
+def pull(
+    name: str = typer.Argument(..., metavar="NAME", help="An Ollama name (qwen3:8b) or a repo id."),
+) -> None:
     """Download the MLX model for NAME into the Hugging Face cache."""
     from autotune.backends.mlx import MlxBackend
 

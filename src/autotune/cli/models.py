@@ -6,19 +6,24 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import typer
-from rich.table import Table
 
 from autotune.backends.registry import BackendSet, open_backends
 from autotune.cli._common import console, err_console, print_json, run
+from autotune.cli._help import PlainCommand
+from autotune.cli._tables import Column, details_table, print_table
 from autotune.ground.config import get_settings
 from autotune.ground.errors import BackendError
 from autotune.ground.serialize import to_jsonable
-from autotune.ground.types import ModelMeta, RunningModel
+from autotune.ground.types import ModelEntry, ModelMeta, RunningModel
 from autotune.ground.units import format_bytes
+
+if TYPE_CHECKING:
+    from autotune.models.discovery import LocalModel
+    from autotune.models.fit import Fit
 
 __all__ = ["register"]
 
@@ -53,49 +58,86 @@ async def _collect_local(
     backends: BackendSet, *, explicit: bool = False
 ) -> tuple[list[_Row], list[dict[str, str]]]:
     from autotune.models.discovery import discover
-    from autotune.models.gguf import GGUFError, read_gguf_meta
 
     if explicit:  # an engine the user named must answer, or we say why and how to start it
         await backends.primary.list_models()
     inventory, found = await asyncio.gather(
         backends.inventory(fresh=True), asyncio.to_thread(discover)
     )
+    rows = _merge_inventory(backends.order, inventory)
+    skipped = [{"path": str(s.path), "reason": s.reason} for s in found.skipped]
+    await _read_gguf_meta(rows, {m.name: m for m in found.models}, skipped)
+    await _ask_engines_for_meta(backends, rows)
+    return [r for r in rows.values() if r.problem is None], skipped
+
+
+def _merge_inventory(order: list[str], inventory: dict[str, list[ModelEntry]]) -> dict[str, _Row]:
+    """One row per model name, listing every engine that has it (in the engines' order)."""
     rows: dict[str, _Row] = {}
-    for engine in backends.order:
+    for engine in order:
         for entry in inventory.get(engine, []):
             row = rows.setdefault(entry.name, _Row(entry.name, []))
             if engine not in row.engines:
                 row.engines.append(engine)
             row.size_bytes = row.size_bytes or entry.size_bytes
             row.path = row.path or entry.path
-    skipped = [{"path": str(s.path), "reason": s.reason} for s in found.skipped]
-    by_name = {m.name: m for m in found.models}
-    cold = [r for r in rows.values() if r.name in by_name]
-    if cold:
-        with err_console.status(f"Reading model metadata ({len(cold)} files)…"):
-            for row in cold:
-                local = by_name[row.name]
-                try:
-                    row.meta = await asyncio.to_thread(read_gguf_meta, local.path, local.name)
-                except GGUFError as exc:
-                    row.problem = str(exc)
-                    skipped.append({"path": str(local.path), "reason": str(exc)})
+    return rows
+
+
+async def _read_gguf_meta(
+    rows: dict[str, _Row], local: dict[str, LocalModel], skipped: list[dict[str, str]]
+) -> None:
+    """Architecture metadata from the GGUF files on disk; a broken file is skipped, with why."""
+    from autotune.models.gguf import GGUFError, read_gguf_meta
+
+    cold = [r for r in rows.values() if r.name in local]
+    if not cold:
+        return
+    with err_console.status(f"Reading model metadata ({len(cold)} files)…"):
+        for row in cold:
+            found = local[row.name]
+            try:
+                row.meta = await asyncio.to_thread(read_gguf_meta, found.path, found.name)
+            except GGUFError as exc:
+                row.problem = str(exc)
+                skipped.append({"path": str(found.path), "reason": str(exc)})
+
+
+async def _ask_engines_for_meta(backends: BackendSet, rows: dict[str, _Row]) -> None:
+    """Metadata for models with no file on disk, from engines that can describe them."""
     for row in rows.values():
-        if row.meta is None and row.problem is None:
-            backend = backends.get(row.engines[0])
-            if backend is not None and backend.capabilities.running_models:
-                with contextlib.suppress(BackendError):
-                    row.meta = await backend.model_meta(row.name)
-    return [r for r in rows.values() if r.problem is None], skipped
+        if row.meta is not None or row.problem is not None:
+            continue
+        backend = backends.get(row.engines[0])
+        if backend is not None and backend.capabilities.running_models:
+            with contextlib.suppress(BackendError):
+                row.meta = await backend.model_meta(row.name)
+
+
+#: ``ls`` columns, most important first (a narrow terminal keeps the leading ones).
+_LS_COLUMNS = (
+    Column("model", name=True),
+    Column("verdict"),
+    Column("size", right=True),
+    Column("max ctx", right=True),
+    Column("profile"),
+    Column("engine", name=True),
+    Column("quant"),
+    Column("params", right=True),
+    Column("trained ctx", right=True),
+)
 
 
 def ls(
     ctx: typer.Context,
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List every local model across engines, scored against this machine's memory."""
-    from autotune.models.fit import assess_fit
+    """List every local model across engines, scored against this machine's memory.
 
+    Reads the memory budget (AUTOTUNE_MEMORY_BUDGET), the engines' addresses
+    (AUTOTUNE_OLLAMA_URL, AUTOTUNE_LMSTUDIO_URL, AUTOTUNE_LLAMACPP_URL, AUTOTUNE_OPENAI_URL)
+    and the model folders (OLLAMA_MODELS, AUTOTUNE_MODELS_DIR).
+    """
     budget, _ = _budget()
 
     async def job() -> tuple[list[_Row], list[dict[str, str]]]:
@@ -107,50 +149,52 @@ def ls(
             await backends.aclose()
 
     rows, skipped = run(job)
-    for row in rows:
-        if row.meta is not None and row.meta.block_count:
-            try:
-                row.fit = assess_fit(row.meta, budget)
-            except ValueError as exc:  # metadata too thin to estimate: list it, unscored
-                row.extra["note"] = str(exc)
+    _score(rows, budget)
     rows.sort(key=lambda r: (r.size_bytes or 0, r.name))
     if json_out:
         print_json(
             {"budget_bytes": budget, "skipped": skipped, "models": [_ls_json(r) for r in rows]}
         )
         return
-    table = Table(title=f"Local models (budget {format_bytes(budget)})", title_justify="left")
-    for col in (
-        "model",
-        "engine",
-        "size",
-        "quant",
-        "params",
-        "trained ctx",
-        "verdict",
-        "max ctx",
-        "profile",
-    ):
-        table.add_column(
-            col, justify="right" if col in ("size", "params", "trained ctx", "max ctx") else "left"
-        )
-    for r in rows:
-        m, f = r.meta, r.fit
-        verdict = f"[{_VERDICT_STYLE.get(f.verdict.value, '')}]{f.verdict.value}[/]" if f else "—"
-        table.add_row(
-            r.name,
-            ", ".join(r.engines),
-            format_bytes(r.size_bytes),
-            (m.quantization if m else None) or "—",
-            f"{m.parameter_count / 1e9:.2f}B" if m and m.parameter_count else "—",
-            f"{m.context_length:,}" if m and m.context_length else "—",
-            verdict,
-            f"{f.max_context:,}" if f and f.max_context else "—",
-            f.recommended_profile if f else "—",
-        )
-    console.print(table if rows else "No local models found.")
+    if rows:
+        title = f"Local models (budget {format_bytes(budget)})"
+        print_table(console, _LS_COLUMNS, [_ls_cells(r) for r in rows], title=title)
+    else:
+        console.print("No local models found.")
     for s in skipped:
         err_console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
+
+
+def _score(rows: list[_Row], budget: int) -> None:
+    """The fit verdict of every row whose metadata allows an estimate."""
+    from autotune.models.fit import assess_fit
+
+    for row in rows:
+        if row.meta is not None and row.meta.block_count:
+            try:
+                row.fit = assess_fit(row.meta, budget)
+            except ValueError as exc:  # metadata too thin to estimate: list it, unscored
+                row.extra["note"] = str(exc)
+
+
+def _ls_cells(r: _Row) -> list[str]:
+    """One ``ls`` row, in :data:`_LS_COLUMNS` order."""
+    m, f = r.meta, r.fit
+    return [
+        r.name,
+        _verdict(f.verdict.value) if f else "—",
+        format_bytes(r.size_bytes),
+        f"{f.max_context:,}" if f and f.max_context else "—",
+        f.recommended_profile if f else "—",
+        ", ".join(r.engines),
+        (m.quantization if m else None) or "—",
+        f"{m.parameter_count / 1e9:.2f}B" if m and m.parameter_count else "—",
+        f"{m.context_length:,}" if m and m.context_length else "—",
+    ]
+
+
+def _verdict(value: str) -> str:
+    return f"[{_VERDICT_STYLE.get(value, '')}]{value}[/]"
 
 
 def _ls_json(r: _Row) -> dict[str, Any]:
@@ -189,43 +233,57 @@ async def _served_models() -> tuple[list[RunningModel], str | None]:
     out = []
     for item in data.get("models", []):
         if isinstance(item, dict) and item.get("backend") == "embedded":
-            fields = {k: item.get(k) for k in RunningModel.__dataclass_fields__ if k in item}
+            fields: dict[str, Any] = {
+                k: item.get(k) for k in RunningModel.__dataclass_fields__ if k in item
+            }
             model = RunningModel(**fields)
             model.backend = f"autotune serve :{settings.port}"
             out.append(model)
     return out, url
 
 
+async def _running(
+    backends: BackendSet, *, explicit: bool, upstreams: list[dict[str, Any]]
+) -> tuple[list[RunningModel], dict[str, str]]:
+    """Models each engine holds in memory (and each router upstream's state, into
+    ``upstreams``); an engine that fails is reported, unless the user named it."""
+    found: list[RunningModel] = []
+    errors: dict[str, str] = {}
+    for name in backends.order:
+        backend = backends.backends[name]
+        if backend.upstream_states() is not None:
+            await backend.health()  # reads each upstream's state now
+            upstreams.extend({"backend": name, **u} for u in backend.upstream_states() or [])
+        if name == "embedded" or not backend.capabilities.running_models:
+            continue  # this process's embedded engine has loaded nothing
+        try:
+            found.extend(await backend.running_models())
+        except BackendError as exc:
+            if explicit:
+                raise  # the engine the user named must answer
+            errors[name] = str(exc)
+    return found, errors
+
+
 def ps(
     ctx: typer.Context,
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Show models loaded in memory across engines, including a running ``autotune serve``."""
+    """Show models loaded in memory across engines, including a running autotune serve.
 
+    A running server is found at AUTOTUNE_HOST and AUTOTUNE_PORT (with AUTOTUNE_API_KEY when
+    it has one); engines at AUTOTUNE_OLLAMA_URL, AUTOTUNE_LMSTUDIO_URL, AUTOTUNE_LLAMACPP_URL,
+    AUTOTUNE_OPENAI_URL or the engines of AUTOTUNE_ROUTER_CONFIG.
+    """
     upstreams: list[dict[str, Any]] = []
 
     async def job() -> tuple[list[RunningModel], dict[str, str]]:
         requested = (ctx.obj or {}).get("backend")
-        explicit = requested not in (None, "auto")
         backends = await open_backends(requested=requested)
-        found: list[RunningModel] = []
-        errors: dict[str, str] = {}
         try:
-            for name in backends.order:
-                backend = backends.backends[name]
-                if backend.upstream_states() is not None:
-                    await backend.health()  # reads each upstream's state now
-                    upstreams.extend(
-                        {"backend": name, **u} for u in backend.upstream_states() or []
-                    )
-                if name == "embedded" or not backend.capabilities.running_models:
-                    continue  # this process's embedded engine has loaded nothing
-                try:
-                    found.extend(await backend.running_models())
-                except BackendError as exc:
-                    if explicit:
-                        raise  # the engine the user named must answer
-                    errors[name] = str(exc)
+            found, errors = await _running(
+                backends, explicit=requested not in (None, "auto"), upstreams=upstreams
+            )
         finally:
             await backends.aclose()
         served, _ = await _served_models()
@@ -236,57 +294,80 @@ def ps(
         print_json({"models": to_jsonable(models), "errors": errors, "upstreams": upstreams})
         return
     if upstreams:
-        utable = Table(title="Router upstreams", title_justify="left")
-        for col in (
-            "name",
-            "url",
-            "kind",
-            "state",
-            "running",
-            "waiting",
-            "KV used",
-            "cache hits",
-            "served",
-            "failed",
-        ):
-            utable.add_column(col)
-        for u in upstreams:
-            state = "[green]up[/]" if u["state"] == "up" else "[red]down[/]"
-            pct = lambda v: "—" if v is None else f"{v:.0%}"  # noqa: E731
-            utable.add_row(
-                u["name"],
-                u["url"],
-                u["kind"],
-                state,
-                str(u["running"] or "—"),
-                str(u["waiting"] or "—"),
-                pct(u["kv_usage"]),
-                pct(u["prefix_hit_rate"]),
-                str(u["served"]),
-                str(u["failed"]),
-            )
-        console.print(utable)
-    if not models:
-        console.print("No models are loaded.")
+        _print_upstreams(upstreams)
+    if models:
+        _print_running(models)
     else:
-        table = Table(title="Loaded models", title_justify="left")
-        for col in ("model", "engine", "RAM", "VRAM", "context", "quant", "loaded", "until"):
-            table.add_column(col)
-        now = time.time()
-        for m in models:
-            table.add_row(
-                m.name,
-                m.backend,
-                format_bytes(m.size_bytes),
-                format_bytes(m.vram_bytes) if m.vram_bytes else "—",
-                f"{m.context_length:,}" if m.context_length else "—",
-                m.quantization or "—",
-                _ago(now - m.loaded_at) if m.loaded_at else "—",
-                "forever" if m.expires_at is None else _ago(m.expires_at - now, future=True),
-            )
-        console.print(table)
+        console.print("No models are loaded.")
     for name, problem in errors.items():
         err_console.print(f"[yellow]{name}[/]: {problem}")
+
+
+_UPSTREAM_COLUMNS = (
+    Column("name", name=True),
+    Column("state"),
+    Column("running", right=True),
+    Column("waiting", right=True),
+    Column("KV used", right=True),
+    Column("cache hits", right=True),
+    Column("served", right=True),
+    Column("failed", right=True),
+    Column("kind"),
+    Column("url", name=True),
+)
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def _print_upstreams(upstreams: list[dict[str, Any]]) -> None:
+    rows = [
+        [
+            u["name"],
+            "[green]up[/]" if u["state"] == "up" else "[red]down[/]",
+            str(u["running"] or "—"),
+            str(u["waiting"] or "—"),
+            _pct(u["kv_usage"]),
+            _pct(u["prefix_hit_rate"]),
+            str(u["served"]),
+            str(u["failed"]),
+            u["kind"],
+            u["url"],
+        ]
+        for u in upstreams
+    ]
+    print_table(console, _UPSTREAM_COLUMNS, rows, title="Router upstreams")
+
+
+_RUNNING_COLUMNS = (
+    Column("model", name=True),
+    Column("RAM", right=True),
+    Column("context", right=True),
+    Column("until"),
+    Column("engine", name=True),
+    Column("VRAM", right=True),
+    Column("quant"),
+    Column("loaded"),
+)
+
+
+def _print_running(models: list[RunningModel]) -> None:
+    now = time.time()
+    rows = [
+        [
+            m.name,
+            format_bytes(m.size_bytes),
+            f"{m.context_length:,}" if m.context_length else "—",
+            "forever" if m.expires_at is None else _ago(m.expires_at - now, future=True),
+            m.backend,
+            format_bytes(m.vram_bytes) if m.vram_bytes else "—",
+            m.quantization or "—",
+            _ago(now - m.loaded_at) if m.loaded_at else "—",
+        ]
+        for m in models
+    ]
+    print_table(console, _RUNNING_COLUMNS, rows, title="Loaded models")
 
 
 def _ago(seconds: float, *, future: bool = False) -> str:
@@ -301,12 +382,29 @@ def _ago(seconds: float, *, future: bool = False) -> str:
     return f"in {text}" if future else f"{text} ago"
 
 
+_RECOMMEND_COLUMNS = (
+    Column("#", right=True),
+    Column("model", name=True),
+    Column("quant"),
+    Column("fit"),
+    Column("speed"),
+    Column("memory", right=True),
+    Column("quality"),
+    Column("note"),
+)
+
+
 def recommend(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-    limit: int = typer.Option(10, "--limit", "-n", help="How many to show (0 = all)."),
-    context: int = typer.Option(8192, "--context", help="Context tokens to plan for."),
+    limit: int = typer.Option(10, "--limit", "-n", metavar="N", help="How many to show (0 = all)."),
+    context: int = typer.Option(
+        8192, "--context", metavar="TOKENS", help="Context tokens to plan for."
+    ),
 ) -> None:
-    """Rank well-known open models to pull for this machine: fit, quality and honest speed."""
+    """Rank well-known open models to pull for this machine: fit, quality and honest speed.
+
+    Reads the memory budget (AUTOTUNE_MEMORY_BUDGET).
+    """
     from autotune.models.catalog import recommend as rank
 
     budget, profile = _budget()
@@ -329,28 +427,23 @@ def recommend(
             }
         )
         return
-    table = Table(
-        title=f"What to pull (budget {format_bytes(budget)}, {context:,}-token context)",
-        title_justify="left",
-    )
-    for col in ("#", "model", "quant", "memory", "fit", "quality", "speed", "note"):
-        table.add_column(col)
-    for r in shown:
-        quality = (
-            f"{r.quality_source.name} {r.quality_source.score:g}" if r.quality_source else "unknown"
-        )
-        style = _VERDICT_STYLE.get(r.fit, "")
-        table.add_row(
+    rows = [
+        [
             str(r.rank),
             r.tag or r.name,
             r.quant,
-            format_bytes(r.memory_bytes),
-            f"[{style}]{r.fit}[/]",
-            quality,
+            _verdict(r.fit),
             r.speed_text,
+            format_bytes(r.memory_bytes),
+            f"{r.quality_source.name} {r.quality_source.score:g}"
+            if r.quality_source
+            else "unknown",
             ", ".join(r.labels),
-        )
-    console.print(table)
+        ]
+        for r in shown
+    ]
+    title = f"What to pull (budget {format_bytes(budget)}, {context:,}-token context)"
+    print_table(console, _RECOMMEND_COLUMNS, rows, title=title)
     console.print(
         f"Speed is an upper bound: decoding reads every active weight once per token, so "
         f"tokens/s ≤ {profile.memory_bandwidth_gbs:g} GB/s ÷ bytes per token. "
@@ -371,12 +464,16 @@ def _catalog_memory(model: Any, quant: str, ctx: int) -> int:
 
 def show(
     ctx: typer.Context,
-    model: str = typer.Argument(..., help="A model name, e.g. smollm2:135m or qwen3:8b."),
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="A model name, e.g. smollm2:135m or qwen3:8b."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Show a model's architecture and how it fits this machine under each profile."""
-    from autotune.ground.profiles import PROFILES
-    from autotune.models.fit import assess_fit, profile_context
+    """Show a model's architecture and how it fits this machine under each profile.
+
+    Reads the memory budget (AUTOTUNE_MEMORY_BUDGET) and the engines' addresses
+    (AUTOTUNE_OLLAMA_URL and the others, as for ls).
+    """
 
     async def job() -> tuple[str, ModelMeta]:
         backends = await open_backends(requested=(ctx.obj or {}).get("backend"))
@@ -388,39 +485,55 @@ def show(
 
     engine, meta = run(job)
     budget, _ = _budget()
-    fits = {}
-    if meta.block_count:
-        for name, p in PROFILES.items():
-            n_ctx = profile_context(meta, name)
-            fits[name] = assess_fit(
-                meta,
-                budget,
-                n_ctx=n_ctx,
-                cache_type_k=p.kv_cache_type,
-                cache_type_v=p.kv_cache_type,
-            )
+    fits = _profile_fits(meta, budget)
     if json_out:
-        profiles = {
-            k: {
-                "n_ctx": f.n_ctx,
-                "verdict": f.verdict.value,
-                "estimate": {**to_jsonable(f.estimate), "total": f.estimate.total},
-                "reason": f.reason,
-            }
-            for k, f in fits.items()
-        }
         print_json(
             {
                 "engine": engine,
                 "meta": to_jsonable(meta),
                 "budget_bytes": budget,
-                "profiles": profiles,
+                "profiles": {
+                    k: {
+                        "n_ctx": f.n_ctx,
+                        "verdict": f.verdict.value,
+                        "estimate": {**to_jsonable(f.estimate), "total": f.estimate.total},
+                        "reason": f.reason,
+                    }
+                    for k, f in fits.items()
+                },
             }
         )
         return
-    table = Table(show_header=False, box=None, padding=(0, 2))
-    kv = meta.head_count_kv
-    kv_text = f"{min(kv)}–{max(kv)} (per layer)" if isinstance(kv, list) else str(kv or "—")
+    _print_meta(meta, engine)
+    if fits:
+        _print_fits(fits, budget)
+
+
+def _profile_fits(meta: ModelMeta, budget: int) -> dict[str, Fit]:
+    """The fit of ``meta`` at each profile's context and KV type (none without layer counts)."""
+    from autotune.ground.profiles import PROFILES
+    from autotune.models.fit import assess_fit, profile_context
+
+    if not meta.block_count:
+        return {}
+    return {
+        name: assess_fit(
+            meta,
+            budget,
+            n_ctx=profile_context(meta, name),
+            cache_type_k=p.kv_cache_type,
+            cache_type_v=p.kv_cache_type,
+        )
+        for name, p in PROFILES.items()
+    }
+
+
+def _print_meta(meta: ModelMeta, engine: str) -> None:
+    heads = meta.head_count_kv
+    kv_text = (
+        f"{min(heads)}–{max(heads)} (per layer)" if isinstance(heads, list) else str(heads or "—")
+    )
+    table = details_table()
     for label, value in (
         ("model", f"{meta.name} ({engine})"),
         ("architecture", meta.architecture or "—"),
@@ -433,22 +546,36 @@ def show(
     ):
         table.add_row(label, value)
     console.print(table)
-    if fits:
-        ptable = Table(
-            title=f"Fit per profile (budget {format_bytes(budget)})", title_justify="left"
-        )
-        for col in ("profile", "context", "KV", "memory", "verdict"):
-            ptable.add_column(col)
-        for name, f in fits.items():
-            style = _VERDICT_STYLE.get(f.verdict.value, "")
-            verdict = f"[{style}]{f.verdict.value}[/]"
-            kv = PROFILES[name].kv_cache_type
-            ptable.add_row(name, f"{f.n_ctx:,}", kv, format_bytes(f.estimate.total), verdict)
-        console.print(ptable)
+
+
+_FIT_COLUMNS = (
+    Column("profile"),
+    Column("context", right=True),
+    Column("KV"),
+    Column("memory", right=True),
+    Column("verdict"),
+)
+
+
+def _print_fits(fits: dict[str, Fit], budget: int) -> None:
+    from autotune.ground.profiles import PROFILES
+
+    rows = [
+        [
+            name,
+            f"{f.n_ctx:,}",
+            PROFILES[name].kv_cache_type,
+            format_bytes(f.estimate.total),
+            _verdict(f.verdict.value),
+        ]
+        for name, f in fits.items()
+    ]
+    title = f"Fit per profile (budget {format_bytes(budget)})"
+    print_table(console, _FIT_COLUMNS, rows, title=title)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("ls")(ls)
-    app.command("show")(show)
-    app.command("ps")(ps)
-    app.command("recommend")(recommend)
+    app.command("ls", cls=PlainCommand)(ls)
+    app.command("show", cls=PlainCommand)(show)
+    app.command("ps", cls=PlainCommand)(ps)
+    app.command("recommend", cls=PlainCommand)(recommend)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from autotune.bench.proof import SCENARIOS, ProofResult
 from autotune.cli._common import console, err_console, print_json, run
+from autotune.cli._help import PlainCommand
+from autotune.cli._tables import Column, print_table
 from autotune.ground.config import get_settings
 from autotune.ground.serialize import to_jsonable
 from autotune.ground.units import format_bytes
@@ -102,10 +103,21 @@ def _markdown(result: ProofResult) -> str:
 
 def proof(
     ctx: typer.Context,
-    model: str = typer.Option(None, "--model", "-m", help="Model to prove on (default: bundled)."),
-    runs: int = typer.Option(3, "--runs", "-r", min=1, max=50, help="Runs per scenario."),
+    model: str = typer.Option(
+        None,
+        "--model",
+        "-m",
+        metavar="MODEL",
+        help="Model to prove on (default: AUTOTUNE_DEFAULT_MODEL, the bundled smollm2:135m).",
+    ),
+    runs: int = typer.Option(
+        3, "--runs", "-r", min=1, max=50, metavar="N", help="Runs per scenario."
+    ),
     scenario: list[str] = typer.Option(
-        None, "--scenario", help=f"Only these scenarios ({', '.join(SCENARIOS)}); repeatable."
+        None,
+        "--scenario",
+        metavar="NAME",
+        help=f"Only these scenarios ({', '.join(SCENARIOS)}); repeatable.",
     ),
     with_cold: bool = typer.Option(False, "--with-cold", help="Add a cold-start scenario."),
     with_noswap: bool = typer.Option(
@@ -113,10 +125,17 @@ def proof(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     report: Path = typer.Option(
-        None, "--report", help="Write JSON, a Markdown table and PNG charts to this folder."
+        None,
+        "--report",
+        metavar="DIR",
+        help="Write JSON, a Markdown table and PNG charts to this folder.",
     ),
 ) -> None:
-    """Measure the raw engine and autotune side by side, per scenario, on this machine."""
+    """Measure the raw engine and autotune side by side, per scenario, on this machine.
+
+    Runs on the embedded engine unless --backend names another; reads AUTOTUNE_THREADS and
+    AUTOTUNE_MEMORY_BUDGET like the server does.
+    """
     from autotune.bench.proof import run_proof
     from autotune.runtime import open_runtime
 
@@ -168,14 +187,13 @@ def proof(
     if json_out:
         print_json(data)
         return
-    table = Table(
-        title=f"autotune proof — {result.model}, {result.runs} runs", title_justify="left"
-    )
-    for col in _HEADER:
-        table.add_column(col, justify="left" if col in ("scenario", "side") else "right")
-    for row in result_rows(result):
-        table.add_row(*row)
-    console.print(table)
+    _print_result(result)
+
+
+def _print_result(result: ProofResult) -> None:
+    columns = [Column(h, right=h not in ("scenario", "side")) for h in _HEADER]
+    title = f"autotune proof — {result.model}, {result.runs} runs"
+    print_table(console, columns, result_rows(result), title=title)
     for s in result.scenarios:
         console.print(f"• [bold]{s.name}[/]: {s.verdict}")
     if result.guard:
@@ -196,4 +214,4 @@ def proof(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("proof")(proof)
+    app.command("proof", cls=PlainCommand)(proof)

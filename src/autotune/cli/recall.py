@@ -18,6 +18,7 @@ from rich.progress import (
 )
 
 from autotune.cli._common import console, err_console, fail, print_json
+from autotune.cli._help import PlainCommand, PlainGroup
 
 __all__ = ["register"]
 
@@ -60,54 +61,81 @@ def _index(manager: Any, *, quiet: bool) -> int:
 
 
 def search(
-    query: str = typer.Argument(..., help="What to look for, in your own words."),
-    limit: int = typer.Option(10, "--limit", "-n", min=1, help="At most this many results."),
+    query: str = typer.Argument(..., metavar="QUERY", help="What to look for, in your own words."),
+    limit: int = typer.Option(
+        10, "--limit", "-n", min=1, metavar="N", help="At most this many results."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     fts_only: bool = typer.Option(
         False, "--fts", help="Full-text search only (skip the embedding model)."
     ),
 ) -> None:
-    """Find past conversations by meaning and by words; each result names its conversation id."""
+    """Find past conversations by meaning and by words; each result names its conversation id.
+
+    A conversation matches when one of its messages holds every word of the query or, with
+    the embedding model, is as close in meaning as a recalled memory must be. Full-text
+    search alone has no such measure of meaning: when no message holds every word, it lists
+    the conversations that share some, and says so. Searches the conversations stored under
+    AUTOTUNE_HOME.
+    """
+    from autotune.recall.manager import MEMORY_THRESHOLD
+
     manager = _manager(fts_only)
     try:
         _index(manager, quiet=json_out)
-        hits = manager.search(query, limit=limit)
-        mode = "fts" if manager.embedder is None else "hybrid"
+        hits = manager.search(query, limit=limit, relevant_only=True)
+        some_words = []
+        if not hits and manager.embedder is None:
+            some_words = manager.search_fts(query, limit=limit)
     finally:
         manager.db.close()
+    mode = "fts" if manager.embedder is None else "hybrid"
     if json_out:
         print_json(
             {
                 "query": query,
                 "mode": mode,
                 "embedder": manager.embedder.name if manager.embedder else None,
+                "similarity_threshold": MEMORY_THRESHOLD if manager.embedder else None,
                 "hits": hits,
+                "some_words": some_words,
             }
         )
         return
-    if not hits:
-        console.print("No matching conversations.")
-        return
+    if hits:
+        _print_hits(hits)
+    else:
+        console.print(f"No conversation matches {escape(repr(query))}.")
+    if some_words:
+        console.print("No message holds all of its words; conversations that share some:")
+        _print_hits(some_words)
+    if mode == "fts":
+        console.print("[dim](full-text search only: no embedding model in use)[/]")
+
+
+def _print_hits(hits: list[Any]) -> None:
     for hit in hits:
         when = time.strftime("%Y-%m-%d", time.localtime(hit.created_at))
         title = escape(hit.title or "(untitled)")
         model = f" · {escape(hit.model)}" if hit.model else ""
         console.print(f"[bold]{title}[/]  [dim]{when}{model} · {hit.conversation_id}[/]")
         console.print(f"  [dim]{hit.role}:[/] {escape(hit.snippet)}")
-    if mode == "fts":
-        console.print("[dim](full-text search only: no embedding model in use)[/]")
 
 
 def import_(
-    file: Path = typer.Argument(..., help="A JSONL file: one conversation object per line."),
+    file: Path = typer.Argument(
+        ..., metavar="FILE", help="A JSONL file: one conversation object per line."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     no_index: bool = typer.Option(
         False, "--no-index", help="Do not embed the imported turns now (search will)."
     ),
 ) -> None:
-    """Import conversations ({"id", "title", "messages"} per line); re-importing adds nothing.
+    """Import conversations from a JSONL file; importing the same file twice adds nothing.
 
-    Exits 1 when a line could not be imported (each is listed with its line number).
+    Each line is one conversation: an object with "id", "title" and "messages" (OpenAI-style
+    messages). Exits 1 when a line could not be imported (each is listed with its line
+    number). Conversations are stored in the database under AUTOTUNE_HOME.
     """
     if not file.exists():
         raise fail(f"{file} does not exist.", "Pass the path of a JSONL file of conversations.")
@@ -167,7 +195,8 @@ def register(app: typer.Typer) -> None:
         name="recall",
         help="Search and import past conversations.",
         no_args_is_help=True,
+        cls=PlainGroup,
     )
-    group.command("search")(search)
-    group.command("import")(import_)
+    group.command("search", cls=PlainCommand)(search)
+    group.command("import", cls=PlainCommand)(import_)
     app.add_typer(group, name="recall")

@@ -15,6 +15,7 @@ import typer
 from pydantic import ValidationError
 
 from autotune.cli._common import console, err_console, fail
+from autotune.cli._help import PlainCommand
 from autotune.ground.config import Settings, get_settings
 from autotune.ground.errors import BackendError
 from autotune.ground.units import MiB, format_bytes
@@ -153,14 +154,39 @@ def _banner(settings: Settings) -> None:
 def serve(
     ctx: typer.Context,
     host: str = typer.Option(
-        None, "--host", help="Address to listen on.", show_default="127.0.0.1"
+        None,
+        "--host",
+        metavar="ADDRESS",
+        help="Address to listen on (default: AUTOTUNE_HOST, else 127.0.0.1).",
     ),
-    port: int = typer.Option(None, "--port", "-p", help="Port to listen on.", show_default="8765"),
+    port: int = typer.Option(
+        None,
+        "--port",
+        "-p",
+        metavar="PORT",
+        help="Port to listen on (default: AUTOTUNE_PORT, else 8765).",
+    ),
     profile: str = typer.Option(
-        None, "--profile", help="Default profile: fast, balanced, quality."
+        None,
+        "--profile",
+        metavar="PROFILE",
+        help="Default profile: fast, balanced or quality (default: AUTOTUNE_PROFILE, else "
+        "balanced).",
     ),
 ) -> None:
-    """Serve an OpenAI-compatible API that tunes every request for the engine behind it."""
+    """Serve an OpenAI-compatible API that tunes every request for the engine behind it.
+
+    Settings it reads (README, "Settings"): where it listens, AUTOTUNE_HOST and
+    AUTOTUNE_PORT (any address beyond 127.0.0.1 needs AUTOTUNE_API_KEY); which engine,
+    AUTOTUNE_BACKEND, AUTOTUNE_OLLAMA_URL, AUTOTUNE_LMSTUDIO_URL, AUTOTUNE_LLAMACPP_URL,
+    AUTOTUNE_OPENAI_URL, AUTOTUNE_ROUTER_CONFIG; models and memory, AUTOTUNE_DEFAULT_MODEL,
+    AUTOTUNE_PROFILE, AUTOTUNE_MEMORY_BUDGET, AUTOTUNE_KEEP_ALIVE, AUTOTUNE_THREADS,
+    AUTOTUNE_MODELS_DIR; admission, AUTOTUNE_MAX_CONCURRENT, AUTOTUNE_MAX_QUEUED,
+    AUTOTUNE_WAIT_TIMEOUT, AUTOTUNE_MAX_BODY_BYTES; who may call it, AUTOTUNE_API_KEY,
+    AUTOTUNE_ALLOWED_HOSTS (host names besides loopback and the listening address),
+    AUTOTUNE_CORS_ORIGINS; and AUTOTUNE_HOME, where conversations, telemetry and caches are
+    kept. Each is checked before anything starts.
+    """
     from autotune.server.app import create_app, is_loopback
     from autotune.server.runner import serve_on
 
@@ -184,4 +210,4 @@ def serve(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)
+    app.command("serve", cls=PlainCommand)(serve)

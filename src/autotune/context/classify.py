@@ -21,27 +21,30 @@ content above that. Chatter is what the context window drops first when space ru
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
     "CHATTER_THRESHOLD",
     "ERROR_LINE_RE",
+    "FILE_EXTENSIONS",
     "is_chatter",
     "message_text",
     "score_message",
     "technical_score",
+    "word_set",
 ]
 
 
-def _words(text: str) -> frozenset[str]:
+def word_set(text: str) -> frozenset[str]:
+    """The whitespace-separated words of ``text``, for writing a vocabulary as one string."""
     return frozenset(text.split())
 
 
 #: Scores below this are chatter.
 CHATTER_THRESHOLD = 0.2
 
-_CHATTER_WORDS = _words(
+_CHATTER_WORDS = word_set(
     """
     ok okay k kk okey alright allright right fine good great nice cool awesome perfect
     excellent amazing wonderful sweet neat brilliant super lovely
@@ -73,11 +76,11 @@ ERROR_LINE_RE = re.compile(
     r"|segmentation fault|core dumped|stack trace|traceback|undefined reference"
     r"|not found|permission denied|timed out|refused)\b)"
 )
-_ERROR_WORDS = _words(
+_ERROR_WORDS = word_set(
     "error errors errno exception fatal panic failed failure failing crash crashed crashes "
     "segfault bug broken warning denied refused timeout"
 )
-_SHELL_WORDS = _words(
+_SHELL_WORDS = word_set(
     "sudo pip pip3 python python3 uv npm npx yarn pnpm git docker kubectl cargo go make cmake "
     "brew apt curl wget ssh ls cd grep cat chmod ollama llama"
 )
@@ -89,10 +92,12 @@ _SHELL_RE = re.compile(
 _PATH_RE = re.compile(
     r"(?:^|[\s(\"'`=])(?:~?/|\.{1,2}/)?(?:[\w.-]+/)+[\w.-]+|[A-Za-z]:\\[\w\\. -]+"
 )
-_EXT_RE = re.compile(
-    r"(?<=[\w-])\.(?:py|js|ts|tsx|jsx|rs|go|java|kt|c|cc|cpp|h|hpp|cs|rb|php|swift|md|toml|yaml"
-    r"|yml|json|txt|cfg|ini|sh|sql|html|css|lock|gguf|log|csv)\b"
+#: File name extensions that mark a word as a file name (a regex alternation).
+FILE_EXTENSIONS = (
+    "py|js|ts|tsx|jsx|rs|go|java|kt|c|cc|cpp|h|hpp|cs|rb|php|swift|md|toml|yaml"
+    "|yml|json|txt|cfg|ini|sh|sql|html|css|lock|gguf|log|csv"
 )
+_EXT_RE = re.compile(rf"(?<=[\w-])\.(?:{FILE_EXTENSIONS})\b")
 _URL_RE = re.compile(r"\bhttps?://\S+|\bwww\.\S+\.\w+")
 _INLINE_CODE_RE = re.compile(r"`[^`\n]+`")
 _DIGIT_RE = re.compile(r"\d")
@@ -121,43 +126,89 @@ def message_text(message: Mapping[str, Any], *, with_tool_calls: bool = True) ->
         )
     else:
         text = ""
-    if with_tool_calls and message.get("tool_calls"):
-        calls = []
-        for call in message.get("tool_calls") or ():
-            fn = call.get("function") if isinstance(call, Mapping) else None
-            if isinstance(fn, Mapping):
-                calls.append(f"{fn.get('name', '')}({fn.get('arguments', '')})")
-        if calls:
-            text = (text + "\n" if text else "") + "\n".join(calls)
+    calls = _tool_calls_text(message.get("tool_calls")) if with_tool_calls else []
+    if calls:
+        text = (text + "\n" if text else "") + "\n".join(calls)
     return text
 
 
-def _feature_weight(text: str, words: set[str]) -> float:
-    """The technical feature weights of the module docstring; cheap checks gate the regexes."""
-    weight = 0.0
-    if ("```" in text or "~~~" in text) and _FENCE_RE.search(text):
-        weight += 0.5
-    if any(h in text for h in _TRACE_HINTS) and _TRACE_RE.search(text):
-        weight += 0.5
-    if words & _ERROR_WORDS or "timed out" in text.lower():
-        weight += 0.3
-    if (words & _SHELL_WORDS or any(h in text for h in _PROMPT_HINTS)) and _SHELL_RE.search(text):
-        weight += 0.3
-    if (("/" in text or "\\" in text) and _PATH_RE.search(text)) or _EXT_RE.search(text):
-        weight += 0.2
-    if ("http" in text or "www." in text) and _URL_RE.search(text):
-        weight += 0.2
-    if "`" in text and _INLINE_CODE_RE.search(text):
-        weight += 0.2
-    if _DIGIT_RE.search(text) and _QUANTITY_RE.search(text):
-        weight += 0.15
-    if _IDENT_RE.search(text):
-        weight += 0.15
+def _tool_calls_text(tool_calls: Any) -> list[str]:
+    """``name(arguments)`` for each function call of a message."""
+    calls = []
+    for call in tool_calls or ():
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(fn, Mapping):
+            calls.append(f"{fn.get('name', '')}({fn.get('arguments', '')})")
+    return calls
+
+
+def _fenced_code(text: str, words: set[str]) -> bool:
+    return ("```" in text or "~~~" in text) and _FENCE_RE.search(text) is not None
+
+
+def _stack_trace(text: str, words: set[str]) -> bool:
+    return any(h in text for h in _TRACE_HINTS) and _TRACE_RE.search(text) is not None
+
+
+def _error_word(text: str, words: set[str]) -> bool:
+    return bool(words & _ERROR_WORDS) or "timed out" in text.lower()
+
+
+def _shell_command(text: str, words: set[str]) -> bool:
+    hinted = bool(words & _SHELL_WORDS) or any(h in text for h in _PROMPT_HINTS)
+    return hinted and _SHELL_RE.search(text) is not None
+
+
+def _file_path(text: str, words: set[str]) -> bool:
+    slashed = ("/" in text or "\\" in text) and _PATH_RE.search(text) is not None
+    return slashed or _EXT_RE.search(text) is not None
+
+
+def _url(text: str, words: set[str]) -> bool:
+    return ("http" in text or "www." in text) and _URL_RE.search(text) is not None
+
+
+def _inline_code(text: str, words: set[str]) -> bool:
+    return "`" in text and _INLINE_CODE_RE.search(text) is not None
+
+
+def _quantity(text: str, words: set[str]) -> bool:
+    return _DIGIT_RE.search(text) is not None and _QUANTITY_RE.search(text) is not None
+
+
+def _identifier(text: str, words: set[str]) -> bool:
+    return _IDENT_RE.search(text) is not None
+
+
+def _code_punctuation(text: str, words: set[str]) -> bool:
     stripped = len(text) - sum(text.count(c) for c in " \n\t\r")
-    if stripped >= 20:
-        punct = sum(text.count(c) for c in _CODE_PUNCT)
-        if punct / stripped > 0.05:
-            weight += 0.15
+    if stripped < 20:
+        return False
+    return sum(text.count(c) for c in _CODE_PUNCT) / stripped > 0.05
+
+
+#: The technical features of the module docstring and their weights, each counted once; the
+#: cheap substring checks in each test gate its regex.
+_FEATURES: tuple[tuple[float, Callable[[str, set[str]], bool]], ...] = (
+    (0.5, _fenced_code),
+    (0.5, _stack_trace),
+    (0.3, _error_word),
+    (0.3, _shell_command),
+    (0.2, _file_path),
+    (0.2, _url),
+    (0.2, _inline_code),
+    (0.15, _quantity),
+    (0.15, _identifier),
+    (0.15, _code_punctuation),
+)
+
+
+def _feature_weight(text: str, words: set[str]) -> float:
+    """The sum of the weights of the features ``text`` has (added in table order)."""
+    weight = 0.0
+    for feature_weight, present in _FEATURES:
+        if present(text, words):
+            weight += feature_weight
     return weight
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autotune.context.classify import ERROR_LINE_RE, technical_score
+from autotune.context.classify import ERROR_LINE_RE, technical_score, word_set
 
 __all__ = [
     "LOG_MARK",
@@ -38,10 +38,6 @@ __all__ = [
     "segments",
     "split_sentences",
 ]
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
 
 
 #: Replaces each run of dropped sentences in prose.
@@ -60,7 +56,7 @@ _LIST_ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+\S")
 _STRUCTURED = re.compile(r"^\s*(?:\||[\w .\-/]{1,40}:\s|[\w.-]+\s*=\s)")
 _INDENTED = re.compile(r"^(?: {4}|\t)")
 _SENT_END = re.compile(r"[.!?…]+[\"'”’)\]*_]*\s+")
-_ABBREV = _words(
+_ABBREV = word_set(
     "e.g i.e etc vs v cf al approx ca fig no nos mr mrs ms dr prof st sr jr inc ltd co corp "
     "jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun"
 )
@@ -105,28 +101,33 @@ def is_log_like(text: str) -> bool:
 
 def _trace_end(lines: list[str], i: int) -> int:
     """Index just past the stack trace starting at line ``i``, or ``i`` when none starts."""
-    n = len(lines)
     line = lines[i]
     if _PY_TRACE.match(line):
-        j = i + 1
-        while j < n and lines[j][:1] in (" ", "\t") and lines[j].strip():
-            j += 1
-        if j < n and lines[j].strip():
-            j += 1  # the exception line
-        return j
-    if _FRAME.match(line) or (
-        i + 1 < n and _EXC_HEAD.search(line) and _FRAME.match(lines[i + 1]) and line.strip()
-    ):
-        j = i + 1
-        while j < n and _FRAME.match(lines[j]):
-            j += 1
-        return j
+        return _python_trace_end(lines, i + 1)
+    if _FRAME.match(line) or (_EXC_HEAD.search(line) and _frame_follows(lines, i) and line.strip()):
+        return _run_end(lines, i + 1, lambda text: _FRAME.match(text) is not None)
     if _GO_PANIC.match(line):
-        j = i + 1
-        while j < n and lines[j].strip():
-            j += 1
-        return j
+        return _run_end(lines, i + 1, lambda text: bool(text.strip()))
     return i
+
+
+def _frame_follows(lines: list[str], i: int) -> bool:
+    return i + 1 < len(lines) and _FRAME.match(lines[i + 1]) is not None
+
+
+def _run_end(lines: list[str], j: int, belongs: Callable[[str], bool]) -> int:
+    """Index of the first line from ``j`` on that does not belong to the run."""
+    while j < len(lines) and belongs(lines[j]):
+        j += 1
+    return j
+
+
+def _python_trace_end(lines: list[str], j: int) -> int:
+    """Past a traceback's indented frames and the exception line that follows them."""
+    j = _run_end(lines, j, lambda text: text[:1] in (" ", "\t") and bool(text.strip()))
+    if j < len(lines) and lines[j].strip():
+        j += 1  # the exception line
+    return j
 
 
 def _sentence_spans(text: str) -> list[str]:

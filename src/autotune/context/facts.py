@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autotune.context.classify import is_chatter, message_text
+from autotune.context.classify import FILE_EXTENSIONS, is_chatter, message_text, word_set
 from autotune.context.compress import split_sentences
 
 __all__ = [
@@ -26,10 +26,6 @@ __all__ = [
     "one_line_summary",
     "render_facts",
 ]
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
 
 
 #: First words of a rendered facts block.
@@ -65,8 +61,7 @@ _ERROR_PHRASE = re.compile(
 _URL = re.compile(r"\bhttps?://[^\s<>()\"'`]+")
 _PATH = re.compile(
     r"(?<![\w/.@:-])((?:~|\.{1,2})?/?(?:[\w.-]+/)+[\w.-]+|[A-Za-z]:\\[\w\\.-]+"
-    r"|[\w-]+\.(?:py|js|ts|tsx|jsx|rs|go|java|kt|c|cc|cpp|h|hpp|cs|rb|php|swift|md|toml|yaml"
-    r"|yml|json|txt|cfg|ini|sh|sql|html|css|lock|gguf|log|csv))\b"
+    rf"|[\w-]+\.(?:{FILE_EXTENSIONS}))\b"
 )
 _VERSION = re.compile(r"\b([A-Za-z][\w+-]{1,24})\s+v?(\d+(?:\.\d+){1,3}(?:[-+][\w.]+)?)\b")
 _QUANTITY = re.compile(
@@ -80,12 +75,12 @@ _DEFINITION = re.compile(
     r"^(?:The |A |An )?([A-Z`][\w`.\-/]*(?:\s+[\w`.\-/]+){0,3})\s+"
     r"(?:is|are|means|refers to|stands for)\s+\S.*$"
 )
-_PRONOUNS = _words(
+_PRONOUNS = word_set(
     "this that it there here what which who he she they we i you these those everything "
     "something nothing one"
 )
 _TERM = re.compile(r"[A-Za-z][A-Za-z0-9_+#-]{2,}")
-_STOPWORDS = _words(
+_STOPWORDS = word_set(
     """
     about above after again against all also although always among and another any anyone
     anything are around because been before being below between both but can cannot could
@@ -170,27 +165,46 @@ def _errors(text: str, bucket: _Bucket) -> None:
 
 
 def _key_facts(text: str, sentences: list[str], bucket: _Bucket) -> None:
-    for url in _URL.findall(text):
-        bucket.add(url.rstrip(".,;:!?'\""))
     without_urls = _URL.sub(" ", text)
-    for path in _PATH.findall(without_urls):
+    for found in (
+        _urls(text),
+        _paths(without_urls),
+        _versions(without_urls),
+        (m.group(0).strip() for m in _QUANTITY.finditer(without_urls)),
+        (f"name: {name}" for name in _NAME.findall(text)),
+        (f"`{code.strip()}`" for code in _INLINE.findall(text)),
+        _definitions(sentences),
+    ):
+        for item in found:
+            bucket.add(item)
+
+
+def _urls(text: str) -> Iterator[str]:
+    for url in _URL.findall(text):
+        yield url.rstrip(".,;:!?'\"")
+
+
+def _paths(text: str) -> Iterator[str]:
+    """File paths that look deliberate: rooted, with an extension, or two folders deep."""
+    for path in _PATH.findall(text):
         tail = path.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
         rooted = path.startswith(("/", "~/", "./", "../")) or ":\\" in path
         if rooted or "." in tail.strip(".") or path.count("/") >= 2:
-            bucket.add(path.rstrip("."))
-    for name, version in _VERSION.findall(without_urls):
+            yield path.rstrip(".")
+
+
+def _versions(text: str) -> Iterator[str]:
+    for name, version in _VERSION.findall(text):
         if name.lower() not in _STOPWORDS and not name.isdigit():
-            bucket.add(f"{name} {version}")
-    for m in _QUANTITY.finditer(without_urls):
-        bucket.add(m.group(0).strip())
-    for name in _NAME.findall(text):
-        bucket.add(f"name: {name}")
-    for code in _INLINE.findall(text):
-        bucket.add(f"`{code.strip()}`")
+            yield f"{name} {version}"
+
+
+def _definitions(sentences: list[str]) -> Iterator[str]:
+    """Short statements of what something is ("X is …"), not questions, not "this is …"."""
     for s in sentences:
         m = _DEFINITION.match(s)
         if m and len(s) <= 120 and not s.endswith("?") and not _pronoun(m.group(1)):
-            bucket.add(s)
+            yield s
 
 
 def _pronoun(subject: str) -> bool:
@@ -232,16 +246,7 @@ class FactCollector:
         if not text.strip() or (is_chatter(text) and not _ACCOMPLISHED.search(text)):
             return
         sentences = [" ".join(s.split()) for s in split_sentences(text)]
-        for s in sentences:
-            if s.endswith("?"):
-                continue
-            if _DECISION.search(s) and len(s.split()) >= 3:
-                self._decisions.add(s)
-            elif _ACCOMPLISHED.search(s):
-                if len(s.split()) < 4 and self._gist and role == "user":
-                    self._done.add(f"{s.rstrip('.!')} (after: {_clip(self._gist, 70)})")
-                else:
-                    self._done.add(s)
+        self._statements(sentences, role == "user")
         _errors(text, self._errors)
         _key_facts(text, sentences, self._keys)
         counts = _terms(_INLINE.sub(" ", _PATH.sub(" ", _URL.sub(" ", " ".join(sentences)))))
@@ -249,6 +254,22 @@ class FactCollector:
         self._tf.update(counts)
         if role == "assistant" and sentences:
             self._gist = sentences[0]
+
+    def _statements(self, sentences: list[str], from_user: bool) -> None:
+        """Decisions and accomplishments; a question decides nothing."""
+        for s in sentences:
+            if s.endswith("?"):
+                continue
+            if _DECISION.search(s) and len(s.split()) >= 3:
+                self._decisions.add(s)
+            elif _ACCOMPLISHED.search(s):
+                self._done.add(self._accomplishment(s, from_user))
+
+    def _accomplishment(self, sentence: str, from_user: bool) -> str:
+        """A user's bare "it works" names what works by the assistant's last answer."""
+        if len(sentence.split()) < 4 and self._gist and from_user:
+            return f"{sentence.rstrip('.!')} (after: {_clip(self._gist, 70)})"
+        return sentence
 
     def facts(self) -> Facts:
         """The facts of every message added so far."""

@@ -30,10 +30,10 @@ Rules:
   the block is appended to the last system message's content after a blank line, so chat
   templates that accept one system message only still work (``block_in_system=False`` sends
   it as a system message of its own instead; with no system prompt it is the first message).
-- The newest turn (the last user message and whatever follows it) is sent verbatim whenever
-  ``system + newest turn`` fits the budget. Only when it does not is it compressed, as a
-  last resort: tool output and assistant text in the turn first, then the user message, at
-  sentence boundaries, code blocks whole. If even that cannot fit, :class:`ContextOverflow`.
+- The newest turn (the last user message and whatever follows it: the tool calls and the
+  tool results they answer) is always sent verbatim, never compressed or cut. If the
+  system prompt and the newest turn do not fit the budget, :class:`ContextOverflow` says how
+  many tokens they need; the caller then grows the context or refuses with those numbers.
 - If the history does not start with the messages the state says were folded (its
   fingerprint differs: the conversation was edited, or it is another one), or the system
   prompt changed, the state is dropped and the fit starts afresh.
@@ -67,6 +67,7 @@ __all__ = [
     "ContextWindow",
     "FitResult",
     "fingerprint",
+    "sacred_part",
 ]
 
 FULL = "full"
@@ -103,7 +104,7 @@ def fingerprint(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 class ContextOverflow(ValueError):
-    """Even the system prompt and the newest turn, compressed, do not fit the budget."""
+    """The system prompt and the newest turn, verbatim, do not fit the budget."""
 
     def __init__(self, needed: int, budget: int) -> None:
         self.needed = needed
@@ -203,17 +204,27 @@ def _split(messages: Sequence[Mapping[str, Any]]) -> _Conv:
         n_sys += 1
     system, history = msgs[:n_sys], msgs[n_sys:]
     users = [i for i, m in enumerate(history) if m.get("role") == "user"]
-    if users:
-        tail = users[-1]
-    else:
-        tail = len(history) - 1
-        while tail > 0 and history[tail].get("role") == "tool":
-            tail -= 1
-        tail = max(tail, 0)
-    # A fold point between a tool call and one of its replies would split the pair.
+    tail = users[-1] if users else _last_turn_start(history)
+    split_pair = _inside_tool_pairs(history)
+    cuts = sorted({0, *(i for i in users if i < tail and i not in split_pair)})
+    bounds = [c for c in cuts if c < tail] + [tail]
+    turns = [(a, b) for a, b in itertools.pairwise(bounds) if a < b]
+    return _Conv(system, history, tail, turns)
+
+
+def _last_turn_start(history: list[Message]) -> int:
+    """With no user message: the last message that is not a tool reply."""
+    tail = len(history) - 1
+    while tail > 0 and history[tail].get("role") == "tool":
+        tail -= 1
+    return max(tail, 0)
+
+
+def _inside_tool_pairs(history: list[Message]) -> set[int]:
+    """Indices a fold must not start at: between a tool call and one of its replies."""
     owner: dict[str, int] = {}
     caller: int | None = None
-    split_pair: set[int] = set()
+    inside: set[int] = set()
     for j, m in enumerate(history):
         if m.get("tool_calls"):
             caller = j
@@ -223,11 +234,15 @@ def _split(messages: Sequence[Mapping[str, Any]]) -> _Conv:
         elif m.get("role") == "tool":
             a = owner.get(str(m.get("tool_call_id")), caller)
             if a is not None and a < j:
-                split_pair.update(range(a + 1, j + 1))
-    cuts = sorted({0, *(i for i in users if i < tail and i not in split_pair)})
-    bounds = [c for c in cuts if c < tail] + [tail]
-    turns = [(a, b) for a, b in itertools.pairwise(bounds) if a < b]
-    return _Conv(system, history, tail, turns)
+                inside.update(range(a + 1, j + 1))
+    return inside
+
+
+def sacred_part(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The messages never compacted: the system prompt and the newest turn (the last user
+    message and what follows it: tool calls and the tool results they answer)."""
+    conv = _split(messages)
+    return conv.system + conv.history[conv.tail :]
 
 
 def _append_text(content: Any, block: str) -> Any:
@@ -236,10 +251,6 @@ def _append_text(content: Any, block: str) -> Any:
     if not content:
         return block
     return f"{content}\n\n{block}"
-
-
-def _squeeze(message: Mapping[str, Any], ratio: float) -> Message:
-    return compress_message(message, int(len(message_text(message, with_tool_calls=False)) * ratio))
 
 
 class _FactsUpTo:
@@ -311,8 +322,8 @@ class ContextWindow:
     ) -> FitResult:
         """Messages to send within ``budget`` tokens (by ``count``), and the state to carry.
 
-        Raises :class:`ContextOverflow` when the system prompt and the newest turn cannot fit
-        even compressed, and ValueError for a budget below one token.
+        Raises :class:`ContextOverflow` when the system prompt and the newest turn, verbatim,
+        do not fit, and ValueError for a budget below one token.
         """
         if budget < 1:
             raise ValueError("budget must be at least one token")
@@ -513,7 +524,7 @@ class ContextWindow:
         count: Count,
         facts: _FactsUpTo,
     ) -> _Plan:
-        """The newest turn and a one-line summary; the newest turn compressed as a last resort."""
+        """The newest turn verbatim and a one-line summary (and one heavily compressed turn)."""
         h, tail = conv.history, conv.tail
         line = self._line(facts(tail), int(self.block_share / 4 * effective) or 1, count)
         for k in range(min(self.emergency_turns, len(turns)), 0, -1):
@@ -528,61 +539,6 @@ class ContextWindow:
             if ok:
                 tier = EMERGENCY if tail or block else FULL
                 return self._plan(conv, tail, block, (), tier, out, tokens)
-        # Last resort: the newest turn alone is over the budget. Compress its tool output and
-        # assistant text first, then the user message; code blocks stay whole. Like any
-        # compaction it aims at the low-water mark, so the next turns append to it.
-        newest = h[tail:]
-        user_at = next((i for i, m in enumerate(newest) if m.get("role") == "user"), None)
-        squeezes = {
-            ratio: [m if i == user_at else _squeeze(m, ratio) for i, m in enumerate(newest)]
-            for ratio in (0.5, 0.25, 0.1, 0.0)
-        }
-        for limit in (low, budget):
-            for squeezed in squeezes.values():
-                for block in dict.fromkeys((line, "")):
-                    out = self._render(conv.system, block, squeezed, ())
-                    ok, tokens = self._fits(count, out, limit)
-                    if ok:
-                        return self._plan(conv, len(h), block, squeezed, EMERGENCY, out, tokens)
-            if user_at is None:
-                continue
-            for block in dict.fromkeys((line, "")):
-                fitted = self._fit_user(conv, block, squeezes[0.0], user_at, limit, count)
-                if fitted is not None:
-                    out, tokens = fitted
-                    kept = out[len(out) - len(newest) :]
-                    return self._plan(conv, len(h), block, kept, EMERGENCY, out, tokens)
-        smallest = [_squeeze(m, 0.0) for m in newest]
-        raise ContextOverflow(count(self._render(conv.system, "", smallest, ())), budget)
-
-    def _fit_user(
-        self,
-        conv: _Conv,
-        block: str,
-        newest: list[Message],
-        user_at: int,
-        limit: int,
-        count: Count,
-    ) -> tuple[list[Message], int] | None:
-        """Compress the user message of ``newest`` just enough for the prompt to fit ``limit``."""
-        user = newest[user_at]
-        empty = count([{**user, "content": ""}])
-
-        def text_tokens(text: str) -> int:
-            return count([{**user, "content": text}]) - empty
-
-        rest = [m for i, m in enumerate(newest) if i != user_at]
-        target = limit - count(self._render(conv.system, block, rest, ())) - empty
-        for _ in range(4):
-            if target <= 0:
-                return None
-            squeezed = [
-                compress_message(m, target, text_tokens) if i == user_at else m
-                for i, m in enumerate(newest)
-            ]
-            out = self._render(conv.system, block, squeezed, ())
-            tokens = count(out)
-            if tokens <= limit:
-                return out, tokens
-            target -= tokens - limit
-        return None
+        # The newest turn (the user's message and the tool results it answers) is never cut:
+        # when it does not fit, the caller grows the context or refuses with the numbers.
+        raise ContextOverflow(count(self._render(conv.system, "", (), h[tail:])), budget)

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     wait_timeout: float = 120.0
     max_body_bytes: int = 8 * 1024 * 1024
     cors_origins: str | None = None
+    pass_unknown_fields: bool = Field(
+        False,
+        description="Send request fields outside OpenAI's schema on to the engine instead of "
+        "refusing them with a 400.",
+    )
 
     @field_validator("backend")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "ContextLengthExceeded",
     "EngineUnavailable",
     "InsufficientMemory",
     "InvalidRequest",
@@ -11,6 +12,7 @@ __all__ = [
     "ModelNotFound",
     "NotSupported",
     "QueueFull",
+    "StorageError",
     "UnsupportedOption",
     "UpstreamError",
     "error_summary",
@@ -73,9 +75,34 @@ class InvalidRequest(BackendError):
     code = "invalid_request"
     error_type = "invalid_request_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        if code is not None:
+            self.code = code
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """The newest message cannot fit any context this model may have here (OpenAI's shape:
+    400 ``context_length_exceeded`` on ``messages``); the message gives the numbers."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str, *, needed: int, possible: int) -> None:
+        super().__init__(message, param="messages")
+        self.needed = needed
+        self.possible = possible
+
+
+class StorageError(BackendError):
+    """A turn could not be stored, so the reply is not confirmed (507 when the disk is full)."""
+
+    code = "storage_error"
+    error_type = "api_error"
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.status = 507 if disk_full else 500
 
 
 class ModelLoadError(BackendError):

@@ -57,6 +57,8 @@ class Capabilities:
     engine_events: bool = False
     #: Requests the engine(s) behind this backend can run at once (a router: one per upstream).
     concurrency: int = 1
+    #: Choices (``n``) the engine can answer in one request; None when it sets no known limit.
+    max_choices: int | None = None
 
 
 @dataclass

@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -173,39 +173,51 @@ def parse_proc_cpuinfo(text: str) -> CpuInfo:
     line. Physical cores are the distinct (physical id, core id) pairs when present,
     otherwise one per ``processor`` entry (arm64 has no SMT).
     """
-    processors = 0
+    lines = _CpuinfoLines()
+    for key, value in _kv_lines(text, ":"):
+        lines.take(key.lower(), value)
+    logical = lines.processors or None
+    physical = len(lines.cores) if lines.cores else logical
+    return CpuInfo(model=lines.name(), physical_cores=physical, logical_cores=logical)
+
+
+@dataclass
+class _CpuinfoLines:
+    """What the lines of ``/proc/cpuinfo`` said so far; of each name, the first one counts."""
+
+    processors: int = 0
     model_name: str | None = None
     board: str | None = None
     implementer: str | None = None
     part: str | None = None
-    physical_id = "0"
-    cores: set[tuple[str, str]] = set()
-    for key, value in _kv_lines(text, ":"):
-        lower = key.lower()
-        if lower == "processor" and value.isdigit():
-            processors += 1
-            physical_id = "0"
-        elif lower == "model name" and model_name is None:
-            model_name = value
-        elif lower == "physical id":
-            physical_id = value
-        elif lower == "core id":
-            cores.add((physical_id, value))
-        elif lower == "cpu implementer" and implementer is None:
-            implementer = value.lower()
-        elif lower == "cpu part" and part is None:
-            part = value.lower()
-        elif lower in ("model", "hardware") and board is None and not value.isdigit():
-            board = value
-    if model_name is None and part is not None:
-        core_name = _ARM_PARTS.get(part) if implementer == "0x41" else None
-        core_name = core_name or f"ARM CPU (implementer {implementer or '?'}, part {part})"
-        model_name = f"{board} ({core_name})" if board else core_name
-    logical = processors or None
-    physical = len(cores) if cores else logical
-    return CpuInfo(
-        model=model_name or board or UNKNOWN, physical_cores=physical, logical_cores=logical
-    )
+    physical_id: str = "0"
+    cores: set[tuple[str, str]] = field(default_factory=set)
+
+    def take(self, key: str, value: str) -> None:
+        """One ``key: value`` line (``key`` in lower case)."""
+        if key == "processor" and value.isdigit():
+            self.processors += 1
+            self.physical_id = "0"
+        elif key == "physical id":
+            self.physical_id = value
+        elif key == "core id":
+            self.cores.add((self.physical_id, value))
+        elif key == "model name" and self.model_name is None:
+            self.model_name = value
+        elif key == "cpu implementer" and self.implementer is None:
+            self.implementer = value.lower()
+        elif key == "cpu part" and self.part is None:
+            self.part = value.lower()
+        elif key in ("model", "hardware") and self.board is None and not value.isdigit():
+            self.board = value
+
+    def name(self) -> str:
+        """The x86 model name; on arm64 the board and the core named by implementer and part."""
+        if self.model_name is not None or self.part is None:
+            return self.model_name or self.board or UNKNOWN
+        core = _ARM_PARTS.get(self.part) if self.implementer == "0x41" else None
+        core = core or f"ARM CPU (implementer {self.implementer or '?'}, part {self.part})"
+        return f"{self.board} ({core})" if self.board else core
 
 
 def parse_sysctl(text: str) -> dict[str, str]:
@@ -443,22 +455,11 @@ def assemble_profile(
                 unified=True,
             )
         )
-
-    bandwidth: tuple[float, str] | None = None
-    if chip:
-        bandwidth = apple_bandwidth(chip, performance_cores)
+    bandwidth = apple_bandwidth(chip, performance_cores) if chip else None
     if bandwidth is None:
-        known = [
-            b for b in (nvidia_bandwidth(g.name) for g in gpu_list if g.vendor == "nvidia") if b
-        ]
-        if known:
-            bandwidth = max(known, key=lambda item: item[0])
-    if bandwidth is None:
-        gbs, source = assumed_cpu_bandwidth(os_name, machine, cpu.model, physical)
-        unknown_gpu = next((g.name for g in gpu_list if g.vendor == "nvidia"), None)
-        if unknown_gpu:
-            source = f"{source}; no bandwidth spec known for {unknown_gpu}"
-        bandwidth = (gbs, source)
+        bandwidth = _nvidia_bandwidth(gpu_list) or _cpu_bandwidth(
+            os_name, machine, cpu.model, physical, gpu_list
+        )
 
     return HardwareProfile(
         os=os_name,
@@ -475,6 +476,23 @@ def assemble_profile(
         memory_bandwidth_gbs=float(bandwidth[0]),
         bandwidth_source=bandwidth[1],
     )
+
+
+def _nvidia_bandwidth(gpus: list[GPU]) -> tuple[float, str] | None:
+    """The fastest NVIDIA card of known spec (the weights are meant to live there)."""
+    known = [b for b in (nvidia_bandwidth(g.name) for g in gpus if g.vendor == "nvidia") if b]
+    return max(known, key=lambda item: item[0]) if known else None
+
+
+def _cpu_bandwidth(
+    os_name: str, machine: str, cpu_model: str, physical: int, gpus: list[GPU]
+) -> tuple[float, str]:
+    """The CPU assumption, saying so when an NVIDIA card was there but of no known spec."""
+    gbs, source = assumed_cpu_bandwidth(os_name, machine, cpu_model, physical)
+    unknown_gpu = next((g.name for g in gpus if g.vendor == "nvidia"), None)
+    if unknown_gpu:
+        source = f"{source}; no bandwidth spec known for {unknown_gpu}"
+    return gbs, source
 
 
 # --------------------------------------------------------------------------- detection
@@ -510,16 +528,17 @@ def _sysctl(keys: Iterable[str]) -> dict[str, str]:
 
 
 def _windows_cpu_model() -> str:
-    try:
-        import winreg
+    if sys.platform == "win32":  # winreg exists only there (not under Cygwin either)
+        try:
+            import winreg
 
-        path = r"HARDWARE\DESCRIPTION\System\CentralProcessor\0"
-        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, path) as key:
-            value, _ = winreg.QueryValueEx(key, "ProcessorNameString")
-            if str(value).strip():
-                return str(value).strip()
-    except Exception:
-        pass
+            path = r"HARDWARE\DESCRIPTION\System\CentralProcessor\0"
+            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, path) as key:
+                value, _ = winreg.QueryValueEx(key, "ProcessorNameString")
+                if str(value).strip():
+                    return str(value).strip()
+        except Exception:
+            pass
     return platform.processor() or UNKNOWN
 
 
@@ -579,34 +598,16 @@ def _detect() -> HardwareProfile:
 
     sysctl_values: dict[str, str] = {}
     performance_cores: int | None = None
-    if os_name == "linux":
-        cpu = parse_proc_cpuinfo(_read_text("/proc/cpuinfo"))
-        if cpu.model == UNKNOWN:
-            cpu = CpuInfo(platform.processor() or UNKNOWN, cpu.physical_cores, cpu.logical_cores)
-    elif os_name == "darwin":
+    if os_name == "darwin":
         sysctl_values = _sysctl(_SYSCTL_KEYS)
-        cpu = cpu_from_sysctl(sysctl_values)
         performance_cores = _int(sysctl_values.get("hw.perflevel0.physicalcpu"))
         if sysctl_values.get("hw.optional.arm64") == "1":
             machine = "arm64"  # also under Rosetta, where platform.machine() says x86_64
-    elif os_name == "windows":
-        cpu = CpuInfo(_windows_cpu_model(), None, None)
-    else:
-        cpu = CpuInfo(platform.processor() or UNKNOWN, None, None)
-
+    cpu = _os_cpu(os_name, sysctl_values)
     physical = psutil.cpu_count(logical=False) or cpu.physical_cores
     logical = psutil.cpu_count(logical=True) or cpu.logical_cores or os.cpu_count()
     cpu = CpuInfo(cpu.model, physical, logical)
-
-    ram_total = ram_available = swap_total = swap_used = 0
-    with contextlib.suppress(Exception):
-        vm = psutil.virtual_memory()
-        ram_total, ram_available = int(vm.total), int(vm.available)
-    if not ram_total and sysctl_values.get("hw.memsize"):
-        ram_total = _int(sysctl_values["hw.memsize"]) or 0
-    with contextlib.suppress(Exception):
-        swap = psutil.swap_memory()
-        swap_total, swap_used = int(swap.total), int(swap.used)
+    ram_total, ram_available, swap_total, swap_used = _memory(sysctl_values)
 
     gpus = _nvidia_gpus() if os_name in ("linux", "windows") else ()
     return assemble_profile(
@@ -621,3 +622,33 @@ def _detect() -> HardwareProfile:
         gpus=gpus,
         performance_cores=performance_cores,
     )
+
+
+def _os_cpu(os_name: str, sysctl_values: Mapping[str, str]) -> CpuInfo:
+    """The CPU as the OS's own source describes it (core counts may be missing)."""
+    if os_name == "linux":
+        cpu = parse_proc_cpuinfo(_read_text("/proc/cpuinfo"))
+        if cpu.model == UNKNOWN:
+            cpu = CpuInfo(platform.processor() or UNKNOWN, cpu.physical_cores, cpu.logical_cores)
+        return cpu
+    if os_name == "darwin":
+        return cpu_from_sysctl(sysctl_values)
+    if os_name == "windows":
+        return CpuInfo(_windows_cpu_model(), None, None)
+    return CpuInfo(platform.processor() or UNKNOWN, None, None)
+
+
+def _memory(sysctl_values: Mapping[str, str]) -> tuple[int, int, int, int]:
+    """RAM total and available, swap total and used, in bytes (0 where unreadable)."""
+    import psutil
+
+    ram_total = ram_available = swap_total = swap_used = 0
+    with contextlib.suppress(Exception):
+        vm = psutil.virtual_memory()
+        ram_total, ram_available = int(vm.total), int(vm.available)
+    if not ram_total and sysctl_values.get("hw.memsize"):
+        ram_total = _int(sysctl_values["hw.memsize"]) or 0
+    with contextlib.suppress(Exception):
+        swap = psutil.swap_memory()
+        swap_total, swap_used = int(swap.total), int(swap.used)
+    return ram_total, ram_available, swap_total, swap_used

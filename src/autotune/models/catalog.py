@@ -355,58 +355,14 @@ def recommend(
     never a larger model when a smaller one decodes faster) and "best quality".
     """
     pool = list(models) if models is not None else list(catalog())
-    recs: list[Recommendation] = []
-    for model in pool:
-        ctx = int(min(context_tokens, model.context_trained.value))
-        base_quality, bench = quality_score(model)
-        for quant in quants:
-            size = file_size(model, quant)
-            estimate = estimate_memory(catalog_meta(model, quant), ctx)
-            weights, kv = estimate.weights, estimate.kv_cache
-            overhead = estimate.compute + estimate.overhead
-            memory = int(memory_for(model, quant, ctx)) if memory_for else estimate.total
-            fit = fit_class(memory, budget_bytes)
-            tps = speed_bound_tps(model.params_active.value, quant, bandwidth_gbs)
-            quality = None
-            if base_quality is not None:
-                quality = base_quality * QUANT_QUALITY_FACTOR.get(quant, 1.0)
-            score = None
-            if quality is not None:
-                score = quality * min(1.0, tps / SPEED_TARGET_TPS) ** SPEED_EXPONENT
-            notes = []
-            if model.is_moe:
-                notes.append(
-                    f"mixture of experts: {model.params_active.value / 1e9:.1f}B of "
-                    f"{model.params_total.value / 1e9:.1f}B parameters are read per token"
-                )
-            if quality is None:
-                notes.append(f"no published {QUALITY_BENCHMARK} score: quality unknown")
-            recs.append(
-                Recommendation(
-                    name=model.name,
-                    tag=model.ollama_tags.get(quant),
-                    family=model.family,
-                    quant=quant,
-                    params_total=model.params_total.value,
-                    params_active=model.params_active.value,
-                    context_tokens=ctx,
-                    weights_bytes=weights,
-                    weights_source=size.source,
-                    kv_bytes=kv,
-                    overhead_bytes=overhead,
-                    memory_bytes=memory,
-                    budget_bytes=int(budget_bytes),
-                    fit=fit,
-                    quality=quality,
-                    quality_source=bench,
-                    tokens_per_s_max=tps,
-                    bandwidth_gbs=float(bandwidth_gbs),
-                    bandwidth_source=bandwidth_source,
-                    score=score,
-                    notes=tuple(notes),
-                )
-            )
-
+    machine = _Machine(budget_bytes, bandwidth_gbs, bandwidth_source)
+    recs = [
+        _recommendation(
+            model, quant, int(min(context_tokens, model.context_trained.value)), machine, memory_for
+        )
+        for model in pool
+        for quant in quants
+    ]
     fitting = [r for r in recs if r.fits]
     scored = sorted(
         (r for r in fitting if r.score is not None),
@@ -421,7 +377,77 @@ def recommend(
         key=lambda r: (_FIT_ORDER[r.fit], r.memory_bytes, r.name, r.quant),
     )
     ordered = scored + unscored + rest
+    labels = _labels(ordered, fitting, scored)
+    return [
+        replace(rec, rank=position, labels=tuple(labels.get(id(rec), ())))
+        for position, rec in enumerate(ordered, start=1)
+    ]
 
+
+@dataclass(frozen=True)
+class _Machine:
+    """What a recommendation is measured against."""
+
+    budget_bytes: int
+    bandwidth_gbs: float
+    bandwidth_source: str
+
+
+def _recommendation(
+    model: CatalogModel, quant: str, ctx: int, machine: _Machine, memory_for: MemoryFor | None
+) -> Recommendation:
+    """One model × quantisation: its memory, fit, speed bound, quality and score (no rank)."""
+    size = file_size(model, quant)
+    estimate = estimate_memory(catalog_meta(model, quant), ctx)
+    memory = int(memory_for(model, quant, ctx)) if memory_for else estimate.total
+    tps = speed_bound_tps(model.params_active.value, quant, machine.bandwidth_gbs)
+    base_quality, bench = quality_score(model)
+    quality = None
+    score = None
+    if base_quality is not None:
+        quality = base_quality * QUANT_QUALITY_FACTOR.get(quant, 1.0)
+        score = quality * min(1.0, tps / SPEED_TARGET_TPS) ** SPEED_EXPONENT
+    return Recommendation(
+        name=model.name,
+        tag=model.ollama_tags.get(quant),
+        family=model.family,
+        quant=quant,
+        params_total=model.params_total.value,
+        params_active=model.params_active.value,
+        context_tokens=ctx,
+        weights_bytes=estimate.weights,
+        weights_source=size.source,
+        kv_bytes=estimate.kv_cache,
+        overhead_bytes=estimate.compute + estimate.overhead,
+        memory_bytes=memory,
+        budget_bytes=int(machine.budget_bytes),
+        fit=fit_class(memory, machine.budget_bytes),
+        quality=quality,
+        quality_source=bench,
+        tokens_per_s_max=tps,
+        bandwidth_gbs=float(machine.bandwidth_gbs),
+        bandwidth_source=machine.bandwidth_source,
+        score=score,
+        notes=_notes(model, quality),
+    )
+
+
+def _notes(model: CatalogModel, quality: float | None) -> tuple[str, ...]:
+    notes = []
+    if model.is_moe:
+        notes.append(
+            f"mixture of experts: {model.params_active.value / 1e9:.1f}B of "
+            f"{model.params_total.value / 1e9:.1f}B parameters are read per token"
+        )
+    if quality is None:
+        notes.append(f"no published {QUALITY_BENCHMARK} score: quality unknown")
+    return tuple(notes)
+
+
+def _labels(
+    ordered: list[Recommendation], fitting: list[Recommendation], scored: list[Recommendation]
+) -> dict[int, list[str]]:
+    """Labels by ``id`` of the recommendation: "best overall", "fastest", "best quality"."""
     labels: dict[int, list[str]] = {}
     if ordered and ordered[0].fits:
         labels.setdefault(id(ordered[0]), []).append("best overall")
@@ -431,8 +457,4 @@ def recommend(
     if scored:
         best_quality = max(scored, key=lambda r: (r.quality or 0.0, r.tokens_per_s_max))
         labels.setdefault(id(best_quality), []).append("best quality")
-
-    out: list[Recommendation] = []
-    for position, rec in enumerate(ordered, start=1):
-        out.append(replace(rec, rank=position, labels=tuple(labels.get(id(rec), ()))))
-    return out
+    return labels

@@ -42,7 +42,12 @@ from pathlib import Path
 
 from autotune.ground.config import Settings, get_settings
 from autotune.ground.errors import ModelNotFound
-from autotune.models.bundled import BUNDLED_NAME, bundled_model_path
+from autotune.models.bundled import (
+    BUNDLED_NAME,
+    SECOND_NAME,
+    bundled_model_path,
+    second_model_path,
+)
 from autotune.models.gguf import check_gguf, split_parts
 
 __all__ = [
@@ -185,16 +190,8 @@ class _Collector:
         """Offer ``path`` as ``name``; a file already listed gains the name as an alias."""
         label = label or path
         where = "" if label == path else f"{name}: "
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            self.skip(label, f"{where}file missing: {path}")
-            return
-        except OSError as exc:
-            self.skip(label, f"{where}cannot read {path}: {exc.strerror or exc}")
-            return
-        if not stat_module.S_ISREG(stat.st_mode):
-            self.skip(label, f"{where}not a regular file: {path}")
+        stat = self._regular_file(path, label, where)
+        if stat is None:
             return
         key = (stat.st_dev, stat.st_ino)
         same = self._by_file.get(key)
@@ -217,6 +214,21 @@ class _Collector:
         model = LocalModel(name=name, path=path, source=source, size_bytes=size, aliases=aliases)
         self._by_file[key] = model
         self.models.append(model)
+
+    def _regular_file(self, path: Path, label: Path, where: str) -> os.stat_result | None:
+        """The file's stat, or None (and why, skipped under ``label``) when it cannot be used."""
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            self.skip(label, f"{where}file missing: {path}")
+            return None
+        except OSError as exc:
+            self.skip(label, f"{where}cannot read {path}: {exc.strerror or exc}")
+            return None
+        if not stat_module.S_ISREG(stat.st_mode):
+            self.skip(label, f"{where}not a regular file: {path}")
+            return None
+        return stat
 
     def finish(self) -> Discovery:
         """Drop aliases that equal another model's name or that two models share."""
@@ -286,9 +298,9 @@ def _model_file_filter(path: Path, collector: _Collector, label: str) -> bool:
 
 
 def _bundled(collector: _Collector) -> None:
-    path = bundled_model_path()
-    if path is not None:
-        collector.add(BUNDLED_NAME, path, "bundled")
+    for name, path in ((BUNDLED_NAME, bundled_model_path()), (SECOND_NAME, second_model_path())):
+        if path is not None:
+            collector.add(name, path, "bundled")
 
 
 def _ollama_name(parts: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
@@ -305,45 +317,58 @@ def _ollama(collector: _Collector, root: Path) -> None:
     manifests = root / "manifests"
     if not manifests.is_dir():
         return
+    for manifest in _ollama_manifests(manifests):
+        parts = manifest.relative_to(manifests).parts
+        if len(parts) < 2:
+            collector.skip(manifest, "manifest outside registry/namespace/model/tag layout")
+            continue
+        name, aliases = _ollama_name(parts)
+        try:
+            blob = _ollama_blob(root, manifest, name)
+        except _Unusable as exc:
+            collector.skip(manifest, str(exc))
+            continue
+        collector.add(name, blob, "ollama", aliases, label=manifest)
+
+
+def _ollama_manifests(manifests: Path) -> Iterator[Path]:
+    """Every manifest file (not hidden ones), folder by folder in name order."""
     for dirpath, dirnames, filenames in os.walk(manifests, onerror=lambda _e: None):
         dirnames.sort()
         for filename in sorted(filenames):
-            manifest = Path(dirpath) / filename
-            if filename.startswith("."):
-                continue
-            parts = manifest.relative_to(manifests).parts
-            if len(parts) < 2:
-                collector.skip(manifest, "manifest outside registry/namespace/model/tag layout")
-                continue
-            name, aliases = _ollama_name(parts)
-            try:
-                data = json.loads(manifest.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError) as exc:
-                collector.skip(manifest, f"cannot read manifest: {exc}")
-                continue
-            except ValueError as exc:
-                collector.skip(manifest, f"manifest is not valid JSON ({exc.msg})")
-                continue
-            layers = data.get("layers") if isinstance(data, dict) else None
-            if not isinstance(layers, list):
-                collector.skip(manifest, "manifest has no layers list")
-                continue
-            digest = next(
-                (
-                    layer.get("digest")
-                    for layer in layers
-                    if isinstance(layer, dict) and layer.get("mediaType") == OLLAMA_MODEL_MEDIA_TYPE
-                ),
-                None,
-            )
-            if not isinstance(digest, str) or ":" not in digest:
-                collector.skip(manifest, f"{name}: manifest has no model layer with a digest")
-                continue
-            blob = root / "blobs" / digest.replace(":", "-", 1)
-            if not blob.exists():
-                collector.skip(manifest, f"{name}: model blob {blob.name} is missing")
-                continue
-            collector.add(name, blob, "ollama", aliases, label=manifest)
+            if not filename.startswith("."):
+                yield Path(dirpath) / filename
+
+
+class _Unusable(Exception):
+    """Why a manifest names no model file that can be listed."""
+
+
+def _ollama_blob(root: Path, manifest: Path, name: str) -> Path:
+    """The model blob a manifest points to; raises :class:`_Unusable` saying why not."""
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Unusable(f"cannot read manifest: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise _Unusable(f"manifest is not valid JSON ({exc.msg})") from None
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, list):
+        raise _Unusable("manifest has no layers list")
+    digest = next(
+        (
+            layer.get("digest")
+            for layer in layers
+            if isinstance(layer, dict) and layer.get("mediaType") == OLLAMA_MODEL_MEDIA_TYPE
+        ),
+        None,
+    )
+    if not isinstance(digest, str) or ":" not in digest:
+        raise _Unusable(f"{name}: manifest has no model layer with a digest")
+    blob = root / "blobs" / digest.replace(":", "-", 1)
+    if not blob.exists():
+        raise _Unusable(f"{name}: model blob {blob.name} is missing")
+    return blob
 
 
 def _lmstudio(collector: _Collector, roots: list[Path]) -> None:
@@ -373,31 +398,40 @@ def _huggingface(collector: _Collector, root: Path) -> None:
         return
     for repo_dir in repos:
         repo = _hf_repo_name(repo_dir.name)
-        snapshots = repo_dir / "snapshots"
-        if repo is None or not snapshots.is_dir():
+        if repo is None or not (repo_dir / "snapshots").is_dir():
             continue
-        try:
-            main_rev = (repo_dir / "refs" / "main").read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            main_rev = ""
-        revs = [p for p in snapshots.iterdir() if p.is_dir()]
-        # refs/main first, then newest first.
-        revs.sort(key=lambda p: (p.name != main_rev, -_mtime(p)))
-        chosen: dict[str, Path] = {}
-        for rev in revs:
-            for path in _walk_gguf(rev, collector):
-                rel = path.relative_to(rev).as_posix()
-                if rel in chosen:
-                    collector.skip(path, f"older snapshot of {repo}/{rel}")
-                    continue
-                if not _model_file_filter(path, collector, f"{repo} lists it by its first shard"):
-                    continue
-                chosen[rel] = path
+        chosen = _hf_files(collector, repo, _hf_revisions(repo_dir))
         single = len(chosen) == 1
         for rel, path in chosen.items():
             stem = rel[: -len(".gguf")]
             aliases = (path.stem, repo) if single else (path.stem,)
             collector.add(f"{repo}:{stem}", path, "huggingface", aliases)
+
+
+def _hf_revisions(repo_dir: Path) -> list[Path]:
+    """A cached repo's snapshot folders: refs/main first, then newest first."""
+    try:
+        main_rev = (repo_dir / "refs" / "main").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        main_rev = ""
+    revs = [p for p in (repo_dir / "snapshots").iterdir() if p.is_dir()]
+    revs.sort(key=lambda p: (p.name != main_rev, -_mtime(p)))
+    return revs
+
+
+def _hf_files(collector: _Collector, repo: str, revs: list[Path]) -> dict[str, Path]:
+    """Each GGUF path within the repo, from the first revision (in ``revs`` order) holding it."""
+    chosen: dict[str, Path] = {}
+    for rev in revs:
+        for path in _walk_gguf(rev, collector):
+            rel = path.relative_to(rev).as_posix()
+            if rel in chosen:
+                collector.skip(path, f"older snapshot of {repo}/{rel}")
+                continue
+            if not _model_file_filter(path, collector, f"{repo} lists it by its first shard"):
+                continue
+            chosen[rel] = path
+    return chosen
 
 
 def _mtime(path: Path) -> float:

@@ -145,10 +145,11 @@ def assess_fit(
     profile = _recommend(meta, budget_bytes)
     if n_ctx is None:
         n_ctx = profile_context(meta, profile)
-    kv = {"cache_type_k": cache_type_k, "cache_type_v": cache_type_v}
-    estimate = estimate_memory(meta, n_ctx, **kv)
+    estimate = estimate_memory(meta, n_ctx, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
     verdict = verdict_for(estimate.total, budget_bytes)
-    max_ctx = max_context_that_fits(meta, budget_bytes, **kv)
+    max_ctx = max_context_that_fits(
+        meta, budget_bytes, cache_type_k=cache_type_k, cache_type_v=cache_type_v
+    )
     share = f" ({estimate.total / budget_bytes:.0%})" if budget_bytes > 0 else ""
     reach = (
         f"up to {max_ctx:,} tokens fit"

@@ -382,51 +382,19 @@ def _meta_from_reader(reader: Any, path: Path, display: str) -> ModelMeta:
     a = arch or ""
 
     n_layer = _as_int(_field(reader, f"{a}.block_count"))
-    head_count_raw = _per_layer(_field(reader, f"{a}.attention.head_count"), n_layer)
-    head_count_kv = _per_layer(_field(reader, f"{a}.attention.head_count_kv"), n_layer)
-    # The model-wide head count is the largest per-layer value (OpenELM varies it by layer).
-    if isinstance(head_count_raw, list):
-        head_count = max(head_count_raw) if head_count_raw else None
-    else:
-        head_count = head_count_raw
-    if head_count_kv is None:
-        head_count_kv = head_count_raw  # llama.cpp: n_head_kv defaults to n_head
+    head_count, head_count_kv = _head_counts(reader, a, n_layer)
     embedding_length = _as_int(_field(reader, f"{a}.embedding_length"))
     default_head_dim = embedding_length // head_count if embedding_length and head_count else None
     key_length = _as_int(_field(reader, f"{a}.attention.key_length")) or default_head_dim
     value_length = _as_int(_field(reader, f"{a}.attention.value_length")) or default_head_dim
-
-    # Layers that keep no KV cache of their own (recurrent layers, shared-KV layers).
-    full_every = _as_int(_field(reader, f"{a}.full_attention_interval"))
-    shared_kv = _as_int(_field(reader, f"{a}.attention.shared_kv_layers"))
-    if n_layer and head_count_kv is not None and (full_every or shared_kv):
-        per_layer = (
-            list(head_count_kv) if isinstance(head_count_kv, list) else [head_count_kv] * n_layer
-        )
-        if full_every:
-            per_layer = [h if (i + 1) % full_every == 0 else 0 for i, h in enumerate(per_layer)]
-        if shared_kv and 0 < shared_kv < n_layer:
-            per_layer = per_layer[: n_layer - shared_kv] + [0] * shared_kv
-        head_count_kv = per_layer
-
     window, swa_layers = _sliding_window(reader, a, n_layer)
 
     shards = _shard_paths(path, display)
     size_bytes = sum(p.stat().st_size for p in shards)
-    parameter_count = _as_int(_field(reader, "general.parameter_count"))
-    if parameter_count is None:
-        parameter_count = sum(int(t.n_elements) for t in reader.tensors)
-        for shard in shards[1:]:
-            other = _open_reader(shard, str(shard))
-            parameter_count += sum(int(t.n_elements) for t in other.tensors)
-            del other
-
+    parameter_count = _parameter_count(reader, shards)
     vocab_size = _as_int(_field(reader, f"{a}.vocab_size")) or _array_len(
         reader, "tokenizer.ggml.tokens"
     )
-    expert_count = _as_int(_field(reader, f"{a}.expert_count")) or None
-    expert_used = _as_int(_field(reader, f"{a}.expert_used_count")) or None
-
     return ModelMeta(
         name=path.stem,
         architecture=arch,
@@ -441,13 +409,61 @@ def _meta_from_reader(reader: Any, path: Path, display: str) -> ModelMeta:
         swa_layers=swa_layers,
         context_length=_as_int(_field(reader, f"{a}.context_length")),
         vocab_size=vocab_size,
-        expert_count=expert_count,
-        expert_used_count=expert_used,
+        expert_count=_as_int(_field(reader, f"{a}.expert_count")) or None,
+        expert_used_count=_as_int(_field(reader, f"{a}.expert_used_count")) or None,
         quantization=_quantization(reader),
         size_bytes=size_bytes,
         path=str(path),
         family=arch,
     )
+
+
+def _head_counts(
+    reader: Any, arch: str, n_layer: int | None
+) -> tuple[int | None, int | list[int] | None]:
+    """The model-wide attention head count, and the KV heads (one number, or per layer)."""
+    head_count_raw = _per_layer(_field(reader, f"{arch}.attention.head_count"), n_layer)
+    head_count_kv = _per_layer(_field(reader, f"{arch}.attention.head_count_kv"), n_layer)
+    # The model-wide head count is the largest per-layer value (OpenELM varies it by layer).
+    if isinstance(head_count_raw, list):
+        head_count = max(head_count_raw) if head_count_raw else None
+    else:
+        head_count = head_count_raw
+    if head_count_kv is None:
+        head_count_kv = head_count_raw  # llama.cpp: n_head_kv defaults to n_head
+    return head_count, _without_cacheless_layers(reader, arch, n_layer, head_count_kv)
+
+
+def _without_cacheless_layers(
+    reader: Any, arch: str, n_layer: int | None, head_count_kv: int | list[int] | None
+) -> int | list[int] | None:
+    """KV heads with 0 for the layers that keep no KV cache of their own (recurrent layers
+    between full-attention ones, layers that share an earlier layer's KV)."""
+    full_every = _as_int(_field(reader, f"{arch}.full_attention_interval"))
+    shared_kv = _as_int(_field(reader, f"{arch}.attention.shared_kv_layers"))
+    if not (n_layer and head_count_kv is not None and (full_every or shared_kv)):
+        return head_count_kv
+    per_layer = (
+        list(head_count_kv) if isinstance(head_count_kv, list) else [head_count_kv] * n_layer
+    )
+    if full_every:
+        per_layer = [h if (i + 1) % full_every == 0 else 0 for i, h in enumerate(per_layer)]
+    if shared_kv and 0 < shared_kv < n_layer:
+        per_layer = per_layer[: n_layer - shared_kv] + [0] * shared_kv
+    return per_layer
+
+
+def _parameter_count(reader: Any, shards: list[Path]) -> int:
+    """``general.parameter_count``, else the elements of every tensor in every shard."""
+    recorded = _as_int(_field(reader, "general.parameter_count"))
+    if recorded is not None:
+        return recorded
+    total = sum(int(t.n_elements) for t in reader.tensors)
+    for shard in shards[1:]:
+        other = _open_reader(shard, str(shard))
+        total += sum(int(t.n_elements) for t in other.tensors)
+        del other
+    return total
 
 
 # --------------------------------------------------------------------------- cache

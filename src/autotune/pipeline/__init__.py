@@ -1,5 +1,7 @@
-"""The one request path: admission, gather, decide, act (see ``pipeline.py``)."""
+"""The one request path: admission, then gather → decide → act (see ``pipeline.py``)."""
 
-from autotune.pipeline.pipeline import ChatInput, ChatRun, Observer, Pipeline, TunedLookup
+from autotune.pipeline.pipeline import ChatInput, Observer, Pipeline
+from autotune.pipeline.reply import Reply
+from autotune.pipeline.run import ChatRun
 
-__all__ = ["ChatInput", "ChatRun", "Observer", "Pipeline", "TunedLookup"]
+__all__ = ["ChatInput", "ChatRun", "Observer", "Pipeline", "Reply"]

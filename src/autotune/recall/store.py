@@ -14,46 +14,26 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from autotune.store.db import Database
 from autotune.store.schema import MIGRATIONS
-
-if TYPE_CHECKING:  # imported lazily, so that store/schema.py may import RECALL_MIGRATION from here
-    from autotune.store.db import Database
 
 __all__ = [
     "RECALL_MIGRATION",
     "SEARCHABLE_ROLES",
     "RecallStore",
     "VectorIndex",
-    "ensure_recall_schema",
     "fts_query",
 ]
 
 #: Roles whose messages are searched and embedded (tool output and system prompts are not).
 SEARCHABLE_ROLES: tuple[str, ...] = ("user", "assistant")
 
-#: Migration 3. Every statement is idempotent, so it is harmless on a database that already
-#: has these objects. ``rebuild`` backfills the index from the messages already stored.
 #: Migration 3, listed in :mod:`autotune.store.schema` (the one place migrations live).
 RECALL_MIGRATION: tuple[int, str, str] = next(m for m in MIGRATIONS if m[0] == 3)
-
-_migration_lock = threading.Lock()
-
-
-def ensure_recall_schema() -> None:
-    """Add :data:`RECALL_MIGRATION` to the migration list if it is not there yet (idempotent).
-
-    Once ``store/schema.py`` lists the migration itself this does nothing.
-    """
-    from autotune.store import schema as _schema
-
-    with _migration_lock:
-        if not any(version == RECALL_MIGRATION[0] for version, _, _ in _schema.MIGRATIONS):
-            _schema.MIGRATIONS.append(RECALL_MIGRATION)
-            _schema.MIGRATIONS.sort(key=lambda migration: migration[0])
 
 
 # --------------------------------------------------------------------------- FTS queries
@@ -140,7 +120,6 @@ class RecallStore:
     """Reads and writes of the recall tables; opening one makes sure migration 3 is applied."""
 
     def __init__(self, db: Database) -> None:
-        ensure_recall_schema()
         db.migrate()
         self.db = db
         self._cache: dict[str, tuple[tuple[int, int], VectorIndex]] = {}

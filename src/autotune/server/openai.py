@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
@@ -79,14 +77,22 @@ async def chat_completions(
         pattern=r"^[A-Za-z0-9_.:-]{1,128}$",  # = conversations_api.CONVERSATION_ID_PATTERN
         description="Store and resume this conversation (1-128 letters, digits, _ . : -).",
     ),
+    x_autotune_overflow: Literal["refuse", "truncate-oldest"] | None = Header(
+        None,
+        description="When the newest message cannot fit: refuse with a 400 (the default) or "
+        "cut its start and say so in X-Autotune-Plan.",
+    ),
 ) -> Response:
     """Chat completion through autotune's pipeline (OpenAI schema; SSE when ``stream``)."""
     inp = ChatInput(
         messages=[m.model_dump(exclude_none=True) for m in body.messages],
         model=body.model,
-        params=forwardable_params(body),
+        params=forwardable_params(
+            body, pass_unknown=request.app.state.settings.pass_unknown_fields
+        ),
         profile=x_autotune_profile,
         conversation_id=x_conversation_id,
+        overflow=x_autotune_overflow,
     )
     try:  # waiting for a place, a load or a long prefill: a client that leaves frees it all
         run = await _watching(_pipeline(request).start(inp), request, _close_run)
@@ -131,67 +137,34 @@ async def _sse(run: ChatRun, model_id: str, include_usage: bool) -> AsyncIterato
 
 
 async def aggregate(run: ChatRun, model_id: str) -> dict[str, Any]:
-    """Fold a run's chunks into one ``chat.completion`` (all choices, tool calls, logprobs)."""
-    choices: dict[int, dict[str, Any]] = {}
-    first: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    async for chunk in run:
-        data = chunk.data
-        first = first or data
-        for choice in data.get("choices") or ():
-            slot = choices.setdefault(
-                choice.get("index", 0),
-                {
-                    "index": choice.get("index", 0),
-                    "message": {"role": "assistant", "content": None},
-                    "finish_reason": None,
-                    "logprobs": None,
-                },
-            )
-            delta = choice.get("delta") or {}
-            message = slot["message"]
-            if delta.get("content") is not None:
-                message["content"] = (message["content"] or "") + delta["content"]
-            for key in ("reasoning_content", "refusal"):
-                if delta.get(key):
-                    message[key] = message.get(key, "") + delta[key]
-            for call in delta.get("tool_calls") or ():
-                calls = message.setdefault("tool_calls", [])
-                index = call.get("index", len(calls))
-                while len(calls) <= index:
-                    calls.append(
-                        {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
-                    )
-                target, fn = calls[index], call.get("function") or {}
-                target["id"] = call.get("id") or target["id"]
-                target["function"]["name"] += fn.get("name") or ""
-                target["function"]["arguments"] += fn.get("arguments") or ""
-            if choice.get("logprobs"):
-                logprobs = slot["logprobs"] or {"content": []}
-                logprobs["content"].extend(choice["logprobs"].get("content") or [])
-                slot["logprobs"] = logprobs
-            if choice.get("finish_reason"):
-                slot["finish_reason"] = choice["finish_reason"]
-        for key in ("usage", "timings", "system_fingerprint"):
-            if data.get(key) is not None:
-                extra[key] = data[key]
-    return {
-        "id": first.get("id") or "chatcmpl-" + uuid.uuid4().hex,
-        "object": "chat.completion",
-        "created": first.get("created") or int(time.time()),
-        "model": model_id,
-        "choices": [choices[i] for i in sorted(choices)],
-        **extra,
-    }
+    """Read a run to its end and return it as one ``chat.completion`` (all choices, tool
+    calls, logprobs, usage and the engine's timings)."""
+    async for _ in run:
+        pass
+    return run.reply.completion(model_id)
 
 
-@router.get("/v1/models")
-async def list_models(request: Request) -> dict[str, Any]:
-    """Every model the engines in use can serve."""
+async def _models(request: Request) -> dict[str, dict[str, Any]]:
     inventory = await _pipeline(request).backends.inventory()
     seen: dict[str, dict[str, Any]] = {}
     for backend, models in inventory.items():
         for m in models:
             if m.name not in seen:
                 seen[m.name] = {"id": m.name, "object": "model", "created": 0, "owned_by": backend}
-    return {"object": "list", "data": list(seen.values())}
+    return seen
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """Every model the engines in use can serve."""
+    return {"object": "list", "data": list((await _models(request)).values())}
+
+
+@router.get("/v1/models/{model_id:path}", responses={404: {}})
+async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
+    """One model, as OpenAI's ``models.retrieve`` expects it (404 when no engine has it)."""
+    models = await _models(request)
+    if model_id in models:
+        return models[model_id]
+    _, name = await _pipeline(request).backends.resolve(model_id)  # ModelNotFound: a 404
+    return {**models.get(name, {"object": "model", "created": 0}), "id": model_id}

@@ -1,4 +1,4 @@
-"""The OpenAI chat request schema autotune validates; unknown fields are kept and forwarded."""
+"""The OpenAI chat request schema autotune validates; every other field is checked by the table."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["ChatCompletionRequest", "ChatMessage", "ConversationCreate", "forwardable_params"]
+from autotune.server.fields import check_fields
 
-#: Fields the pipeline handles itself and never forwards as-is.
-_OWN_FIELDS = {"model", "messages", "stream", "stream_options"}
+__all__ = ["ChatCompletionRequest", "ChatMessage", "ConversationCreate", "forwardable_params"]
 
 
 class _Open(BaseModel):
@@ -140,7 +139,10 @@ class ConversationCreate(BaseModel):
     system: str | None = None
 
 
-def forwardable_params(request: ChatCompletionRequest) -> dict[str, Any]:
-    """Every field the client set, except those the pipeline owns, with no ``None`` values."""
+def forwardable_params(
+    request: ChatCompletionRequest, *, pass_unknown: bool = False
+) -> dict[str, Any]:
+    """The fields to send to the engine (see :mod:`autotune.server.fields`); a field autotune
+    cannot honour is refused with a 400 naming it, never dropped."""
     data = request.model_dump(exclude_unset=True, exclude_none=True, by_alias=True)
-    return {k: v for k, v in data.items() if k not in _OWN_FIELDS}
+    return check_fields(data, pass_unknown=pass_unknown)

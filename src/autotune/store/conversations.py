@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from autotune.store.db import Database
 
-__all__ = ["Conversation", "ConversationStore", "Message", "content_text", "new_conversation_id"]
+__all__ = [
+    "Conversation",
+    "ConversationStore",
+    "Message",
+    "content_text",
+    "message_extra",
+    "new_conversation_id",
+    "title_from",
+]
 
+#: OpenAI message fields kept beside role and content.
 _EXTRA_KEYS = ("name", "tool_calls", "tool_call_id")
 
 
@@ -76,7 +87,13 @@ def content_text(content: Any) -> str:
     return str(content)
 
 
-def _title_from(messages: list[dict[str, Any]]) -> str | None:
+def message_extra(message: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of an OpenAI message that are stored beside its role and content."""
+    return {k: message[k] for k in _EXTRA_KEYS if message.get(k) is not None}
+
+
+def title_from(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """A conversation's title: the first user message's first 60 characters."""
     for m in messages:
         if m.get("role") == "user":
             text = " ".join(content_text(m.get("content")).split())
@@ -136,7 +153,7 @@ class ConversationStore:
             conv.messages = self.messages(id)
         return conv
 
-    def list(self, *, limit: int = 50, offset: int = 0) -> list[Conversation]:
+    def list(self, *, limit: int = 50, offset: int = 0) -> builtins.list[Conversation]:
         rows = self.db.query(
             "SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) AS n"
             " FROM conversations c ORDER BY c.updated_at DESC LIMIT ? OFFSET ?",
@@ -148,7 +165,7 @@ class ConversationStore:
         with self.db.transaction() as conn:
             return conn.execute("DELETE FROM conversations WHERE id = ?", (id,)).rowcount > 0
 
-    def messages(self, id: str) -> list[Message]:
+    def messages(self, id: str) -> builtins.list[Message]:
         rows = self.db.query(
             "SELECT seq, role, content, extra, tokens, created_at FROM messages"
             " WHERE conversation_id = ? ORDER BY seq",
@@ -166,10 +183,10 @@ class ConversationStore:
             for r in rows
         ]
 
-    def append(self, id: str, messages: list[dict[str, Any]]) -> list[Message]:
+    def append(self, id: str, messages: builtins.list[dict[str, Any]]) -> builtins.list[Message]:
         """Append OpenAI-style messages in one transaction (all or none are stored)."""
         now = time.time()
-        stored: list[Message] = []
+        stored: builtins.list[Message] = []
         with self.db.transaction() as conn:
             row = conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?", (id,)
@@ -177,7 +194,7 @@ class ConversationStore:
             seq = int(row[0])
             for m in messages:
                 seq += 1
-                extra = {k: m[k] for k in _EXTRA_KEYS if m.get(k) is not None}
+                extra = message_extra(m)
                 msg = Message(
                     str(m.get("role", "user")),
                     content_text(m.get("content")),
@@ -200,7 +217,7 @@ class ConversationStore:
                     ),
                 )
                 stored.append(msg)
-            title = _title_from(messages)
+            title = title_from(messages)
             conn.execute(
                 "UPDATE conversations SET updated_at = ?, title = COALESCE(title, ?) WHERE id = ?",
                 (now, title, id),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from autotune.ground.decision import Decision
 from autotune.ground.profiles import Profile
@@ -59,6 +59,9 @@ class MemoryState:
 
     available: int
     used_fraction: float
+    #: The most this model may hold under the memory budget: the budget less what other
+    #: loaded models hold (None: no budget set).
+    cap: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class PlanInput:
     meta: ModelMeta | None
     #: Tokens this request needs: prompt + output reserve + margin (see :func:`context_need`).
     need_tokens: int
+    #: Tokens that must fit whatever the profile says: the system prompt and the newest turn,
+    #: verbatim, plus a minimal reply. May take the context past the profile's cap.
+    min_tokens: int = 0
     #: The sticky settings for this (engine, model), or None on the first plan.
     current: LoadSettings | None = None
     #: The model is resident with ``current`` right now.
@@ -103,36 +109,55 @@ class Plan:
 
     def summary(self) -> str:
         """A one-line header value: what is applied, e.g. ``profile=balanced; ctx=4096; kv=f16``."""
-        parts = [f"profile={self.profile}"]
-        if self.load is not None:
-            parts.append(f"ctx={self.load.n_ctx}")
-            if self.load.cache_type_k:
-                parts.append(f"kv={self.load.cache_type_k}")
-            if self.load.flash_attn is not None:
-                parts.append(f"flash_attn={'on' if self.load.flash_attn else 'off'}")
-            if self.load.n_batch:
-                parts.append(f"batch={self.load.n_batch}/{self.load.n_ubatch}")
+        parts = [f"profile={self.profile}", *self._load_parts()]
         if "temperature" in self.params:
             parts.append(f"temperature={self.params['temperature']:g}")
         if self.keep_alive is not None:
             parts.append(
                 "keep_alive=" + ("forever" if self.keep_alive < 0 else f"{self.keep_alive:g}s")
             )
-        for key, value in sorted(self.env_advice.items()):
-            parts.append(f"advise {key}={value}")
-        tier = next((d for d in reversed(self.decisions) if d.key == "context"), None)
-        if tier is not None:
-            parts.append(f"context={tier.value}")
-        ctx_reason = next(
-            (d.reason.split(":", 1)[0] for d in reversed(self.decisions) if d.key == "ctx"), None
-        )
-        if ctx_reason:
-            parts.append(f"ctx_rule={ctx_reason}")
+        parts += [f"advise {k}={v}" for k, v in sorted(self.env_advice.items())]
+        parts += self._decision_parts()
         if self.reload_expected:
             parts.append("reload=yes")
         if self.refused:
             parts.append("refused")
         return "; ".join(parts)
+
+    def last(self, key: str) -> Decision | None:
+        """The last decision made about ``key`` (a later one overrides an earlier one)."""
+        return next((d for d in reversed(self.decisions) if d.key == key), None)
+
+    def _load_parts(self) -> list[str]:
+        load = self.load
+        if load is None:
+            return []
+        parts = [f"ctx={load.n_ctx}"]
+        if load.cache_type_k:
+            parts.append(f"kv={load.cache_type_k}")
+        if load.flash_attn is not None:
+            parts.append(f"flash_attn={'on' if load.flash_attn else 'off'}")
+        if load.n_batch:
+            parts.append(f"batch={load.n_batch}/{load.n_ubatch}")
+        return parts
+
+    def _decision_parts(self) -> list[str]:
+        parts = []
+        kv = self.last("kv")
+        if kv is not None and kv.reason.startswith("kept: "):
+            # A profile switch on a loaded model: its KV type applies at the next load.
+            parts.append("kv_next=" + kv.reason.split(" wants ", 1)[1].split(",", 1)[0])
+        for key in self.header_keys:
+            decision = self.last(key)
+            if decision is not None:
+                parts.append(f"{key}={decision.value}")
+        ctx = self.last("ctx")
+        if ctx is not None and ":" in ctx.reason:
+            parts.append(f"ctx_rule={ctx.reason.split(':', 1)[0]}")
+        return parts
+
+    #: Decisions made after planning (context fit, KV cache, overflow) shown by key.
+    header_keys: ClassVar[tuple[str, ...]] = ("context", "overflow")
 
 
 def bucket_for(tokens: int, cap: int) -> int:
@@ -159,112 +184,157 @@ def _round_up(n: float, step: int = 256) -> int:
     return -(-int(n) // step) * step
 
 
+class _Draft:
+    """The choices made so far while planning one request, each with its reason."""
+
+    def __init__(self) -> None:
+        self.decisions: list[Decision] = []
+        self.env_advice: dict[str, str] = {}
+
+    def __call__(self, key: str, value: Any, reason: str) -> None:
+        self.decisions.append(Decision(key, value, reason))
+
+
+@dataclass(frozen=True)
+class _Context:
+    """The context choice: its size, whether a load happens, and the cap it obeyed."""
+
+    n_ctx: int
+    will_load: bool
+    cap: int
+
+
 def plan(inp: PlanInput) -> Plan:
     """Decide load-time settings, sampling defaults, keep-alive and advice for one request."""
-    caps, profile, meta = inp.capabilities, inp.profile, inp.meta
-    decisions: list[Decision] = []
-    env_advice: dict[str, str] = {}
-    params: dict[str, Any] = {}
-    refused: str | None = None
-    reload_expected = False
-
-    def decide(key: str, value: Any, reason: str) -> None:
-        decisions.append(Decision(key, value, reason))
-
-    # -- sampling defaults: profile values fill only what the client left unset
-    if "temperature" not in inp.client_params:
-        params["temperature"] = profile.temperature
-        decide("temperature", profile.temperature, f"profile: {profile.name} default")
-
-    trained = meta.context_length if meta and meta.context_length else None
-    cap = min(profile.context_cap, trained) if trained else profile.context_cap
+    draft = _Draft()
+    params = _sampling(inp, draft)
     tier = pressure_tier(inp.memory.used_fraction) if inp.memory else Tier.NORMAL
-    factor, force_q8, small_batch = _PRESSURE_RULES[tier]
-    chooses_context = caps.load_control or caps.per_request_context
     load: LoadSettings | None = None
-    context_limit: int | None = inp.current.n_ctx if inp.current else None
-
-    if chooses_context:
-        current = inp.current
-        will_load = True
-        if current is not None and inp.need_tokens <= current.n_ctx:
-            n_ctx = current.n_ctx
-            will_load = not inp.loaded
-            decide(
-                "ctx", n_ctx, f"sticky: {inp.need_tokens} tokens fit; unchanged to avoid a reload"
-            )
-        elif current is not None:
-            n_ctx = max(bucket_for(inp.need_tokens, cap), current.n_ctx)  # never shrink
-            if n_ctx > current.n_ctx:
-                decide(
-                    "ctx", n_ctx, f"grown: {inp.need_tokens} tokens need more than {current.n_ctx}"
-                )
-            else:
-                decide("ctx", n_ctx, f"capped: {inp.need_tokens} tokens exceed the {cap} cap")
-            will_load = n_ctx != current.n_ctx or not inp.loaded
-        else:
-            n_ctx = bucket_for(inp.need_tokens, cap)
-            why = "first load" if n_ctx >= inp.need_tokens else "capped"
-            decide(
-                "ctx",
-                n_ctx,
-                f"{why}: sized to this request's {inp.need_tokens} tokens (profile cap {cap})",
-            )
-        if current is not None and inp.loaded and will_load and caps.context_change_reloads:
-            reload_expected = True
-
-        # Load-time settings: a loaded model keeps what it has; changes wait for the next load.
-        if current is not None and not will_load:
-            load = current
-            if caps.kv_cache_type and (current.cache_type_k or "f16") != profile.kv_cache_type:
-                decide(
-                    "kv",
-                    current.cache_type_k or "f16",
-                    f"kept: profile {profile.name} wants {profile.kv_cache_type}, "
-                    "applied at the next load to avoid a reload",
-                )
-        else:
-            if factor < 1.0:
-                shrunk = max(
-                    _round_up(inp.need_tokens), _round_down(n_ctx * factor), min(MIN_CONTEXT, cap)
-                )
-                shrunk = min(shrunk, n_ctx)
-                if shrunk < n_ctx:
-                    decide(
-                        "ctx",
-                        shrunk,
-                        f"pressure: RAM {tier.label}, next load "
-                        f"{round((1 - factor) * 100)}% smaller",
-                    )
-                    n_ctx = shrunk
-            load = _load_settings(inp, n_ctx, force_q8, small_batch, tier, decide, env_advice)
-            if inp.estimator and meta and inp.memory and not caps.remote:
-                load, refused = _guard(inp, load, decide)
-        context_limit = load.n_ctx if load else context_limit
+    limit = inp.current.n_ctx if inp.current else None
+    reload_expected, refused = False, None
+    if inp.capabilities.load_control or inp.capabilities.per_request_context:
+        ctx = _context(inp, draft)
+        load, refused = _load(inp, ctx, tier, draft)
+        reload_expected = (
+            inp.current is not None
+            and inp.loaded
+            and load != inp.current
+            and inp.capabilities.context_change_reloads
+        )
+        limit = load.n_ctx
     else:
-        decide("ctx", "engine", "engine-managed: this engine grows its KV cache with the prompt")
-        _advise_env(inp, force_q8, tier, env_advice, decide)
+        draft("ctx", "engine", "engine-managed: this engine grows its KV cache with the prompt")
+        _advise_env(inp, _PRESSURE_RULES[tier][1], tier, draft.env_advice, draft)
+    return Plan(
+        profile=inp.profile.name,
+        load=load,
+        params=params,
+        keep_alive=_keep_alive(inp, draft),
+        nice=inp.profile.nice,
+        env_advice=draft.env_advice,
+        decisions=draft.decisions,
+        reload_expected=reload_expected and refused is None,
+        context_limit=limit,
+        refused=refused,
+    )
 
-    keep_alive = inp.keep_alive if caps.keep_alive else None
+
+def _sampling(inp: PlanInput, decide: _Draft) -> dict[str, Any]:
+    """Profile sampling defaults, filling only what the client left unset."""
+    if "temperature" in inp.client_params:
+        return {}
+    decide("temperature", inp.profile.temperature, f"profile: {inp.profile.name} default")
+    return {"temperature": inp.profile.temperature}
+
+
+def _cap(inp: PlanInput) -> int:
+    """The largest context this request may load: the profile's cap (within the trained
+    length), raised to hold the newest message when it alone needs more."""
+    meta = inp.meta
+    trained = meta.context_length if meta and meta.context_length else None
+    cap = min(inp.profile.context_cap, trained) if trained else inp.profile.context_cap
+    if inp.min_tokens > cap:
+        # The newest message is never cut: it may take the context past the profile's cap,
+        # up to what the model was trained on (the memory guard still has its say).
+        cap = max(cap, bucket_for(inp.min_tokens, trained or inp.min_tokens))
+    return cap
+
+
+def _context(inp: PlanInput, decide: _Draft) -> _Context:
+    """Sticky buckets: sized to the first need, grown in big steps, never shrunk while loaded."""
+    cap, current, need = _cap(inp), inp.current, inp.need_tokens
+    if current is None:
+        n_ctx = bucket_for(need, cap)
+        why = "first load" if n_ctx >= need else "capped"
+        decide("ctx", n_ctx, f"{why}: sized to this request's {need} tokens (profile cap {cap})")
+        return _Context(n_ctx, True, cap)
+    if need <= current.n_ctx:
+        decide("ctx", current.n_ctx, f"sticky: {need} tokens fit; unchanged to avoid a reload")
+        return _Context(current.n_ctx, not inp.loaded, cap)
+    n_ctx = max(bucket_for(need, cap), current.n_ctx)  # never shrink
+    if n_ctx > current.n_ctx:
+        decide("ctx", n_ctx, f"grown: {need} tokens need more than {current.n_ctx}")
+    else:
+        decide("ctx", n_ctx, f"capped: {need} tokens exceed the {cap} cap")
+    return _Context(n_ctx, n_ctx != current.n_ctx or not inp.loaded, cap)
+
+
+def _load(
+    inp: PlanInput, ctx: _Context, tier: Tier, decide: _Draft
+) -> tuple[LoadSettings, str | None]:
+    """Load-time settings: a loaded model keeps what it has; changes wait for the next load."""
+    current = inp.current
+    if current is not None and not ctx.will_load:
+        wanted = inp.profile.kv_cache_type
+        if inp.capabilities.kv_cache_type and (current.cache_type_k or "f16") != wanted:
+            decide(
+                "kv",
+                current.cache_type_k or "f16",
+                f"kept: profile {inp.profile.name} wants {wanted}, "
+                "applied at the next load to avoid a reload",
+            )
+        return current, None
+    factor, force_q8, small_batch = _PRESSURE_RULES[tier]
+    n_ctx = _pressure_shrink(inp, ctx, factor, tier, decide)
+    load = _load_settings(inp, n_ctx, force_q8, small_batch, tier, decide, decide.env_advice)
+    refused = None
+    if inp.estimator and inp.meta and inp.memory and not inp.capabilities.remote:
+        load, refused = _guard(inp, load, decide)
+    if current is not None and inp.loaded and refused is None and load.n_ctx <= current.n_ctx:
+        # Memory allows no more than what is loaded: keep it, a reload would gain nothing.
+        decide("ctx", current.n_ctx, "kept: memory allows no larger context than the loaded one")
+        return current, None
+    return load, refused
+
+
+def _pressure_shrink(
+    inp: PlanInput, ctx: _Context, factor: float, tier: Tier, decide: _Draft
+) -> int:
+    """Under memory pressure the next load is smaller, but never below this request's need."""
+    if factor >= 1.0:
+        return ctx.n_ctx
+    floor = max(_round_up(inp.need_tokens), _round_up(inp.min_tokens), min(MIN_CONTEXT, ctx.cap))
+    shrunk = min(max(floor, _round_down(ctx.n_ctx * factor)), ctx.n_ctx)
+    if shrunk < ctx.n_ctx:
+        decide(
+            "ctx",
+            shrunk,
+            f"pressure: RAM {tier.label}, next load {round((1 - factor) * 100)}% smaller",
+        )
+    return shrunk
+
+
+def _keep_alive(inp: PlanInput, decide: _Draft) -> float | None:
+    if not inp.capabilities.keep_alive:
+        return None
+    keep_alive = inp.keep_alive
     if keep_alive is not None:
         decide(
             "keep_alive",
             "forever" if keep_alive < 0 else f"{keep_alive:g}s",
             "setting: resident while active, no cold reloads",
         )
-
-    return Plan(
-        profile=profile.name,
-        load=load,
-        params=params,
-        keep_alive=keep_alive,
-        nice=profile.nice,
-        env_advice=env_advice,
-        decisions=decisions,
-        reload_expected=reload_expected and refused is None,
-        context_limit=context_limit,
-        refused=refused,
-    )
+    return keep_alive
 
 
 def _load_settings(
@@ -276,53 +346,82 @@ def _load_settings(
     decide: Callable[[str, Any, str], None],
     env_advice: dict[str, str],
 ) -> LoadSettings:
-    caps, profile, tuned = inp.capabilities, inp.profile, inp.tuned
     settings = LoadSettings(n_ctx=n_ctx)
-    if caps.kv_cache_type:
-        kv = (
-            "q8_0"
-            if force_q8
-            else (tuned.cache_type if tuned and tuned.cache_type else profile.kv_cache_type)
-        )
-        why = (
-            f"pressure: RAM {tier.label}"
-            if force_q8 and kv != profile.kv_cache_type
-            else f"profile: {profile.name}"
-        )
-        settings = replace(settings, cache_type_k=kv, cache_type_v=kv)
-        decide("kv", kv, why)
+    if inp.capabilities.kv_cache_type:
+        settings = _kv_type(inp, settings, force_q8, tier, decide)
     else:
         _advise_env(inp, force_q8, tier, env_advice, decide)
-    if caps.flash_attention:
-        quantized_v = settings.cache_type_v not in (None, "f16", "f32", "bf16")
-        if quantized_v:
-            settings = replace(settings, flash_attn=True)
-            decide("flash_attn", "on", "required: a quantized V cache needs flash attention")
-        elif tuned and tuned.flash_attn is not None:
-            settings = replace(settings, flash_attn=tuned.flash_attn)
-            decide("flash_attn", "on" if tuned.flash_attn else "off", f"measured: {tuned.source}")
-    if caps.load_control:
-        if small_batch:
-            settings = replace(settings, n_batch=_SMALL_BATCH[0], n_ubatch=_SMALL_BATCH[1])
-            decide(
-                "batch",
-                f"{_SMALL_BATCH[0]}/{_SMALL_BATCH[1]}",
-                f"pressure: RAM {tier.label}, smaller compute buffer",
-            )
-        elif tuned and (tuned.n_batch or tuned.n_ubatch):
-            settings = replace(settings, n_batch=tuned.n_batch, n_ubatch=tuned.n_ubatch)
-            decide("batch", f"{tuned.n_batch}/{tuned.n_ubatch}", f"measured: {tuned.source}")
-        threads = tuned.n_threads if tuned and tuned.n_threads else inp.threads
-        if threads:
-            settings = replace(settings, n_threads=threads)
-            decide(
-                "threads",
-                threads,
-                "measured: autotune tune"
-                if tuned and tuned.n_threads
-                else "hardware: physical cores",
-            )
+    if inp.capabilities.flash_attention:
+        settings = _flash_attention(inp, settings, decide)
+    if inp.capabilities.load_control:
+        settings = _batch(inp, settings, small_batch, tier, decide)
+        settings = _threads(inp, settings, decide)
     return settings
+
+
+def _kv_type(
+    inp: PlanInput,
+    settings: LoadSettings,
+    force_q8: bool,
+    tier: Tier,
+    decide: Callable[[str, Any, str], None],
+) -> LoadSettings:
+    profile, tuned = inp.profile, inp.tuned
+    if force_q8:
+        kv = "q8_0"
+    else:
+        kv = tuned.cache_type if tuned and tuned.cache_type else profile.kv_cache_type
+    pressured = force_q8 and kv != profile.kv_cache_type
+    decide("kv", kv, f"pressure: RAM {tier.label}" if pressured else f"profile: {profile.name}")
+    return replace(settings, cache_type_k=kv, cache_type_v=kv)
+
+
+def _flash_attention(
+    inp: PlanInput, settings: LoadSettings, decide: Callable[[str, Any, str], None]
+) -> LoadSettings:
+    tuned = inp.tuned
+    if settings.cache_type_v not in (None, "f16", "f32", "bf16"):
+        # llama.cpp: a quantized V cache requires flash attention.
+        decide("flash_attn", "on", "required: a quantized V cache needs flash attention")
+        return replace(settings, flash_attn=True)
+    if tuned and tuned.flash_attn is not None:
+        decide("flash_attn", "on" if tuned.flash_attn else "off", f"measured: {tuned.source}")
+        return replace(settings, flash_attn=tuned.flash_attn)
+    return settings
+
+
+def _batch(
+    inp: PlanInput,
+    settings: LoadSettings,
+    small_batch: bool,
+    tier: Tier,
+    decide: Callable[[str, Any, str], None],
+) -> LoadSettings:
+    tuned = inp.tuned
+    if small_batch:
+        n_batch, n_ubatch = _SMALL_BATCH
+        decide(
+            "batch", f"{n_batch}/{n_ubatch}", f"pressure: RAM {tier.label}, smaller compute buffer"
+        )
+        return replace(settings, n_batch=n_batch, n_ubatch=n_ubatch)
+    if tuned and (tuned.n_batch or tuned.n_ubatch):
+        decide("batch", f"{tuned.n_batch}/{tuned.n_ubatch}", f"measured: {tuned.source}")
+        return replace(settings, n_batch=tuned.n_batch, n_ubatch=tuned.n_ubatch)
+    return settings
+
+
+def _threads(
+    inp: PlanInput, settings: LoadSettings, decide: Callable[[str, Any, str], None]
+) -> LoadSettings:
+    tuned = inp.tuned
+    measured = bool(tuned and tuned.n_threads)
+    threads = tuned.n_threads if tuned and tuned.n_threads else inp.threads
+    if not threads:
+        return settings
+    decide(
+        "threads", threads, "measured: autotune tune" if measured else "hardware: physical cores"
+    )
+    return replace(settings, n_threads=threads)
 
 
 def _advise_env(
@@ -353,6 +452,8 @@ def _guard(
     available = inp.memory.available
     if inp.loaded and inp.current is not None:
         available += inp.estimator(inp.meta, inp.current)  # a reload frees the old instance
+    if inp.memory.cap is not None:
+        available = min(available, inp.memory.cap)
     needed = inp.estimator(inp.meta, load)
     if needed <= available:
         return load, None

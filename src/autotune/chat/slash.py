@@ -1,0 +1,347 @@
+"""The chat's slash commands: one small async function each, registered in :data:`HANDLERS`.
+
+Parsing, completion and help text are in :mod:`autotune.chat.commands`; this module holds
+what each command does to a running :class:`~autotune.chat.repl.Chat`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+
+from autotune.chat.commands import format_conversation_list, help_lines, parse_recall
+from autotune.ground.errors import BackendError
+from autotune.ground.profiles import get_profile
+from autotune.store.conversations import new_conversation_id
+
+if TYPE_CHECKING:
+    from autotune.chat.repl import Chat
+
+__all__ = ["HANDLERS", "Handler"]
+
+#: ``(chat, argument)``; returns False to end the chat (only /quit does).
+Handler = Callable[["Chat", str], Awaitable[bool | None]]
+
+_URL_SETTINGS = {
+    "ollama": "ollama_url",
+    "lmstudio": "lmstudio_url",
+    "llamacpp": "llamacpp_url",
+    "openai": "openai_url",
+}
+
+
+async def _help(chat: Chat, arg: str) -> None:
+    width = max(len(usage) for usage, _ in help_lines())
+    for usage, text in help_lines():
+        chat.say(f"  {usage.ljust(width)}  {text}")
+    chat.info("  A line starting with // sends a message that starts with /.")
+
+
+async def _quit(chat: Chat, arg: str) -> bool:
+    return False
+
+
+async def _new(chat: Chat, arg: str) -> None:
+    s = chat.state
+    s.conversation_id, s.stored = new_conversation_id(), False
+    chat.say(f"New conversation {s.conversation_id}.")
+
+
+async def _delete(chat: Chat, arg: str) -> None:
+    s = chat.state
+    old = s.conversation_id
+    deleted = s.stored and await asyncio.to_thread(chat.runtime.store.delete, old)
+    s.conversation_id, s.stored = new_conversation_id(), False
+    s.listing = [i for i in s.listing if i != old]
+    what = f"Deleted {old}" if deleted else f"{old} had nothing stored"
+    chat.say(f"{what}; new conversation {s.conversation_id}.")
+
+
+async def _history(chat: Chat, arg: str) -> None:
+    s = chat.state
+    store = chat.runtime.store
+    messages = await asyncio.to_thread(store.messages, s.conversation_id) if s.stored else []
+    conv = (
+        await asyncio.to_thread(store.get, s.conversation_id, with_messages=False)
+        if s.stored
+        else None
+    )
+    if conv is not None and conv.system:
+        chat.say(f"system: {conv.system}", "magenta")
+    if not messages:
+        chat.say("No messages yet in this conversation.")
+        return
+    for m in messages:
+        style = "cyan" if m.role == "user" else ""
+        label = "you" if m.role == "user" else m.role
+        chat.say(f"{label}: {m.content}", style)
+
+
+async def _profile(chat: Chat, arg: str) -> None:
+    s = chat.state
+    if not await chat.fit_ok(s.model, arg):
+        return
+    s.profile = arg
+    if s.stored:
+        await chat.ensure_conversation(profile=arg)
+    profile = get_profile(arg)
+    chat.say(f"profile {arg}: {profile.description}")
+    chat.info("A loaded model keeps its context and KV settings until its next load.")
+
+
+async def _model(chat: Chat, arg: str) -> None:
+    backend, name = await chat.runtime.backends.resolve(arg)
+    if not await chat.fit_ok(name, chat.state.profile):
+        return
+    chat.use_model(backend.name, name)
+    if chat.state.stored:
+        await chat.ensure_conversation(model=name)
+    chat.say(f"model {name} · engine {chat.engine_label(backend.name)}")
+
+
+async def _system(chat: Chat, arg: str) -> None:
+    await chat.ensure_conversation(system=arg)
+    chat.say(f"System prompt set for {chat.state.conversation_id}.")
+
+
+async def _export(chat: Chat, arg: str) -> None:
+    s = chat.state
+    store = chat.runtime.store
+    count = len(await asyncio.to_thread(store.messages, s.conversation_id)) if s.stored else 0
+    if not count:
+        chat.say("Nothing to export yet: send a message first.")
+        return
+    text = await asyncio.to_thread(store.export_markdown, s.conversation_id)
+    exports = Path(chat.runtime.settings.exports_dir)
+    path = exports / f"{s.conversation_id}.md"
+
+    def write() -> None:
+        exports.mkdir(parents=True, exist_ok=True)
+        path.write_text(text or "", encoding="utf-8")
+
+    await asyncio.to_thread(write)
+    chat.say(f"Exported {count} messages to {path}")
+
+
+async def _metrics(chat: Chat, arg: str) -> None:
+    for line in chat.state.metrics.lines():
+        chat.say(line)
+
+
+async def _backends(chat: Chat, arg: str) -> None:
+    from autotune.backends.registry import ENGINE_ORDER, probe_engines
+
+    settings = chat.runtime.settings
+    order = chat.runtime.backends.order
+    reachable = await probe_engines(settings, ENGINE_ORDER)
+    for engine in ENGINE_ORDER:
+        url = getattr(settings, _URL_SETTINGS[engine], None)
+        if not url:
+            chat.say(f"  {engine:<9} not configured")
+            continue
+        state = "reachable" if reachable.get(engine) else "not reachable"
+        use = (
+            " · in use"
+            if engine in order
+            else (" · restart the chat to use it" if reachable.get(engine) else "")
+        )
+        mark = " · this chat" if engine == chat.state.engine else ""
+        chat.say(f"  {engine:<9} {url}  {state}{use}{mark}")
+    installed = importlib.util.find_spec("xllamacpp") is not None
+    state = "available" if installed else "missing (run `make setup`)"
+    use = " · in use" if "embedded" in order else ""
+    mark = " · this chat" if chat.state.engine == "embedded" else ""
+    chat.say(f"  {'embedded':<9} llama.cpp (built in)  {state}{use}{mark}")
+
+
+async def _models(chat: Chat, arg: str) -> None:
+    from autotune.ground.units import format_bytes
+
+    backends = chat.runtime.backends
+    inventory = await backends.inventory(fresh=True)
+    for engine in backends.order:
+        models = inventory.get(engine, [])
+        problem = backends.errors.get(engine)
+        chat.say(f"{engine}:", "bold")
+        if problem is not None:
+            chat.warn(f"  {problem}")
+        elif not models:
+            chat.say("  (no models)")
+        for m in models:
+            mark = "*" if (engine, m.name) == (chat.state.engine, chat.state.model) else " "
+            chat.say(f" {mark}{m.name}  {format_bytes(m.size_bytes)}")
+
+
+async def _recall(chat: Chat, arg: str) -> None:
+    request = parse_recall(arg)
+    if request.kind == "search":
+        await _recall_search(chat, request.value)
+    elif request.kind == "pick":
+        await _resume(chat, request.value)
+    else:
+        await _recall_list(chat)
+
+
+async def _recall_list(chat: Chat) -> None:
+    conversations = await asyncio.to_thread(chat.runtime.store.list, limit=10)
+    if not conversations:
+        chat.say("No conversations yet.")
+        return
+    chat.state.listing = [c.id for c in conversations]
+    for line in format_conversation_list(
+        conversations, current=chat.state.conversation_id if chat.state.stored else None
+    ):
+        chat.say(line)
+    if not chat.interactive:
+        return
+    answer = await _ask("resume which? (number, Enter to stay) › ")
+    if answer.strip():
+        await _resume(chat, answer.strip())
+
+
+async def _ask(question: str) -> str:
+    """One line typed at a prompt of its own; empty when the user gives up (Ctrl-C, Ctrl-D)."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    session: PromptSession[str] = PromptSession()
+    try:
+        with patch_stdout(raw=True):
+            return await session.prompt_async(question, handle_sigint=False)
+    except (KeyboardInterrupt, EOFError):
+        return ""
+
+
+async def _recall_search(chat: Chat, query: str) -> None:
+    if not query:
+        chat.error("Usage: /recall search <query>")
+        return
+    manager = getattr(chat.runtime, "recall", None)
+    if manager is None or not hasattr(manager, "search"):
+        chat.say("Memory search is not set up yet; /recall lists recent conversations.")
+        return
+    if hasattr(manager, "asearch"):
+        hits = await manager.asearch(query, limit=10)
+    else:
+        hits = await asyncio.to_thread(manager.search, query, limit=10)
+    if not hits:
+        chat.say(f"Nothing found for {query!r}.")
+        return
+    chat.state.listing = [h.conversation_id for h in hits]
+    for i, hit in enumerate(hits, start=1):
+        stamp = time.strftime("%Y-%m-%d", time.localtime(getattr(hit, "created_at", 0) or 0))
+        title = getattr(hit, "title", None) or "(untitled)"
+        snippet = " ".join(str(getattr(hit, "snippet", "")).split())
+        chat.say(f" {i:>2}. {stamp}  {title}  [{hit.conversation_id}]")
+        if snippet:
+            chat.info(f"     {snippet}")
+    chat.info("/recall <number> resumes one.")
+
+
+async def _resume(chat: Chat, choice: str) -> None:
+    s = chat.state
+    if choice.isdigit():
+        picked = await _listed(chat, choice)
+        if picked is None:
+            chat.error(f"No conversation number {choice}; /recall lists them.")
+            return
+        choice = picked
+    conv = await asyncio.to_thread(chat.runtime.store.get, choice, with_messages=False)
+    if conv is None:
+        chat.error(f"No conversation {choice!r}; /recall lists them.")
+        return
+    s.conversation_id, s.stored = conv.id, True
+    chat.say(f"Resumed {conv.id}: {conv.title or '(untitled)'} ({conv.message_count} messages)")
+    if conv.model and conv.model != s.model:
+        try:
+            backend, name = await chat.runtime.backends.resolve(conv.model)
+        except BackendError as exc:
+            chat.warn(f"Staying on {s.model}: the conversation's model {conv.model} — {exc}")
+            return
+        chat.use_model(backend.name, name)
+        chat.say(f"model {name} · engine {chat.engine_label(backend.name)}")
+
+
+async def _listed(chat: Chat, number: str) -> str | None:
+    """The id at ``number`` (from 1) in the last listing (the recent ones when none)."""
+    s = chat.state
+    if not s.listing:
+        s.listing = [c.id for c in await asyncio.to_thread(chat.runtime.store.list, limit=10)]
+    index = int(number) - 1
+    return s.listing[index] if 0 <= index < len(s.listing) else None
+
+
+async def _pull(chat: Chat, arg: str) -> None:
+    backends = chat.runtime.backends
+    pullers = [b for b in backends.backends.values() if b.capabilities.pull]
+    if not pullers:
+        chat.say(
+            "No Ollama engine is in use, so there is nothing to pull with: start Ollama "
+            "(`ollama serve`) and restart the chat. The embedded engine runs GGUF files "
+            "already on disk (`autotune ls`)."
+        )
+        return
+    backend = pullers[0]
+    if chat.interactive:
+        await _pull_with_bar(chat, backend, arg)
+    else:
+        async for step in backend.pull(arg):
+            done = f" {step.completed}/{step.total}" if step.total else ""
+            chat.info(f"{step.status}{done}")
+    backends.forget(arg)
+    await backends.inventory(fresh=True)
+    chat.say(f"Pulled {arg} with {backend.name}; `/model {arg}` switches to it.")
+
+
+async def _pull_with_bar(chat: Chat, backend: Any, model: str) -> None:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
+    tasks: dict[str, Any] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=chat.console,
+        transient=False,
+    ) as progress:
+        async for step in backend.pull(model):
+            if step.total:
+                key = step.status
+                if key not in tasks:
+                    tasks[key] = progress.add_task(step.status[:40], total=step.total)
+                progress.update(tasks[key], completed=step.completed or 0, total=step.total)
+            else:
+                progress.console.print(Text(step.status, style="dim"))
+
+
+#: Every slash command's handler, by the name :func:`~autotune.chat.commands.parse_command`
+#: gives it (one entry per :data:`~autotune.chat.commands.COMMANDS` entry).
+HANDLERS: dict[str, Handler] = {
+    "help": _help,
+    "new": _new,
+    "history": _history,
+    "profile": _profile,
+    "model": _model,
+    "system": _system,
+    "export": _export,
+    "metrics": _metrics,
+    "backends": _backends,
+    "models": _models,
+    "recall": _recall,
+    "pull": _pull,
+    "delete": _delete,
+    "quit": _quit,
+}

@@ -1,0 +1,223 @@
+"""Turns (request, snapshot) into the whole plan for one request, with no I/O.
+
+The plan covers load-time settings and sampling defaults (:func:`autotune.tuning.planner.plan`),
+the context fit (:class:`autotune.context.window.ContextWindow`) and the overflow policy:
+
+* History may be compacted (facts, compression, a summary), rarely and in big steps.
+* The newest turn — the user's message and the tool results it answers — is never
+  compressed or cut. When it does not fit, the context grows through the sticky buckets,
+  past the profile's cap if need be, within memory and the model's trained length.
+* When even that cannot hold it: if its count was only an estimate and the engine can count
+  exactly once the model is loaded, the answer is "count again" (:attr:`Decided.recount`);
+  if the client opted in (``X-Autotune-Overflow: truncate-oldest``), the start of the
+  message is cut and the plan says how much; otherwise a 400 ``context_length_exceeded``
+  with the numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from autotune.context.tokens import TokenTable
+from autotune.context.window import CompactionState, ContextOverflow, ContextWindow, sacred_part
+from autotune.ground.decision import Decision
+from autotune.ground.errors import ContextLengthExceeded, InsufficientMemory, InvalidRequest
+from autotune.ground.profiles import Profile
+from autotune.models.estimate import load_estimate
+from autotune.pipeline.gather import Snapshot
+from autotune.tuning.planner import (
+    CONTEXT_MARGIN,
+    DEFAULT_OUTPUT_RESERVE,
+    Plan,
+    PlanInput,
+    context_need,
+    plan,
+)
+
+__all__ = ["MIN_REPLY", "OVERFLOW_POLICIES", "Decided", "RequestFacts", "decide"]
+
+#: Reply tokens that must fit beside the newest message (the rest of ``max_tokens`` is
+#: welcome but not a reason to refuse: the engine stops at the context's end).
+MIN_REPLY = 256
+#: What to do when the newest message cannot fit: refuse (400), or cut its start.
+OVERFLOW_POLICIES = ("refuse", "truncate-oldest")
+#: An estimate can be this much above the engine's count (3 characters a token against
+#: English's ~4.5, a token per byte of CJK): beyond it a recount cannot rescue the request.
+_ESTIMATE_SLACK = 3.0
+_CUT_MARK = "[… autotune cut {n} tokens from the start of this message to fit the context …]\n"
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the client asked for, validated."""
+
+    profile: Profile
+    messages: Sequence[dict[str, Any]]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    overflow: str = "refuse"
+
+
+@dataclass(frozen=True)
+class Decided:
+    """The whole plan: what to load and send, and what to remember for the next turn."""
+
+    plan: Plan
+    messages: list[dict[str, Any]]
+    compaction: CompactionState | None
+    #: Counts were estimates that decided a refusal: load, count exactly, decide again.
+    recount: bool = False
+
+
+def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> Decided:
+    """The plan for ``req`` given ``snap``; raises the 4xx/503 a refusal is."""
+    _choices(req.params, snap)
+    max_tokens = _max_tokens(req.params, snap)
+    counts = snap.counts
+    sacred = counts.count(sacred_part(req.messages))
+    the_plan = plan(
+        PlanInput(
+            profile=req.profile,
+            capabilities=snap.capabilities,
+            meta=snap.meta,
+            need_tokens=context_need(counts.count(req.messages), max_tokens),
+            min_tokens=sacred + min(_reserve(max_tokens), MIN_REPLY) + CONTEXT_MARGIN,
+            current=snap.current,
+            loaded=snap.loaded,
+            memory=snap.memory,
+            client_params=req.params,
+            keep_alive=snap.keep_alive,
+            threads=snap.threads,
+            tuned=snap.tuned,
+            estimator=load_estimate if snap.meta and snap.meta.block_count else None,
+        )
+    )
+    if the_plan.refused:
+        raise InsufficientMemory(the_plan.refused)
+    limit = the_plan.context_limit or snap.engine_context
+    if window is None or limit is None:
+        return Decided(the_plan, list(req.messages), None)
+    return _fit(req, snap, window, the_plan, limit, _reserve(max_tokens))
+
+
+def _max_tokens(params: Mapping[str, Any], snap: Snapshot) -> int | None:
+    """The client's output limit, refused before any load when no context could hold it."""
+    name = "max_completion_tokens" if params.get("max_completion_tokens") else "max_tokens"
+    value = params.get(name)
+    if not value:
+        return None
+    trained = snap.meta.context_length if snap.meta else None
+    if trained and int(value) > trained:
+        raise InvalidRequest(
+            f"{name} {value} is more than {snap.model}'s whole context of {trained:,} tokens.",
+            param=name,
+        )
+    return int(value)
+
+
+def _choices(params: Mapping[str, Any], snap: Snapshot) -> None:
+    """``n`` within what the engine answers at once, refused in autotune's own words."""
+    n, limit = params.get("n") or 1, snap.capabilities.max_choices
+    if limit is not None and int(n) > limit:
+        raise InvalidRequest(
+            f"n={n}: the {snap.engine} engine answers at most {limit} choice"
+            f"{'s' if limit != 1 else ''} per request here; send {n} requests instead.",
+            param="n",
+        )
+
+
+def _reserve(max_tokens: int | None) -> int:
+    return max_tokens if max_tokens and max_tokens > 0 else DEFAULT_OUTPUT_RESERVE
+
+
+def _fit(
+    req: RequestFacts,
+    snap: Snapshot,
+    window: ContextWindow,
+    the_plan: Plan,
+    limit: int,
+    reserve: int,
+) -> Decided:
+    """Fit the conversation into ``limit`` with the cache-stable window."""
+    counts = snap.counts
+    sacred = counts.count(sacred_part(req.messages))
+    budget = max(256, limit - reserve - CONTEXT_MARGIN)
+    if sacred > budget:  # the newest message first; the reply may have less room
+        budget = max(budget, limit - MIN_REPLY - CONTEXT_MARGIN)
+    messages = list(req.messages)
+    try:
+        result = window.fit(messages, budget, counts.count, snap.compaction)
+    except ContextOverflow as exc:
+        return _overflow(req, snap, the_plan, limit, budget, exc.needed)
+    how = "compacted now" if result.compacted else "append-only"
+    the_plan.decisions.append(
+        Decision("context", result.tier, f"{how}: {result.tokens} of {budget} prompt tokens")
+    )
+    return Decided(the_plan, result.messages, result.state)
+
+
+def _overflow(
+    req: RequestFacts, snap: Snapshot, the_plan: Plan, limit: int, budget: int, needed: int
+) -> Decided:
+    """The newest message does not fit the largest context this request may have."""
+    sacred = sacred_part(req.messages)
+    estimated = not snap.counts.is_exact(sacred)
+    could_fit = needed / _ESTIMATE_SLACK <= budget or req.overflow == "truncate-oldest"
+    if estimated and snap.can_count and not snap.loaded and could_fit:
+        return Decided(the_plan, list(req.messages), None, recount=True)  # exact counts first
+    if req.overflow == "truncate-oldest":
+        cut = _truncate_oldest(sacred, budget, snap.counts)
+        if cut is not None:
+            messages, n = cut
+            the_plan.decisions.append(
+                Decision("overflow", f"cut {n} tokens", "client asked: truncate-oldest")
+            )
+            return Decided(the_plan, messages, None)
+    counted = "estimated: the tokenizer was not at hand" if estimated else "counted by the engine"
+    raise ContextLengthExceeded(
+        f"This request needs about {needed + MIN_REPLY + CONTEXT_MARGIN:,} tokens (the system "
+        f"prompt and the newest message: {needed:,}, {counted}; the reply and template: "
+        f"{MIN_REPLY + CONTEXT_MARGIN}), but at most {limit:,} fit here: {_why(snap, limit)}. "
+        "Shorten the message, or send 'X-Autotune-Overflow: truncate-oldest' to have its "
+        "start cut.",
+        needed=needed + MIN_REPLY + CONTEXT_MARGIN,
+        possible=limit,
+    )
+
+
+def _why(snap: Snapshot, limit: int) -> str:
+    trained = snap.meta.context_length if snap.meta else None
+    if trained and limit >= trained:
+        return f"{snap.model} was trained on {trained:,} tokens"
+    if snap.engine_context and limit == snap.engine_context:
+        return f"the engine holds a {limit:,}-token context for {snap.model}"
+    return "that is what memory allows without swapping"
+
+
+def _truncate_oldest(
+    sacred: list[dict[str, Any]], budget: int, counts: TokenTable
+) -> tuple[list[dict[str, Any]], int] | None:
+    """The system prompt and the newest turn with the start of its user message cut (at a
+    word boundary) so the prompt fits ``budget``, and the tokens cut; None when even an empty
+    message would not fit.
+
+    The part kept is counted at the message's own tokens-per-character (exact when the engine
+    counted it), with 2 % to spare: re-estimating a cut text would over-cut it."""
+    at = max((i for i, m in enumerate(sacred) if m.get("role") == "user"), default=None)
+    if at is None or not isinstance(sacred[at].get("content"), str) or not sacred[at]["content"]:
+        return None
+    text: str = sacred[at]["content"]
+    total = counts.text(text)
+    mark = _CUT_MARK.format(n=f"{total:,}")
+    rest = counts.count([*sacred[:at], {**sacred[at], "content": mark}, *sacred[at + 1 :]])
+    per_char = total / len(text) * 1.02
+    keep = int((budget - rest) / per_char)
+    if keep <= 0:
+        return None
+    cut = len(text) - keep
+    while 0 < cut < len(text) and not text[cut - 1].isspace():
+        cut += 1  # keep words whole
+    removed = total - int((len(text) - cut) * total / len(text))
+    content = _CUT_MARK.format(n=f"{removed:,}") + text[cut:]
+    return [*sacred[:at], {**sacred[at], "content": content}, *sacred[at + 1 :]], removed

@@ -1,0 +1,205 @@
+"""A started request: streams the chunks, stores the turn before the last byte, finishes itself.
+
+:class:`ChatRun` is what :meth:`autotune.pipeline.Pipeline.start` returns once the engine's
+first chunk is in. Iterating it yields the chunks; after the last one it stores the turn
+(so a client that saw the end of a reply can count on it being on disk), and whatever way
+it ends — done, failed, cancelled, closed early — it releases its admission place and
+writes one telemetry record, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+
+from autotune.ground.errors import error_summary
+from autotune.ground.records import RunRecord
+from autotune.ground.types import ChatRequest, Chunk, EngineStats
+from autotune.hardware.os_tune import gc_paused
+from autotune.hardware.sampler import Sampler
+from autotune.pipeline.reply import Reply
+from autotune.tuning.planner import Plan
+
+__all__ = ["ChatRun", "RunOwner", "Turn"]
+
+
+@dataclass
+class Turn:
+    """What this request adds to its conversation, and whether to store it."""
+
+    conversation_id: str | None
+    #: The client's new messages (the reply is added when it is complete).
+    new_messages: list[dict[str, Any]] = field(default_factory=list)
+    persist: bool = False
+    #: Conversation defaults for a conversation that does not exist yet.
+    model: str = ""
+    profile: str = ""
+
+
+class RunOwner(Protocol):
+    """What a run needs from the pipeline that started it."""
+
+    sampler: Sampler
+
+    def release(self, seconds: float) -> None:
+        """Give the admission place back."""
+
+    async def commit(self, turn: Turn, reply: dict[str, Any]) -> None:
+        """Store the turn; raises StorageError when it cannot."""
+
+    def finished(self, run: ChatRun) -> None:
+        """Telemetry and calibration, once the run's record is complete."""
+
+
+class ChatRun:
+    """A started request: iterate it for the engine's chunks (the first is already here)."""
+
+    def __init__(
+        self,
+        owner: RunOwner,
+        *,
+        model: str,
+        plan: Plan,
+        request: ChatRequest,
+        stream: AsyncIterator[Chunk],
+        first: list[Chunk],
+        record: RunRecord,
+        started: float,
+        turn: Turn,
+    ) -> None:
+        self.owner = owner
+        self.model = model
+        self.plan = plan
+        self.request = request
+        self.record = record
+        self.turn = turn
+        self.reply = Reply(started)
+        self._stream = stream
+        self._first = first
+        self._started = started
+        self._done = False
+
+    # -- what the reply said so far
+
+    @property
+    def conversation_id(self) -> str | None:
+        return self.turn.conversation_id
+
+    @property
+    def text(self) -> str:
+        return self.reply.text
+
+    @property
+    def stats(self) -> EngineStats | None:
+        return self.reply.stats
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self.reply.usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.reply.finish_reason
+
+    # -- streaming
+
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Chunk]:
+        status, error = "ok", None
+        try:
+            with gc_paused():
+                first, self._first = self._first, []
+                for chunk in first:
+                    self._add(chunk)
+                    yield chunk
+                async for chunk in self._stream:
+                    self._add(chunk)
+                    yield chunk
+            await self._commit()  # before the caller sends its last byte
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "cancelled"
+            raise
+        except Exception as exc:
+            status, error = "error", error_summary(exc)
+            raise
+        finally:
+            await self._finish(status, error)
+
+    async def aclose(self) -> None:
+        """Stop the run early (the engine's generation is cancelled with the connection)."""
+        if not self._done:
+            await self._finish("cancelled", None)
+
+    def _add(self, chunk: Chunk) -> None:
+        self.reply.add(chunk)
+        if self.record.ttft_ms is None and self.reply.ttft_ms is not None:
+            self.record.ttft_ms = self.reply.ttft_ms
+
+    async def _commit(self) -> None:
+        turn = self.turn
+        if turn.persist and turn.conversation_id:
+            await self.owner.commit(turn, self.reply.turn())
+
+    async def _finish(self, status: str, error: str | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        # Shielded: a client that went away cancels the task, but the slot, the engine
+        # connection and the bookkeeping must still be released and written.
+        with anyio.CancelScope(shield=True):
+            try:
+                await _close(self._stream)
+            finally:  # even if a second cancel lands while the stream closes
+                self.owner.release(time.monotonic() - self._started)
+                self._complete_record(status, error)
+                self.owner.finished(self)
+
+    def _complete_record(self, status: str, error: str | None) -> None:
+        record = self.record
+        record.status, record.error = status, error
+        record.total_ms = (time.monotonic() - self._started) * 1000
+        _engine_figures(record, self.reply.stats)
+        _memory_figures(record, self.owner.sampler)
+
+
+async def _close(stream: AsyncIterator[Chunk]) -> None:
+    aclose: Callable[[], Awaitable[None]] | None = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
+
+
+def _engine_figures(record: RunRecord, stats: EngineStats | None) -> None:
+    if stats is None:
+        return
+    record.prompt_tokens = stats.prompt_tokens
+    record.cached_tokens = stats.cached_tokens
+    record.completion_tokens = stats.completion_tokens
+    record.prompt_ms, record.decode_ms, record.load_ms = (
+        stats.prompt_ms,
+        stats.decode_ms,
+        stats.load_ms,
+    )
+    record.tokens_per_s = stats.decode_tps
+    record.reloaded = stats.reloaded
+    record.engine_timings = dict(stats.raw)
+
+
+def _memory_figures(record: RunRecord, sampler: Sampler) -> None:
+    if not sampler.history:
+        return
+    window = sampler.since(record.started_at) or [sampler.latest]
+    last = window[-1]
+    record.ram_after = last.ram_total - last.ram_available
+    record.ram_peak_fraction = max(s.ram_used_fraction for s in window)
+    record.swap_delta = last.swap_used - window[0].swap_used
+    gpu = [s.gpu_memory_used for s in window if s.gpu_memory_used is not None]
+    record.gpu_memory_peak = max(gpu) if gpu else None

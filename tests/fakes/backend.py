@@ -1,0 +1,204 @@
+"""An in-process engine for unit tests of the pipeline: queued replies, recorded requests.
+
+Like llm's ``MockModel``: queue what the "engine" answers, run requests through the real
+pipeline, then look at what it was sent. It behaves like an engine autotune loads (the
+embedded llama.cpp one): load-time settings, a reload when they change, a tokenizer that
+only answers while the model is loaded, timings on the last chunk with the prompt tokens
+reused from the previous prompt. Its tokenizer is a plain rule so tests can predict counts:
+one token per whitespace-separated ASCII word and one per other character.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from autotune.backends.base import Backend
+from autotune.context.tokens import PER_MESSAGE_OVERHEAD, message_text
+from autotune.ground.errors import BackendError, NotSupported
+from autotune.ground.types import (
+    Capabilities,
+    ChatRequest,
+    Chunk,
+    EngineStats,
+    LoadSettings,
+    ModelEntry,
+    ModelMeta,
+    RunningModel,
+)
+
+__all__ = ["FakeBackend", "FakeReply", "fake_tokens"]
+
+MODEL = "fake-model"
+
+LIKE_EMBEDDED = Capabilities(
+    load_control=True,
+    kv_cache_type=True,
+    flash_attention=True,
+    context_change_reloads=True,
+    reports_cached_tokens=True,
+    tokenize=True,
+    running_models=True,
+    keep_alive=True,
+    unload=True,
+)
+
+
+def fake_tokens(text: str) -> list[str]:
+    """The fake tokenizer: ASCII words, and every other character on its own."""
+    tokens: list[str] = []
+    for word in text.split():
+        if word.isascii():
+            tokens.append(word)
+        else:
+            tokens.extend(word)
+    return tokens
+
+
+@dataclass
+class FakeReply:
+    """One queued answer: text pieces (or tool calls), or an error raised before any chunk."""
+
+    pieces: Sequence[str] = ("Hello", " there")
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str = "stop"
+    error: BackendError | None = None
+    #: Raise this after the first chunk (a failure mid-stream).
+    fail_midway: BackendError | None = None
+
+
+class FakeBackend(Backend):
+    """A scripted engine: ``queue()`` replies, then read ``requests`` and ``loads``."""
+
+    name = "fake"
+
+    def __init__(
+        self,
+        *,
+        capabilities: Capabilities = LIKE_EMBEDDED,
+        meta: ModelMeta | None = None,
+        models: Sequence[str] = (MODEL,),
+    ) -> None:
+        self.capabilities = capabilities
+        self.meta = meta or ModelMeta(name=MODEL, context_length=8192)
+        self.models = list(models)
+        self.replies: deque[FakeReply] = deque()
+        self.requests: list[ChatRequest] = []
+        #: Every load, in order: (model, settings).
+        self.loads: list[tuple[str, LoadSettings | None]] = []
+        self._loaded: dict[str, LoadSettings] = {}
+        self._last_prompt: dict[str, list[str]] = {}
+
+    def queue(self, *replies: FakeReply | str) -> None:
+        for r in replies:
+            self.replies.append(FakeReply((r,)) if isinstance(r, str) else r)
+
+    # -- the Backend interface
+
+    async def health(self) -> bool:
+        return True
+
+    async def list_models(self) -> list[ModelEntry]:
+        return [ModelEntry(name=m, backend=self.name) for m in self.models]
+
+    async def model_meta(self, model: str) -> ModelMeta:
+        return self.meta
+
+    async def running_models(self) -> list[RunningModel]:
+        return [
+            RunningModel(name=m, backend=self.name, context_length=s.n_ctx)
+            for m, s in self._loaded.items()
+        ]
+
+    def loaded_settings(self, model: str) -> LoadSettings | None:
+        if not self.capabilities.load_control:
+            raise NotSupported("this fake does not report load settings")
+        return self._loaded.get(model)
+
+    async def load(self, model: str, settings: LoadSettings | None = None) -> None:
+        self._load(model, settings or LoadSettings(n_ctx=4096))
+
+    async def unload(self, model: str) -> None:
+        self._loaded.pop(model, None)
+        self._last_prompt.pop(model, None)
+
+    async def tokenize(self, model: str, text: str) -> list[int]:
+        if model not in self._loaded:
+            raise NotSupported(f"{model} is not loaded; its tokenizer is not at hand.")
+        return list(range(len(fake_tokens(text))))
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        self.requests.append(request)
+        reply = self.replies.popleft() if self.replies else FakeReply()
+        if reply.error is not None:
+            raise reply.error
+        reloaded = False
+        if request.load is not None and self._loaded.get(request.model) != request.load:
+            self._load(request.model, request.load)
+            reloaded = True
+        prompt = self.prompt_tokens(request.messages)
+        held = self._loaded.get(request.model)
+        if held is not None and len(prompt) > held.n_ctx:
+            raise BackendError(f"the prompt ({len(prompt)} tokens) exceeds the context")
+        cached = _common_prefix(self._last_prompt.get(request.model, []), prompt)
+        self._last_prompt[request.model] = prompt
+        async for chunk in self._chunks(reply, len(prompt), cached, reloaded):
+            yield chunk
+
+    # -- helpers
+
+    @staticmethod
+    def prompt_tokens(messages: Sequence[dict[str, Any]]) -> list[str]:
+        """The prompt as the fake engine tokenizes it (template overhead included)."""
+        tokens: list[str] = []
+        for m in messages:
+            tokens += ["<|", str(m.get("role")), "|>", "\n"][:PER_MESSAGE_OVERHEAD]
+            tokens += fake_tokens(message_text(m))
+        return tokens
+
+    def _load(self, model: str, settings: LoadSettings) -> None:
+        self.loads.append((model, settings))
+        self._loaded[model] = settings
+        self._last_prompt.pop(model, None)  # a reload drops the prompt cache
+
+    async def _chunks(
+        self, reply: FakeReply, prompt: int, cached: int, reloaded: bool
+    ) -> AsyncIterator[Chunk]:
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1}
+        yield Chunk({**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+        for i, piece in enumerate(reply.pieces):
+            if i == 1 and reply.fail_midway is not None:
+                raise reply.fail_midway
+            yield Chunk({**base, "choices": [{"index": 0, "delta": {"content": piece}}]})
+        if reply.tool_calls:
+            delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(reply.tool_calls)]}
+            yield Chunk({**base, "choices": [{"index": 0, "delta": delta}]})
+        completion = sum(len(fake_tokens(p)) for p in reply.pieces)
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
+        stats = EngineStats(
+            prompt_tokens=prompt,
+            cached_tokens=cached,
+            completion_tokens=completion,
+            prompt_ms=float(prompt - cached),
+            decode_ms=float(completion),
+            reloaded=reloaded,
+            raw={"usage": usage, "timings": {"prompt_n": prompt - cached, "cache_n": cached}},
+        )
+        finish = {"index": 0, "delta": {}, "finish_reason": reply.finish_reason}
+        yield Chunk({**base, "choices": [finish], "usage": usage}, stats=stats)
+
+
+def _common_prefix(a: list[str], b: list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,56 @@
+"""The shape of the code: layers point down, functions stay readable, the docs match."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from radon.complexity import cc_visit
+
+import autotune
+
+SRC = Path(autotune.__file__).parent
+ROOT = SRC.parent.parent
+#: The most branches a function may have (radon's cyclomatic complexity).
+MAX_COMPLEXITY = 20
+
+
+def test_imports_point_down_the_layers() -> None:
+    """ARCHITECTURE.md's layers, as the import-linter contract in pyproject.toml states them."""
+    linter = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run(
+        [str(linter), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_no_function_is_too_complex_to_read_at_once() -> None:
+    too_complex = [
+        f"{path.relative_to(SRC)}:{block.lineno} {block.name} ({block.complexity})"
+        for path in sorted(SRC.rglob("*.py"))
+        for block in cc_visit(path.read_text(encoding="utf-8"))
+        if block.complexity > MAX_COMPLEXITY
+    ]
+    assert not too_complex, "split these by decision:\n" + "\n".join(too_complex)
+
+
+def test_the_pipeline_stays_small() -> None:
+    lines = (SRC / "pipeline" / "pipeline.py").read_text(encoding="utf-8").count("\n")
+    assert lines < 400
+
+
+def test_architecture_md_names_every_package() -> None:
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    packages = [p.name for p in SRC.iterdir() if (p / "__init__.py").exists()]
+    missing = [name for name in packages if f"{name}/" not in text]
+    assert not missing, f"ARCHITECTURE.md does not place: {missing}"
+
+
+def test_every_module_says_what_it_is_for() -> None:
+    silent = [
+        str(path.relative_to(SRC))
+        for path in sorted(SRC.rglob("*.py"))
+        if path.stat().st_size and not path.read_text(encoding="utf-8").lstrip().startswith('"""')
+    ]
+    assert not silent, f"modules without a docstring: {silent}"
