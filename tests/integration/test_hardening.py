@@ -241,8 +241,8 @@ def test_one_conversation_id_pattern_everywhere(serve: Any) -> None:
 
 def test_a_refused_request_leaves_no_empty_conversation(serve: Any) -> None:
     """Issue 13.6 — before: a request refused at the queue (429) still created its
-    conversation (here 3 of 3; 18 of 20 at queue 1 in the report). For the lead: the
-    pipeline creates it (``store.ensure``) before admission; this passes once it does not.
+    conversation (here 3 of 3; 18 of 20 at queue 1 in the report): the pipeline created it
+    (``store.ensure``) before admission.
 
     The queue's one place is marked taken (as a running request would hold it), so every
     request is refused at admission, deterministically and without an engine.
