@@ -31,7 +31,8 @@ ConversationId = Annotated[
 
 
 def _store(request: Request) -> ConversationStore:
-    return request.app.state.store  # type: ignore[no-any-return]
+    store: ConversationStore = request.app.state.store
+    return store
 
 
 def _not_found(conv_id: str) -> Response:
@@ -41,10 +42,12 @@ def _not_found(conv_id: str) -> Response:
 @router.post("", status_code=201)
 async def create(body: ConversationCreate, request: Request) -> Any:
     store = _store(request)
-    if body.id and await asyncio.to_thread(store.get, body.id, with_messages=False):
-        return error_response(
-            f"Conversation {body.id!r} already exists.", status=409, code="conflict"
-        )
+    if body.id:
+        existing = await asyncio.to_thread(store.get, body.id, with_messages=False)
+        if existing is not None:
+            return error_response(
+                f"Conversation {body.id!r} already exists.", status=409, code="conflict"
+            )
     conv = await asyncio.to_thread(
         store.create,
         id=body.id,
