@@ -42,8 +42,11 @@ def make_router(
     fakes: list[FakeUpstream],
     *,
     models: list[list[str] | None] | None = None,
+    weights: list[float] | None = None,
     **options: Any,
 ) -> RouterBackend:
+    """A router over ``fakes``; ``weights`` decide which upstream an idle router tries first
+    (the heavier one), so a test never depends on how a tie between equals is broken."""
     upstreams = []
     for i, fake in enumerate(fakes):
         swap, url = hosts[i]
@@ -52,6 +55,8 @@ def make_router(
         listed = models[i] if models is not None else [MODEL]
         if listed is not None:
             entry["models"] = listed
+        if weights is not None:
+            entry["weight"] = weights[i]
         upstreams.append(entry)
     config = {
         "upstreams": upstreams,
@@ -98,7 +103,7 @@ async def test_a_5xx_before_the_first_token_fails_over_and_cools_the_upstream_do
 ) -> None:
     a, b = FakeUpstream("a"), FakeUpstream("b")
     a.mode, a.status = "error", 503
-    router = make_router(hosts, [a, b], cooldown=60)
+    router = make_router(hosts, [a, b], weights=[2, 1], cooldown=60)  # a is tried first
     try:
         result = await chat(router)
         assert (result["upstream"], result["text"]) == ("b", "from b")
@@ -114,13 +119,20 @@ async def test_a_5xx_before_the_first_token_fails_over_and_cools_the_upstream_do
 
 
 async def test_a_refused_connection_fails_over(hosts: list[tuple[Swappable, str]]) -> None:
+    """The dead upstream is tried first because it weighs more, not because it wins a tie
+    (with equal weights the choice, and so whether the failover path runs at all, would
+    depend on the tie-break and on the background prober's timing)."""
     b = FakeUpstream("b")
     hosts[1][0].app = b.app
     config = {
         "upstreams": [
-            # Named to sort first: with equal loads the router tries it before "b" whether or
-            # not its monitor has read the loads yet (a tie goes to the name).
-            {"name": "a-gone", "url": closed_port_url(), "kind": "vllm", "models": [MODEL]},
+            {
+                "name": "gone",
+                "url": closed_port_url(),
+                "kind": "vllm",
+                "models": [MODEL],
+                "weight": 2,
+            },
             {"name": "b", "url": hosts[1][1], "kind": "vllm", "models": [MODEL]},
         ],
         "cooldown": 60,
@@ -128,8 +140,9 @@ async def test_a_refused_connection_fails_over(hosts: list[tuple[Swappable, str]
     router = RouterBackend(parse_router_config(config))
     try:
         assert (await chat(router))["upstream"] == "b"
-        assert state(router, "a-gone")["state"] == "down"
-        assert "connection refused" in state(router, "a-gone")["last_error"]
+        assert router.failovers == 1  # the request itself met the refusal and moved on
+        assert state(router, "gone")["state"] == "down"
+        assert "connection refused" in state(router, "gone")["last_error"]
         assert (await chat(router))["upstream"] == "b"
     finally:
         await router.aclose()
@@ -140,7 +153,7 @@ async def test_a_failure_after_the_first_token_is_passed_on_not_retried(
 ) -> None:
     a, b = FakeUpstream("a"), FakeUpstream("b")
     a.mode = "drop"
-    router = make_router(hosts, [a, b])
+    router = make_router(hosts, [a, b], weights=[2, 1])  # a is tried first
     seen = 0
     try:
         with pytest.raises(EngineUnavailable):
@@ -157,7 +170,7 @@ async def test_a_failure_after_the_first_token_is_passed_on_not_retried(
 async def test_a_client_error_is_not_retried_elsewhere(hosts: list[tuple[Swappable, str]]) -> None:
     a, b = FakeUpstream("a"), FakeUpstream("b")
     a.mode, a.status = "error", 400
-    router = make_router(hosts, [a, b])
+    router = make_router(hosts, [a, b], weights=[2, 1])  # a is tried first
     try:
         with pytest.raises(UpstreamError) as caught:
             await chat(router)
@@ -186,7 +199,7 @@ async def test_a_down_upstream_is_probed_back_to_health(
 ) -> None:
     a, b = FakeUpstream("a"), FakeUpstream("b")
     a.mode, a.healthy = "error", False
-    router = make_router(hosts, [a, b])
+    router = make_router(hosts, [a, b], weights=[2, 1])  # a is tried first
     try:
         assert (await chat(router))["upstream"] == "b"
         assert state(router, "a")["state"] == "down"

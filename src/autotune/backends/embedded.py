@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import secrets
 import subprocess
+import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,8 @@ class _Worker:
     in_flight: int = 0
     supports_tools: bool = True
     cache_ram_mib: int | None = None
+    #: The worker's own API key: only this process holds it (see :func:`_key_file`).
+    api_key: str | None = field(default=None, repr=False)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -412,8 +417,13 @@ class EmbeddedBackend(Backend):
             "flash_attn", True
         ):
             spec["flash_attn"] = True  # llama.cpp: a quantized V cache requires flash attention
-        proc, url = await asyncio.to_thread(self._spawn, spec)
-        client = OpenAICompatBackend(url, name=self.name, kind="llamacpp")
+        # The worker's port is reachable by every local process and, through DNS rebinding, by
+        # web pages: a key only autotune holds keeps them from driving the engine directly.
+        api_key = secrets.token_urlsafe(32)
+        with _key_file(api_key) as key_path:
+            spec["api_key_file"] = key_path
+            proc, url = await asyncio.to_thread(self._spawn, spec)
+        client = OpenAICompatBackend(url, name=self.name, kind="llamacpp", api_key=api_key)
         # Not "start llama-server": autotune owns this worker and restarts it when needed.
         client.start_hint = "The engine worker stopped; the next request starts it again."
         worker = _Worker(
@@ -426,8 +436,9 @@ class EmbeddedBackend(Backend):
             client=client,
             estimate=estimate,
             keep_alive=self.keep_alive if keep_alive is None else keep_alive,
+            api_key=api_key,
         )
-        worker.supports_tools = await self._supports_tools(url)
+        worker.supports_tools = await self._supports_tools(url, api_key)
         return worker
 
     def _spawn(self, spec: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
@@ -436,9 +447,10 @@ class EmbeddedBackend(Backend):
             log = self.log_dir / f"engine-{re.sub(r'[^A-Za-z0-9_.-]+', '_', spec['alias'])}.log"
         return start_worker(spec, log)
 
-    async def _supports_tools(self, url: str) -> bool:
+    async def _supports_tools(self, url: str, api_key: str) -> bool:
+        headers = {"Authorization": f"Bearer {api_key}"}
         try:
-            async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            async with httpx.AsyncClient(base_url=url, timeout=5, headers=headers) as client:
                 props = (await client.get("/props")).json()
         except (httpx.HTTPError, ValueError):
             return True  # unknown: let the engine decide
@@ -480,6 +492,23 @@ class EmbeddedBackend(Backend):
         del self.events[:-200]
         if self.on_event is not None:
             self.on_event(event)
+
+
+@contextlib.contextmanager
+def _key_file(api_key: str) -> Iterator[str]:
+    """A file only this user can read (0600), holding ``api_key`` while a worker starts.
+
+    The worker reads and deletes it; the key never appears in a command line, which any
+    local user can read (``ps``). Removed here too, in case the worker failed first.
+    """
+    fd, path = tempfile.mkstemp(prefix="autotune-worker-", suffix=".key")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(api_key)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -8,7 +8,9 @@ it and reports an unexpected unload), and the child's RSS is that model's true f
 
 Protocol: the parent starts ``python -m autotune.backends.engine_worker '<json>'``; the child
 prints one JSON line on stdout, ``{"url": ..., "pid": ...}`` or ``{"error": ...}``, then
-serves until its stdin closes (so it never outlives its parent) or it gets SIGTERM.
+serves until its stdin closes (so it never outlives its parent) or it gets SIGTERM. When the
+spec names an ``api_key_file``, the child reads the key from it, deletes the file, and
+llama-server then asks every request for that key (``/health`` and ``/v1/models`` excepted).
 """
 
 from __future__ import annotations
@@ -36,11 +38,14 @@ _KV_TYPES = {
 }
 
 
-def build_params(spec: dict[str, Any]) -> Any:
-    """Turn a load spec (path, alias and :class:`LoadSettings` fields) into ``CommonParams``."""
+def build_params(spec: dict[str, Any], api_key: str | None = None) -> Any:
+    """Turn a load spec (path, alias and :class:`LoadSettings` fields) into ``CommonParams``;
+    with ``api_key``, llama-server refuses requests that do not carry it (401)."""
     import xllamacpp as x
 
     p = x.CommonParams()
+    if api_key:
+        p.api_keys = [api_key]
     p.model.path = spec["path"]
     p.model_alias = {spec["alias"]}
     n_parallel = int(spec.get("n_parallel") or 1)
@@ -80,6 +85,19 @@ def build_params(spec: dict[str, Any]) -> Any:
     return p
 
 
+def _read_key(path: str | None) -> str | None:
+    """The API key in ``path`` (then deleted: it is needed once), or None without a path."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as file:
+        key = file.read().strip()
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    if not key:
+        raise ValueError("the API key file is empty")
+    return key
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
@@ -87,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.nice(int(spec["nice"]))
     try:
+        api_key = _read_key(spec.get("api_key_file"))
         import xllamacpp as x
 
-        server = x.Server(build_params(spec))
+        server = x.Server(build_params(spec, api_key))
     except Exception as exc:  # the engine reports load failures as a bare RuntimeError
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
         return 1

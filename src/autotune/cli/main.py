@@ -12,6 +12,7 @@ from autotune import __version__
 from autotune.cli import chat, hardware, mlx, models, proof, recall, serve, telemetry, tune
 from autotune.cli._common import err_console
 from autotune.cli._help import PlainGroup
+from autotune.ground.config import BACKEND_CHOICES
 from autotune.ground.errors import BackendError, ModelNotFound
 
 __all__ = ["app", "main"]
@@ -25,6 +26,15 @@ app = typer.Typer(
     rich_markup_mode="rich",
     cls=PlainGroup,
 )
+
+
+def _known_backend(value: str | None) -> str | None:
+    """``--backend`` / ``AUTOTUNE_BACKEND`` is one of the engines autotune knows."""
+    if value is not None and value.strip().lower() not in BACKEND_CHOICES:
+        raise typer.BadParameter(
+            f"unknown backend {value!r}; choose one of {', '.join(BACKEND_CHOICES)}."
+        )
+    return value.strip().lower() if value is not None else None
 
 
 def _version(value: bool) -> None:
@@ -41,6 +51,7 @@ def _root(
         "--backend",
         "-b",
         envvar="AUTOTUNE_BACKEND",
+        callback=_known_backend,
         metavar="ENGINE",
         show_envvar=True,
         help="Engine: auto (the default: every engine that answers, and the embedded one), "

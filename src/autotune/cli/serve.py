@@ -1,14 +1,154 @@
-"""``autotune serve``: the OpenAI-compatible server on 127.0.0.1:8765 by default."""
+"""``autotune serve``: the OpenAI-compatible server on 127.0.0.1:8765 by default.
+
+Everything that can be checked is checked before anything starts (settings, the memory budget,
+the engine choice and a router config, the database, the port), each problem as one line and
+a non-zero exit; the "serving on" banner appears only once the server answers on its socket.
+"""
 
 from __future__ import annotations
 
+import errno
+import socket
+from typing import Any
+
 import typer
+from pydantic import ValidationError
 
-from autotune.cli._common import console, fail
+from autotune.cli._common import console, err_console, fail
 from autotune.cli._help import PlainCommand
-from autotune.ground.config import get_settings
+from autotune.ground.config import Settings, get_settings
+from autotune.ground.errors import BackendError
+from autotune.ground.units import MiB, format_bytes
 
-__all__ = ["register"]
+__all__ = ["check_memory_budget", "preflight", "register", "smallest_model_bytes"]
+
+#: When the bundled model is not installed: about the smallest GGUF chat model (~100 MiB of
+#: weights, as SmolLM2-135M at 4 bits) plus llama.cpp's fixed overhead and a small context.
+_FALLBACK_FLOOR = 160 * MiB
+
+
+def smallest_model_bytes() -> tuple[int, str]:
+    """(bytes, what) the smallest useful model needs: the bundled model's estimate at 512
+    tokens of context, or a fixed floor when it is not installed."""
+    from autotune.models.bundled import BUNDLED_NAME, bundled_model_path
+    from autotune.models.estimate import estimate_memory
+    from autotune.models.gguf import GGUFError, read_gguf_meta
+
+    path = bundled_model_path()
+    if path is not None:
+        try:
+            meta = read_gguf_meta(path, BUNDLED_NAME)
+            return estimate_memory(meta, 512).total, f"{BUNDLED_NAME} at 512 tokens"
+        except (GGUFError, ValueError):
+            pass
+    return _FALLBACK_FLOOR, "a small GGUF chat model"
+
+
+def check_memory_budget(budget: int | None) -> str | None:
+    """Why ``AUTOTUNE_MEMORY_BUDGET`` cannot work on this machine, or None when it can.
+
+    Above RAM + swap (+ discrete VRAM, which the budget may span) it would defeat the no-swap
+    guard; below the smallest model's need nothing could ever load.
+    """
+    if budget is None:
+        return None
+    from autotune.hardware.profile import detect_hardware
+
+    hardware = detect_hardware()
+    vram = sum(g.memory_total for g in hardware.gpus if not g.unified)
+    ceiling = hardware.ram_total + hardware.swap_total + vram
+    shown = f"AUTOTUNE_MEMORY_BUDGET={format_bytes(budget)}"
+    if hardware.ram_total and budget > ceiling:
+        machine = (
+            f"{format_bytes(hardware.ram_total)} RAM + {format_bytes(hardware.swap_total)} swap"
+        )
+        if vram:
+            machine += f" + {format_bytes(vram)} GPU memory"
+        return f"{shown} is more than this machine's {machine}"
+    floor, what = smallest_model_bytes()
+    if budget < floor:
+        return f"{shown} is less than the smallest model needs: {format_bytes(floor)} for {what}"
+    return None
+
+
+def _check_engines(settings: Settings) -> None:
+    """The engine choice and a router config, checked the way start-up will use them (no I/O:
+    the backend objects are built and closed again)."""
+    import asyncio
+
+    from autotune.backends.registry import make_backend
+
+    names = []
+    if settings.backend in ("auto", "router") and settings.router_config is not None:
+        names = ["router"]
+    elif settings.backend not in ("auto", "embedded"):
+        names = [settings.backend]
+    for name in names:
+        backend = make_backend(name, settings)  # raises BackendError with the readable reason
+        asyncio.run(backend.aclose())
+
+
+def preflight(settings: Settings) -> None:
+    """Every start-up check that needs no engine; raises ``typer.Exit`` after one line."""
+    from autotune.store.db import DatabaseUnusable, check_database
+
+    problem = check_memory_budget(settings.memory_budget)
+    if problem is not None:
+        raise fail(f"{problem}.", "Unset it, or give a size this machine can hold.", code=2)
+    try:
+        _check_engines(settings)
+    except BackendError as exc:
+        raise fail(exc.message, exc.hint, code=2) from None
+    problem = check_database(settings.db_path)
+    if problem is not None:
+        raise fail(DatabaseUnusable(settings.db_path, problem).message, code=1)
+
+
+def _settings(updates: dict[str, Any]) -> Settings:
+    """The settings with the command line's values on top, or one line per bad value."""
+    try:
+        return Settings.model_validate({**get_settings().model_dump(), **updates})
+    except ValidationError as exc:
+        for problem in exc.errors():
+            where = ".".join(str(p) for p in problem["loc"]) or "setting"
+            message = str(problem["msg"]).removeprefix("Value error, ")
+            name = f"--{where}" if where in updates else f"AUTOTUNE_{where.upper()}"
+            err_console.print(f"[bold red]error:[/] {name}: {message}")
+        raise typer.Exit(2) from None
+
+
+def _bind(settings: Settings) -> socket.socket:
+    from autotune.server.runner import bind_socket
+
+    where = f"{settings.host}:{settings.port}"
+    try:
+        return bind_socket(settings.host, settings.port)
+    except socket.gaierror:
+        raise fail(
+            f"Cannot listen on {settings.host}: no such address on this machine.",
+            "Use --host 127.0.0.1 (the default), or an address this machine has.",
+            code=2,
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise fail(
+                f"Port {settings.port} on {settings.host} is already in use "
+                "(another autotune serve, or another program).",
+                "Stop that program, or choose another port with --port or AUTOTUNE_PORT.",
+                code=1,
+            ) from None
+        raise fail(f"Cannot listen on {where}: {exc.strerror or exc}.", code=1) from None
+
+
+def _banner(settings: Settings) -> None:
+    url = f"http://{settings.host}:{settings.port}"
+    console.print(f"[bold]autotune[/] serving on [cyan]{url}/v1[/] (profile {settings.profile})")
+    console.print(
+        f"  try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{settings.default_model}", '
+        '"messages": [{"role": "user", "content": "Hello"}]}\''
+    )
+    console.print(f"  health: {url}/health   metrics: {url}/metrics   Ctrl-C stops")
 
 
 def serve(
@@ -42,17 +182,20 @@ def serve(
     AUTOTUNE_OPENAI_URL, AUTOTUNE_ROUTER_CONFIG; models and memory, AUTOTUNE_DEFAULT_MODEL,
     AUTOTUNE_PROFILE, AUTOTUNE_MEMORY_BUDGET, AUTOTUNE_KEEP_ALIVE, AUTOTUNE_THREADS,
     AUTOTUNE_MODELS_DIR; admission, AUTOTUNE_MAX_CONCURRENT, AUTOTUNE_MAX_QUEUED,
-    AUTOTUNE_WAIT_TIMEOUT, AUTOTUNE_MAX_BODY_BYTES, AUTOTUNE_CORS_ORIGINS; and AUTOTUNE_HOME,
-    where conversations, telemetry and caches are kept.
+    AUTOTUNE_WAIT_TIMEOUT, AUTOTUNE_MAX_BODY_BYTES; who may call it, AUTOTUNE_API_KEY,
+    AUTOTUNE_ALLOWED_HOSTS (host names besides loopback and the listening address),
+    AUTOTUNE_CORS_ORIGINS; and AUTOTUNE_HOME, where conversations, telemetry and caches are
+    kept. Each is checked before anything starts.
     """
-    import uvicorn
+    from autotune.server.app import create_app, is_loopback
+    from autotune.server.runner import serve_on
 
-    from autotune.server.app import create_app, is_loopback, server_config
-
-    updates = {k: v for k, v in (("host", host), ("port", port), ("profile", profile)) if v}
+    updates: dict[str, Any] = {
+        k: v for k, v in (("host", host), ("port", port), ("profile", profile)) if v is not None
+    }
     if ctx.obj and ctx.obj.get("backend"):
         updates["backend"] = ctx.obj["backend"]
-    settings = get_settings().model_validate({**get_settings().model_dump(), **updates})
+    settings = _settings(updates)
     if not is_loopback(settings.host) and not settings.api_key:
         raise fail(
             f"Refusing to listen on {settings.host} without an API key.",
@@ -60,15 +203,10 @@ def serve(
             "or keep the default 127.0.0.1.",
             code=2,
         )
-    url = f"http://{settings.host}:{settings.port}"
-    console.print(f"[bold]autotune[/] serving on [cyan]{url}/v1[/] (profile {settings.profile})")
-    console.print(
-        f"  try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
-        f'-d \'{{"model": "{settings.default_model}", '
-        '"messages": [{"role": "user", "content": "Hello"}]}\''
-    )
-    console.print(f"  health: {url}/health   metrics: {url}/metrics   Ctrl-C stops")
-    uvicorn.run(create_app(settings), **server_config(settings))
+    preflight(settings)
+    sock = _bind(settings)
+    if not serve_on(create_app(settings), sock, on_started=lambda: _banner(settings)):
+        raise typer.Exit(3)  # start-up failed; uvicorn has printed why
 
 
 def register(app: typer.Typer) -> None:

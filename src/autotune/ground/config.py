@@ -66,6 +66,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8765
+    allowed_hosts: str | None = Field(
+        None,
+        description="Extra host names the server answers to, comma-separated (loopback names "
+        "and the listening address always work; '*' allows any, '.example.com' a domain).",
+    )
     api_key: str | None = None
     max_concurrent: int = 1
     max_queued: int = 8
@@ -105,10 +110,29 @@ class Settings(BaseSettings):
             return parse_size(value) if value.strip() else None
         return value
 
+    @field_validator("memory_budget")
+    @classmethod
+    def _positive_budget(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError(f"{value} bytes leaves no room for any model; unset it or give a size")
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _port_range(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError(f"port {value} is outside 1-65535")
+        return value
+
     @field_validator("keep_alive", "wait_timeout", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value
+
+    @property
+    def allowed_host_names(self) -> list[str]:
+        """``allowed_hosts`` as a list of lower-case names."""
+        return [h.strip().lower() for h in (self.allowed_hosts or "").split(",") if h.strip()]
 
     @property
     def db_path(self) -> Path:

@@ -70,8 +70,14 @@ async def profiles() -> dict[str, Any]:
 
 @router.get("/api/running_models")
 async def running_models(request: Request) -> dict[str, Any]:
-    """Models resident in each engine's memory (the embedded engine's included)."""
+    """Models resident in each engine's memory (the embedded engine's included).
+
+    An embedded worker's own address is shown only when the server has an API key (so the
+    caller holds it): without one, anyone who can reach this server would learn it. The
+    worker has a key of its own that never leaves autotune either way.
+    """
     backends = request.app.state.pipeline.backends
+    show_urls = bool(request.app.state.settings.api_key)
     out: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
     for name in backends.order:
@@ -79,10 +85,17 @@ async def running_models(request: Request) -> dict[str, Any]:
         if not backend.capabilities.running_models:
             continue
         try:
-            out.extend(to_jsonable(r) for r in await backend.running_models())
+            out.extend(_shown(to_jsonable(r), show_urls) for r in await backend.running_models())
         except BackendError as exc:
             errors[name] = str(exc)
     return {"models": out, "errors": errors}
+
+
+def _shown(model: dict[str, Any], show_urls: bool) -> dict[str, Any]:
+    settings = model.get("settings")
+    if not show_urls and isinstance(settings, dict):
+        model["settings"] = {k: v for k, v in settings.items() if k != "url"}
+    return model
 
 
 @router.get("/api/requests")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI
+import psutil
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from autotune import __version__
@@ -15,21 +15,35 @@ from autotune.backends.registry import BackendSet
 from autotune.ground.config import Settings, get_settings
 from autotune.runtime import open_runtime
 from autotune.server import admin, conversations_api, dashboard, openai
-from autotune.server.errors import install_error_handlers
+from autotune.server.errors import install_error_handlers, reject_lone_surrogates
 from autotune.server.metrics import Metrics
-from autotune.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from autotune.server.middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    HostGuardMiddleware,
+    InternalErrorMiddleware,
+    is_loopback,
+)
 
-__all__ = ["create_app", "is_loopback"]
+__all__ = ["allowed_hosts", "create_app", "is_loopback"]
+
+_WILDCARD_BINDS = ("", "0.0.0.0", "::", "[::]")
 
 
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+def allowed_hosts(settings: Settings) -> list[str]:
+    """Host names the server answers to besides loopback ones: the address it listens on,
+    ``AUTOTUNE_ALLOWED_HOSTS``, and, when it listens on every interface, this machine's own
+    addresses and host name (what clients on the network will use)."""
+    names = [settings.host, *settings.allowed_host_names]
+    if settings.host.strip() in _WILDCARD_BINDS:
+        names.append(socket.gethostname())
+        for addresses in psutil.net_if_addrs().values():
+            names.extend(
+                a.address.split("%", 1)[0]  # fe80::1%eth0: the zone is not in a Host header
+                for a in addresses
+                if a.family in (socket.AF_INET, socket.AF_INET6)
+            )
+    return [n for n in names if n.strip() and n.strip() not in _WILDCARD_BINDS]
 
 
 def create_app(settings: Settings | None = None, *, backends: BackendSet | None = None) -> FastAPI:
@@ -60,17 +74,22 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
         version=__version__,
         description="OpenAI-compatible API in front of local LLM engines, tuned for them.",
         lifespan=lifespan,
+        dependencies=[Depends(reject_lone_surrogates)],
     )
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(conversations_api.router)
     app.include_router(dashboard.router)
+    # Outermost last: CORS (a preflight is answered before the key check), the key, the
+    # Host/Origin guard, the body limit, then the 500 guard right around the routes.
+    origins = [o.strip() for o in (settings.cors_origins or "").split(",") if o.strip()]
+    app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(HostGuardMiddleware, hosts=allowed_hosts(settings), cors_origins=origins)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
-    if settings.cors_origins:  # outermost: a preflight is answered before the key check
-        origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
@@ -79,14 +98,3 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
             expose_headers=["X-Autotune-Plan", "X-Conversation-Id"],
         )
     return app
-
-
-def server_config(settings: Settings) -> dict[str, Any]:
-    """uvicorn options for ``autotune serve``."""
-    return {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": "warning",
-        "access_log": False,  # request lines could be logged, prompt text never is
-        "timeout_graceful_shutdown": 5,
-    }

@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import re
+from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import PlainTextResponse, RedirectResponse
 
 from autotune.server.errors import error_response
 from autotune.server.schemas import ConversationCreate
 from autotune.store.conversations import ConversationStore
 
-__all__ = ["router"]
+__all__ = ["CONVERSATION_ID_PATTERN", "content_disposition", "router"]
+
+#: What a conversation id may be, wherever one is given (the API, ``X-Conversation-Id``).
+CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 
 router = APIRouter(prefix="/api/conversations")
 
+ConversationId = Annotated[
+    str,
+    Path(
+        pattern=CONVERSATION_ID_PATTERN,
+        description="1 to 128 letters, digits and _ . : -",
+    ),
+]
+
 
 def _store(request: Request) -> ConversationStore:
-    return request.app.state.store  # type: ignore[no-any-return]
+    store: ConversationStore = request.app.state.store
+    return store
 
 
 def _not_found(conv_id: str) -> Response:
@@ -28,10 +42,12 @@ def _not_found(conv_id: str) -> Response:
 @router.post("", status_code=201)
 async def create(body: ConversationCreate, request: Request) -> Any:
     store = _store(request)
-    if body.id and await asyncio.to_thread(store.get, body.id, with_messages=False):
-        return error_response(
-            f"Conversation {body.id!r} already exists.", status=409, code="conflict"
-        )
+    if body.id:
+        existing = await asyncio.to_thread(store.get, body.id, with_messages=False)
+        if existing is not None:
+            return error_response(
+                f"Conversation {body.id!r} already exists.", status=409, code="conflict"
+            )
     conv = await asyncio.to_thread(
         store.create,
         id=body.id,
@@ -54,24 +70,46 @@ async def list_conversations(
 
 
 @router.get("/{conv_id}")
-async def get(conv_id: str, request: Request) -> Any:
+async def get(conv_id: ConversationId, request: Request) -> Any:
     conv = await asyncio.to_thread(_store(request).get, conv_id)
     return conv.as_dict() if conv else _not_found(conv_id)
 
 
 @router.delete("/{conv_id}", status_code=204)
-async def delete(conv_id: str, request: Request) -> Response:
+async def delete(conv_id: ConversationId, request: Request) -> Response:
     deleted = await asyncio.to_thread(_store(request).delete, conv_id)
     return Response(status_code=204) if deleted else _not_found(conv_id)
 
 
 @router.get("/{conv_id}/export")
-async def export(conv_id: str, request: Request) -> Response:
+async def export(conv_id: ConversationId, request: Request) -> Response:
     text = await asyncio.to_thread(_store(request).export_markdown, conv_id)
     if text is None:
         return _not_found(conv_id)
     return PlainTextResponse(
         text,
         media_type="text/markdown; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{conv_id}.md"'},
+        headers={"Content-Disposition": content_disposition(f"{conv_id}.md")},
     )
+
+
+@router.api_route("/{rest:path}", methods=["GET", "DELETE"], include_in_schema=False)
+async def not_an_id(rest: str) -> Response:
+    """Anything else under /api/conversations/ holds an id no conversation can have
+    (``a/b``): a 400 that says what an id may be, rather than a bare 404."""
+    if not rest:  # /api/conversations/ is the list, as before
+        return RedirectResponse("/api/conversations", status_code=307)
+    return error_response(
+        f"{rest[:100]!r} is not a conversation id: an id is 1 to 128 letters, digits and "
+        "'_', '.', ':' or '-'.",
+        status=400,
+        param="conv_id",
+        code="invalid_request",
+    )
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII fallback name and the exact name as RFC 6266/8187
+    ``filename*`` (percent-encoded UTF-8), so no name can break the header."""
+    fallback = re.sub(r"[^A-Za-z0-9_.-]", "_", filename) or "conversation.md"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

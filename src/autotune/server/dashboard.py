@@ -8,7 +8,13 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 from starlette.types import Scope
 
-__all__ = ["ASSETS", "PUBLIC_PATHS", "is_public_dashboard_request", "router"]
+__all__ = [
+    "ASSETS",
+    "PUBLIC_PATHS",
+    "is_dashboard_asset_request",
+    "is_public_dashboard_request",
+    "router",
+]
 
 router = APIRouter(include_in_schema=False)
 
@@ -47,6 +53,17 @@ def is_public_dashboard_request(scope: Scope) -> bool:
         scope.get("type") == "http"
         and scope.get("method") in ("GET", "HEAD")
         and scope.get("path") in PUBLIC_PATHS
+    )
+
+
+def is_dashboard_asset_request(scope: Scope) -> bool:
+    """True for a GET/HEAD of the page or anything under its static folder (a file or a 404):
+    static content only, so a Host check may let it pass; data endpoints are not under it."""
+    path = scope.get("path") or ""
+    return (
+        scope.get("type") == "http"
+        and scope.get("method") in ("GET", "HEAD")
+        and (path == "/dashboard" or path.startswith("/dashboard/static/"))
     )
 
 

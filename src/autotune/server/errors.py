@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,9 +10,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from autotune.ground.errors import BackendError
+from autotune.ground.errors import BackendError, InvalidRequest
 
-__all__ = ["error_body", "error_response", "install_error_handlers"]
+__all__ = ["error_body", "error_response", "install_error_handlers", "reject_lone_surrogates"]
+
+#: A JSON escape of a UTF-16 surrogate: the only way a JSON text can carry one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _TYPES = {
     400: "invalid_request_error",
@@ -110,10 +115,53 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "Request failed."
-        return error_response(message, status=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(message, status=exc.status_code, headers=headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(
-            f"Internal error: {type(exc).__name__}: {exc}", status=500, code="internal_error"
-        )
+    # Anything else is answered by InternalErrorMiddleware: "Internal error" and a request id.
+
+
+def _surrogate_path(value: Any, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+    """Where in parsed JSON a string holds a lone surrogate (a pair decodes to one character)."""
+    if isinstance(value, str):
+        return path if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        key_text = str(key)
+        if _SURROGATE.search(key_text):
+            return (*path, key_text.encode("utf-8", "backslashreplace").decode())
+        found = _surrogate_path(item, (*path, key_text))
+        if found is not None:
+            return found
+    return None
+
+
+async def reject_lone_surrogates(request: Request) -> None:
+    """A FastAPI dependency: a JSON body with a lone UTF-16 surrogate (``"a\\ud800b"``) is a
+    400 naming the field. Such text is not Unicode: it cannot be stored or sent to an engine.
+
+    FastAPI has parsed the body before dependencies run, so this reads its cached copy, and
+    only when the raw bytes hold a surrogate escape at all (the hot path costs one search).
+    """
+    body = await request.body()
+    if not body or not _SURROGATE_ESCAPE.search(body):
+        return
+    try:
+        parsed = await request.json()
+    except ValueError:
+        return  # not JSON: the route's own validation answers
+    where = _surrogate_path(parsed)
+    if where is None:
+        return
+    param = ".".join(where) or None
+    raise InvalidRequest(
+        f"Invalid value for {param or 'the request body'!r}: the text holds a lone UTF-16 "
+        "surrogate (such as \\ud800), which is not valid Unicode; send the character itself "
+        "or a complete surrogate pair.",
+        param=param,
+    )

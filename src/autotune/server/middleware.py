@@ -1,23 +1,55 @@
-"""ASGI middleware: the API key check and the request-body size limit (pure ASGI, stream-safe)."""
+"""ASGI middleware: the Host/Origin guard, the API key check, the request-body size limit and
+the last-resort 500 (pure ASGI, stream-safe)."""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
+import logging
+import traceback
+import uuid
+from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from autotune.server.dashboard import is_public_dashboard_request
+from autotune.server.dashboard import is_dashboard_asset_request, is_public_dashboard_request
 from autotune.server.errors import error_body
 
-__all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware"]
+__all__ = [
+    "ApiKeyMiddleware",
+    "BodyLimitMiddleware",
+    "HostGuardMiddleware",
+    "InternalErrorMiddleware",
+    "bearer_token_matches",
+    "is_loopback",
+]
+
+log = logging.getLogger("autotune.server")
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1, ``localhost`` and names under ``.localhost`` (RFC 6761)."""
+    name = host.strip().lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 async def _reply(
-    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send,
+    status: int,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    code: str | None = None,
 ) -> None:
-    body = json.dumps(error_body(message, status=status)).encode()
+    body = json.dumps(error_body(message, status=status, code=code)).encode()
     await send(
         {
             "type": "http.response.start",
@@ -32,12 +64,21 @@ async def _reply(
     await send({"type": "http.response.body", "body": body})
 
 
+def bearer_token_matches(header: bytes, api_key: str) -> bool:
+    """``Authorization: Bearer <key>`` holds ``api_key``; the scheme in any case (RFC 9110
+    makes it case-insensitive), the token compared in constant time."""
+    scheme, _, token = header.strip().partition(b" ")
+    # Compared even when the scheme is wrong, so the time taken says nothing about the key.
+    same = hmac.compare_digest(token.strip(), api_key.encode())
+    return scheme.lower() == b"bearer" and same
+
+
 class ApiKeyMiddleware:
     """With a key configured, every request needs ``Authorization: Bearer <key>`` (else 401)."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The dashboard's page files hold no data: a browser must load them before it can
@@ -46,7 +87,7 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if not hmac.compare_digest(given, self.expected):
+        if not bearer_token_matches(given, self.api_key):
             await _reply(
                 send,
                 401,
@@ -97,3 +138,150 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def _host_name(value: str) -> str:
+    """The name in a ``Host`` header or URL authority, lower case, without port or brackets."""
+    value = value.strip().lower()
+    if value.startswith("["):  # [::1]:8765
+        return value[1 : value.find("]")] if "]" in value else value[1:]
+    if value.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+        value = value.split(":", 1)[0]
+    return value.rstrip(".")
+
+
+class HostGuardMiddleware:
+    """Answers only to its own names, and only to web pages of its own sites (403 otherwise).
+
+    DNS rebinding: a web page at ``evil.example`` whose name is re-pointed at 127.0.0.1 reaches
+    this server with ``Host: evil.example``; only loopback names, the listening address and
+    ``AUTOTUNE_ALLOWED_HOSTS`` are answered. Cross-site requests: a browser names the page that
+    sent a request in ``Origin``; pages on loopback or allowed hosts, and the sites in
+    ``AUTOTUNE_CORS_ORIGINS``, may call the API, others may not. Clients that are not browsers
+    send no ``Origin``. The dashboard's static files hold no data and are served to any host.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, hosts: Iterable[str] = (), cors_origins: Iterable[str] = ()
+    ) -> None:
+        self.app = app
+        names = {_host_name(h) for h in hosts if h.strip()}
+        self.any_host = "*" in names
+        self.suffixes = tuple(n for n in names if n.startswith("."))
+        self.names = names - {"*"} - set(self.suffixes)
+        self.origins = {o.strip().rstrip("/").lower() for o in cors_origins if o.strip()}
+
+    def host_allowed(self, name: str) -> bool:
+        return (
+            self.any_host
+            or is_loopback(name)
+            or name in self.names
+            or any(name.endswith(s) or name == s[1:] for s in self.suffixes)
+        )
+
+    def origin_allowed(self, origin: str) -> bool:
+        origin = origin.strip().rstrip("/").lower()
+        if "*" in self.origins or origin in self.origins:
+            return True
+        try:
+            parts = urlsplit(origin)
+        except ValueError:
+            return False
+        return parts.scheme in ("http", "https") and self.host_allowed(_host_name(parts.netloc))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or is_dashboard_asset_request(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host")
+        if host is not None:
+            name = _host_name(host.decode("latin-1"))
+            if not self.host_allowed(name):
+                await _reply(
+                    send,
+                    403,
+                    f"This server does not answer to the host name {name[:100]!r} (a guard "
+                    "against DNS rebinding). If you reach it by that name on purpose, add it "
+                    "to AUTOTUNE_ALLOWED_HOSTS.",
+                    code="host_not_allowed",
+                )
+                return
+        origin = headers.get(b"origin")
+        if origin is not None and not self.origin_allowed(origin.decode("latin-1")):
+            shown = origin.decode("latin-1")[:100]
+            await _reply(
+                send,
+                403,
+                f"Requests from the web page at {shown!r} are refused (a guard against "
+                "cross-site requests). To let that site call this server, add it to "
+                "AUTOTUNE_CORS_ORIGINS.",
+                code="origin_not_allowed",
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+class InternalErrorMiddleware:
+    """An unexpected exception becomes a 500 that says "Internal error" and a request id; the
+    server log gets the id, the exception's type and its stack (file, line, function), never
+    the exception's text, which can quote a prompt."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            request_id = "req_" + uuid.uuid4().hex[:16]
+            log.error(
+                "request %s (%s %s) failed: %s\n%s",
+                request_id,
+                scope.get("method"),
+                scope.get("path"),
+                _exception_chain(exc),
+                "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+            )
+            if started:
+                return  # the reply is under way: the client sees it end early
+            body = json.dumps(
+                error_body(
+                    f"Internal error (request id {request_id}); the server log has the details.",
+                    status=500,
+                    code="internal_error",
+                )
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"x-request-id", request_id.encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+
+def _exception_chain(exc: BaseException) -> str:
+    """``ValueError <- KeyError``: the types of an exception and its causes, no messages."""
+    names: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(names) < 5:
+        names.append(type(seen).__qualname__)
+        seen = seen.__cause__ or seen.__context__
+    return " <- ".join(names)

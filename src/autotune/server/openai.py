@@ -73,7 +73,9 @@ async def chat_completions(
         None, description="Tuning profile for this request (default: the server's)."
     ),
     x_conversation_id: str | None = Header(
-        None, max_length=128, description="Store and resume this conversation."
+        None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",  # = conversations_api.CONVERSATION_ID_PATTERN
+        description="Store and resume this conversation (1-128 letters, digits, _ . : -).",
     ),
     x_autotune_overflow: Literal["refuse", "truncate-oldest"] | None = Header(
         None,

@@ -4,6 +4,10 @@ WAL with ``synchronous=NORMAL`` keeps every committed transaction when the proce
 killed (only a power cut can lose the last ones), while writers never block readers.
 Migrations are numbered SQL scripts applied in order inside one transaction each; the
 version lives in ``PRAGMA user_version``. The scripts are in :mod:`autotune.store.schema`.
+
+A file that exists is checked before it is used (:func:`check_database`): an empty file, a
+file that is not SQLite, or a damaged one is refused with :class:`DatabaseUnusable`, and
+never replaced, since it may hold the only copy of someone's conversations.
 """
 
 from __future__ import annotations
@@ -15,17 +19,77 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from autotune.ground.errors import BackendError
 from autotune.store.schema import MIGRATIONS
 
-__all__ = ["Database"]
+__all__ = ["Database", "DatabaseUnusable", "check_database"]
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class DatabaseUnusable(BackendError):
+    """The database file exists but cannot be used; the message names it and the way out.
+
+    A :class:`BackendError` so that every command (and the API) reports it in one line.
+    """
+
+    status = 500
+    code = "database_unusable"
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(
+            f"The database {path} {problem}; autotune will not touch it. Move it aside "
+            f"(mv '{path}' '{path}.broken', and any -wal and -shm files beside it) and "
+            "autotune starts with a new, empty one."
+        )
+
+
+def check_database(path: Path | str) -> str | None:
+    """What is wrong with the database file at ``path``, or None when it is usable or absent.
+
+    Cheap for a healthy file: a header read, then SQLite's ``quick_check`` (it reads every
+    page once, without the index cross-checks of ``integrity_check``).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    if not path.is_file():
+        return "is not a file"
+    wal = path.with_name(path.name + "-wal")
+    if path.stat().st_size == 0:
+        if not (wal.exists() and wal.stat().st_size > 0):
+            return "is empty (0 bytes), so it is not an autotune database"
+    else:
+        with path.open("rb") as file:
+            if file.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+                return "is not an SQLite database"
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=30)
+        try:
+            verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"cannot be read ({exc})"
+    if verdict != "ok":
+        said = " ".join(str(verdict).split())[:200]
+        return f"is damaged (SQLite's quick_check says: {said})"
+    return None
 
 
 class Database:
     """A thread-safe connection to the autotune database (one writer at a time)."""
 
     def __init__(self, path: Path | str) -> None:
+        """Open (or create) the database; raises :class:`DatabaseUnusable` for a file that
+        exists but is empty, not SQLite, or damaged."""
         self.path = Path(path)
         if str(path) != ":memory:":
+            problem = check_database(self.path)
+            if problem is not None:
+                raise DatabaseUnusable(self.path, problem)
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(
             str(path), check_same_thread=False, isolation_level=None, timeout=30

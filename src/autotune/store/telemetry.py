@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -82,11 +83,36 @@ def derive_events(
 
 
 class TelemetryStore:
-    """Writes and reads runs and events (each write its own short transaction)."""
+    """Writes and reads runs and events (each write its own short transaction).
 
-    def __init__(self, db: Database, rules: EventRules | None = None) -> None:
+    The tables are bounded while the process runs, not only at start-up: every
+    ``prune_every`` writes, rows older than ``keep_days`` go, and beyond ``max_rows`` per
+    table the oldest go (a burst of requests cannot grow the file without end).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        rules: EventRules | None = None,
+        *,
+        keep_days: float = 30,
+        max_rows: int = 100_000,
+        prune_every: int = 1_000,
+    ) -> None:
         self.db = db
         self.rules = rules or EventRules()
+        self.keep_days = keep_days
+        self.max_rows = max_rows
+        self.prune_every = prune_every
+        self._writes = 0
+        self._lock = threading.Lock()
+
+    def _wrote(self) -> None:
+        with self._lock:
+            self._writes += 1
+            due = self._writes % self.prune_every == 0
+        if due:
+            self.prune()
 
     def record_run(self, record: RunRecord) -> None:
         data = record.as_dict()
@@ -98,12 +124,14 @@ class TelemetryStore:
             f"INSERT OR REPLACE INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({placeholders})",
             tuple(data.get(c) for c in _RUN_COLUMNS),
         )
+        self._wrote()
 
     def record_event(self, event: EngineEvent, run_id: str | None = None) -> None:
         self.db.execute(
             "INSERT INTO events (at, kind, model, run_id, detail) VALUES (?, ?, ?, ?, ?)",
             (event.at, event.kind, event.model, run_id, json.dumps(event.detail, default=str)),
         )
+        self._wrote()
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self.db.query("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", (limit,))
@@ -124,10 +152,23 @@ class TelemetryStore:
         )
         return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
 
-    def prune(self, keep_days: float = 30) -> int:
-        """Delete runs and events older than ``keep_days``; returns rows removed."""
-        cutoff = time.time() - keep_days * 86400
+    def prune(self, keep_days: float | None = None) -> int:
+        """Delete runs and events older than ``keep_days`` (default: the store's), and the
+        oldest beyond ``max_rows`` in each table; returns rows removed."""
+        days = self.keep_days if keep_days is None else keep_days
+        cutoff = time.time() - days * 86400
+        keep = max(0, self.max_rows - 1)
         with self.db.transaction() as conn:
             n = conn.execute("DELETE FROM runs WHERE started_at < ?", (cutoff,)).rowcount
+            n += conn.execute(
+                "DELETE FROM runs WHERE started_at < "
+                "(SELECT started_at FROM runs ORDER BY started_at DESC LIMIT 1 OFFSET ?)",
+                (keep,),
+            ).rowcount
             n += conn.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
+            n += conn.execute(
+                "DELETE FROM events WHERE id < "
+                "(SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (keep,),
+            ).rowcount
         return n
