@@ -169,6 +169,11 @@ def _combined_capabilities(backends: list[Backend]) -> Capabilities:
         if name == "concurrency":
             values[name] = sum(b.capabilities.concurrency for b in backends)
             continue
+        if name == "max_choices":  # the strictest upstream's limit, if any has one
+            limits = [b.capabilities.max_choices for b in backends]
+            known = [n for n in limits if n is not None]
+            values[name] = min(known) if known else None
+            continue
         flags = [bool(getattr(b.capabilities, name)) for b in backends]
         values[name] = any(flags) if name in _ANY_FLAGS else all(flags)
     return Capabilities(**values)
