@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +19,12 @@ from autotune.ground.records import RunRecord
 from autotune.ground.types import EngineEvent
 from autotune.hardware.profile import HardwareProfile, detect_hardware
 from autotune.pipeline import Pipeline
+from autotune.pipeline.kv import KvManager
 from autotune.recall.embed import default_embedder
 from autotune.recall.manager import RecallManager
 from autotune.store.conversations import ConversationStore
 from autotune.store.db import Database
+from autotune.store.kv import KvStore
 from autotune.store.telemetry import TelemetryStore, derive_events
 from autotune.store.tuning import TuningStore
 
@@ -49,7 +53,11 @@ class Runtime:
         await self.pipeline.close()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.backends.aclose()
+        await self.backends.aclose()  # saves the slots of every worker first (KV manager)
+        if self.pipeline.kv is not None:
+            await self.pipeline.kv.aclose()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         self.db.close()
 
     # -- telemetry wiring: writes go to a thread so the event loop never waits on SQLite
@@ -101,6 +109,26 @@ class Runtime:
         self._write(self.telemetry.record_event, event)
 
 
+def kv_disk_budget(settings: Settings) -> int:
+    """Bytes for saved KV caches: the setting, else a tenth of the free disk (≤ 64 GiB)."""
+    if settings.kv_disk_budget is not None:
+        return settings.kv_disk_budget
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return min(shutil.disk_usage(settings.home).free // 10, 64 * 1024**3)
+
+
+def _attach_kv(pipeline: Pipeline, engines: BackendSet, settings: Settings, db: Database) -> None:
+    """The KV manager, for engines that can save and restore slots; each engine offers its
+    slots to it before it drops them (unload, reload, shutdown)."""
+    slotted = [e for e in engines.backends.values() if e.capabilities.slots]
+    budget = kv_disk_budget(settings)
+    if not slotted or budget <= 0:
+        return
+    pipeline.kv = KvManager(KvStore(db, settings.kv_dir), budget)
+    for engine in slotted:
+        engine.before_unload = functools.partial(pipeline.kv.save_slots, engine)
+
+
 async def open_runtime(
     settings: Settings | None = None,
     *,
@@ -131,6 +159,7 @@ async def open_runtime(
         vram_total=sum(g.memory_total for g in hardware.gpus if not g.unified),
         tuned=tuning.lookup,  # measured settings from `autotune tune`, when stored
     )
+    _attach_kv(pipeline, engines, settings, db)
     if "max_concurrent" not in settings.model_fields_set:
         # Left at its default: let as many requests through as the engines can run at once
         # (one for a single engine, one per upstream behind a router).
@@ -143,6 +172,8 @@ async def open_runtime(
     if index_turns:
         pipeline.after_store.append(runtime.index_new_turns)
     pipeline.observers.append(runtime.on_run)
+    if pipeline.kv is not None:
+        pipeline.kv.emit = runtime.on_engine_event
     for engine in engines.backends.values():
         if engine.capabilities.engine_events and engine.on_event is None:
             engine.on_event = runtime.on_engine_event

@@ -8,10 +8,11 @@ those and never a backend's name. The data it returns and the errors it raises l
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from autotune.ground.errors import EngineUnavailable, NotSupported
+from autotune.ground.kv import SlotLayout
 from autotune.ground.types import (
     Capabilities,
     ChatRequest,
@@ -37,6 +38,9 @@ class Backend(ABC):
     start_hint: str = ""
     #: Called with every :class:`EngineEvent` the backend notices (telemetry subscribes).
     on_event: Callable[[EngineEvent], None] | None = None
+    #: Awaited with a model's name before the engine drops its KV (an unload, a reload, a
+    #: shutdown), so its slots can be saved first (the KV manager subscribes).
+    before_unload: Callable[[str], Awaitable[None]] | None = None
 
     @abstractmethod
     async def health(self) -> bool:
@@ -74,6 +78,17 @@ class Backend(ABC):
     def loaded_settings(self, model: str) -> LoadSettings | None:
         """The settings ``model`` is loaded with now (None: not loaded), where autotune loads."""
         raise NotSupported(f"{self.name} does not report its load settings.")
+
+    def slot_layout(self, model: str) -> SlotLayout | None:
+        """The slots of ``model`` as loaded now (None: not loaded, or no slot control)."""
+        return None
+
+    async def slot_action(
+        self, model: str, slot: int, action: str, filename: str
+    ) -> dict[str, Any]:
+        """``save`` or ``restore`` slot ``slot`` of ``model`` to or from ``filename`` in the
+        engine's KV folder; the engine's reply (``n_saved``/``n_restored``, bytes, timings)."""
+        raise NotSupported(f"{self.name} cannot save or restore slots.")
 
     def reclaimable_bytes(self, model: str) -> int:
         """Memory this engine would free by unloading idle models other than ``model``."""

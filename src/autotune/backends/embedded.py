@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import os
 import re
 import secrets
@@ -39,6 +41,7 @@ from autotune.ground.errors import (
     NotSupported,
     UnsupportedOption,
 )
+from autotune.ground.kv import KvIdentity, SlotLayout
 from autotune.ground.types import (
     Capabilities,
     ChatRequest,
@@ -55,6 +58,8 @@ __all__ = ["EmbeddedBackend", "EngineEvent", "from_settings"]  # EngineEvent re-
 
 #: What one model may use when no plan says otherwise: the trained context, capped.
 DEFAULT_N_CTX = 4096
+#: Seconds the slots of a worker being stopped may take to save.
+_SAVE_TIMEOUT = 60.0
 
 
 @dataclass
@@ -74,6 +79,8 @@ class _Worker:
     cache_ram_mib: int | None = None
     #: The worker's own API key: only this process holds it (see :func:`_key_file`).
     api_key: str | None = field(default=None, repr=False)
+    #: Unique per started worker: slot contents belong to one generation.
+    generation: int = 0
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -130,7 +137,15 @@ class EmbeddedBackend(Backend):
         nice: int = 0,
         estimator: Callable[[ModelMeta, LoadSettings], int] | None = None,
         on_event: Callable[[EngineEvent], None] | None = None,
+        kv_dir: Path | None = None,
+        prompt_cache_mib: int | None = None,
     ) -> None:
+        #: A fixed size for llama-server's host-RAM prompt cache (None: bounded by the budget).
+        self.prompt_cache_mib = prompt_cache_mib
+        #: Where workers save and restore slots (llama.cpp ``slot_save_path``); None: no slots.
+        self.kv_dir = kv_dir
+        if kv_dir is not None:
+            self.capabilities = dataclasses.replace(type(self).capabilities, slots=True)
         self._budget = memory_budget
         self.keep_alive = keep_alive
         self.threads = threads
@@ -140,11 +155,14 @@ class EmbeddedBackend(Backend):
         self._estimator = estimator or _load_estimate
         self.on_event = on_event
         self._workers: dict[str, _Worker] = {}
+        #: Workers being stopped: their slots can still be saved (see ``before_unload``).
+        self._stopping: dict[str, _Worker] = {}
         self._meta: dict[str, ModelMeta] = {}
         self._lock: asyncio.Lock | None = None
         self._reaper: asyncio.Task[None] | None = None
         #: Loads per model since this backend started; a reload counts as a load.
         self.loads: Counter[str] = Counter()
+        self._generations = itertools.count(1)
         self.events: list[EngineEvent] = []
 
     # ------------------------------------------------------------------ discovery
@@ -214,6 +232,30 @@ class EmbeddedBackend(Backend):
         """The settings the model is loaded with now, or None when it is not loaded."""
         worker = self._workers.get(model)
         return worker.settings if worker and worker.alive() else None
+
+    # ------------------------------------------------------------------ slots
+
+    def slot_layout(self, model: str) -> SlotLayout | None:
+        worker = self._workers.get(model) or self._stopping.get(model)
+        if worker is None or not worker.alive() or self.kv_dir is None:
+            return None
+        stat = worker.path.stat()
+        settings = worker.settings
+        identity = KvIdentity(
+            model_file=f"{worker.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}",
+            cache_type_k=settings.cache_type_k or "f16",
+            cache_type_v=settings.cache_type_v or "f16",
+            n_parallel=settings.n_parallel,
+        )
+        return SlotLayout(worker.generation, settings.n_parallel, settings.n_ctx, identity)
+
+    async def slot_action(
+        self, model: str, slot: int, action: str, filename: str
+    ) -> dict[str, Any]:
+        worker = self._workers.get(model) or self._stopping.get(model)
+        if worker is None or not worker.alive():
+            raise NotSupported(f"{model} is not loaded; its slots are gone.")
+        return await worker.client.slot_action(model, slot, action, filename)
 
     # ------------------------------------------------------------------ chat
 
@@ -331,8 +373,11 @@ class EmbeddedBackend(Backend):
         await self._make_room(name, estimate)
         cache = wanted.cache_ram_mib
         if cache is None:
+            cache = self.prompt_cache_mib
+        if cache is None:
             cache = await self._prompt_cache_mib(estimate)
         worker = await self._start(meta, wanted, estimate + cache * MiB, keep_alive, cache)
+        worker.generation = next(self._generations)
         self._workers[name] = worker
         self.loads[name] += 1
         self._emit(
@@ -411,6 +456,9 @@ class EmbeddedBackend(Backend):
         }
         if cache_ram_mib is not None:
             spec["cache_ram_mib"] = cache_ram_mib
+        if self.kv_dir is not None:
+            await asyncio.to_thread(self.kv_dir.mkdir, parents=True, exist_ok=True)
+            spec["slot_save_path"] = str(self.kv_dir)
         if settings.n_threads is None and self.threads:
             spec["n_threads"] = self.threads
         if spec.get("cache_type_v") not in (None, "f16", "f32", "bf16") and not spec.get(
@@ -460,6 +508,15 @@ class EmbeddedBackend(Backend):
         return bool(caps.get("supports_tools", True))
 
     async def _stop(self, worker: _Worker) -> None:
+        """Stop a worker; its slots are offered to ``before_unload`` first (bounded in time:
+        a save that hangs must not keep a model in memory)."""
+        if self.before_unload is not None and worker.alive():
+            self._stopping[worker.name] = worker
+            try:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.before_unload(worker.name), _SAVE_TIMEOUT)
+            finally:
+                self._stopping.pop(worker.name, None)
         await worker.client.aclose()
         await asyncio.to_thread(stop_worker, worker.proc)
 
@@ -530,4 +587,6 @@ def from_settings(spec: EngineSpec, settings: Settings) -> EmbeddedBackend:
         keep_alive=settings.keep_alive,
         threads=settings.threads,
         log_dir=settings.home / "logs",
+        kv_dir=None if settings.kv_disk_budget == 0 else settings.kv_dir,
+        prompt_cache_mib=settings.prompt_cache_mib,
     )

@@ -78,6 +78,11 @@ def build_params(spec: dict[str, Any], api_key: str | None = None) -> Any:
         # llama-server keeps finished prompts' KV in host RAM for reuse (--cache-ram,
         # default 8192 MiB): it counts against memory, so the plan bounds it.
         p.cache_ram_mib = int(spec["cache_ram_mib"])
+    if spec.get("slot_save_path"):
+        # llama.cpp joins this folder and a slot file's name by plain concatenation (seen: a
+        # folder without a trailing separator saved "…/kva.bin" beside it, not "…/kv/a.bin");
+        # llama-server's --slot-save-path adds the separator, CommonParams does not.
+        p.slot_save_path = os.path.join(str(spec["slot_save_path"]), "")
     p.port = 0  # a free loopback port, chosen by the OS
     p.endpoint_metrics = True
     p.ui = False

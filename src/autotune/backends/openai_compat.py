@@ -570,6 +570,18 @@ class OpenAICompatBackend(Backend):
         # With `with_pieces` llama.cpp returns {id, piece} objects instead of bare ids.
         return [int(t["id"]) if isinstance(t, Mapping) else int(t) for t in tokens]
 
+    async def slot_action(
+        self, model: str, slot: int, action: str, filename: str
+    ) -> dict[str, Any]:
+        """llama-server's ``POST /slots/{slot}?action=save|restore`` with ``filename`` (in the
+        folder the server was started with: ``--slot-save-path``)."""
+        root = await self._url_for(model)
+        reply = await self._request(
+            "POST", f"{root}/slots/{slot}", params={"action": action}, json={"filename": filename}
+        )
+        body = reply.json()
+        return dict(body) if isinstance(body, Mapping) else {}
+
     async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
         await self.probe()
         root = await self._url_for(model)

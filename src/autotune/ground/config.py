@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     wait_timeout: float = 120.0
     max_body_bytes: int = 8 * 1024 * 1024
     cors_origins: str | None = None
+    kv_disk_budget: int | None = Field(
+        None,
+        description="Bytes of disk for saved conversation KV caches (accepts 20GiB…); 0 turns "
+        "them off; unset: a tenth of the free disk, at most 64 GiB.",
+    )
+    prompt_cache_mib: int | None = Field(
+        None,
+        description="MiB of host RAM the embedded engine keeps for finished prompts' KV "
+        "(llama.cpp --cache-ram); unset: a quarter of the memory budget's headroom.",
+    )
     pass_unknown_fields: bool = Field(
         False,
         description="Send request fields outside OpenAI's schema on to the engine instead of "
@@ -101,6 +111,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"unknown profile {value!r}; choose one of {', '.join(PROFILE_CHOICES)}"
             )
+        return value
+
+    @field_validator("kv_disk_budget", mode="before")
+    @classmethod
+    def _disk_size(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_size(value) if value.strip() else None
         return value
 
     @field_validator("memory_budget", mode="before")
@@ -133,6 +150,11 @@ class Settings(BaseSettings):
     def allowed_host_names(self) -> list[str]:
         """``allowed_hosts`` as a list of lower-case names."""
         return [h.strip().lower() for h in (self.allowed_hosts or "").split(",") if h.strip()]
+
+    @property
+    def kv_dir(self) -> Path:
+        """Where saved conversation KV caches live."""
+        return self.home / "kv"
 
     @property
     def db_path(self) -> Path:

@@ -42,6 +42,11 @@ class RunRecord:
     swap_delta: int | None = None
     gpu_memory_peak: int | None = None
     engine_timings: dict[str, Any] = field(default_factory=dict)
+    #: What happened to the conversation's KV cache: hit | restored | saved | miss (engines
+    #: with slots; "hit"/"restored" only when the engine's cached-token count shows it).
+    kv: str | None = None
+    #: Bytes of KV files written for this request (a slot saved before it changed hands).
+    kv_bytes: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

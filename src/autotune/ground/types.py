@@ -59,6 +59,9 @@ class Capabilities:
     concurrency: int = 1
     #: Choices (``n``) the engine can answer in one request; None when it sets no known limit.
     max_choices: int | None = None
+    #: The engine saves and restores slots' KV to files autotune names (llama.cpp
+    #: ``/slots/{id}?action=save|restore``), and requests can be pinned to a slot.
+    slots: bool = False
 
 
 @dataclass

@@ -89,6 +89,7 @@ def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> D
             client_params=req.params,
             keep_alive=snap.keep_alive,
             threads=snap.threads,
+            concurrency=snap.concurrency,
             tuned=snap.tuned,
             estimator=load_estimate if snap.meta and snap.meta.block_count else None,
         )

@@ -60,6 +60,8 @@ class Snapshot:
     compaction: CompactionState | None
     threads: int | None
     keep_alive: float | None
+    #: Requests the admission lets run at once.
+    concurrency: int = 1
 
 
 class Gatherer:
@@ -75,8 +77,10 @@ class Gatherer:
         threads: int | None = None,
         vram_total: int = 0,
         tuned: TunedLookup | None = None,
+        concurrency: Callable[[], int] = lambda: 1,
     ) -> None:
         self.settings = settings
+        self.concurrency = concurrency
         self.state = state
         self.tokens = tokens
         self.sampler = sampler
@@ -116,6 +120,7 @@ class Gatherer:
             compaction=compaction,
             threads=self.threads,
             keep_alive=self.settings.keep_alive,
+            concurrency=self.concurrency(),
         )
 
     async def _count_exactly(

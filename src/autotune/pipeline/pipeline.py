@@ -51,6 +51,7 @@ from autotune.pipeline.admission import AdmissionQueue
 from autotune.pipeline.conversation import CompactionMemory, ConversationView, read_conversation
 from autotune.pipeline.decide import OVERFLOW_POLICIES, Decided, RequestFacts, decide
 from autotune.pipeline.gather import Gatherer, TunedLookup
+from autotune.pipeline.kv import KvManager
 from autotune.pipeline.run import ChatRun, Turn
 from autotune.pipeline.state import EngineState
 from autotune.store.conversations import ConversationStore
@@ -95,8 +96,11 @@ class Pipeline:
         vram_total: int = 0,
         tuned: TunedLookup | None = None,
         window: ContextWindow | None = None,
+        kv: KvManager | None = None,
     ) -> None:
         self.backends = backends
+        #: Keeps conversations' KV caches in slots and on disk (engines with slots).
+        self.kv = kv
         self.store = store
         self.queue = queue or AdmissionQueue(
             settings.max_concurrent, settings.max_queued, settings.wait_timeout
@@ -119,6 +123,7 @@ class Pipeline:
             threads=threads,
             vram_total=vram_total,
             tuned=tuned,
+            concurrency=lambda: self.queue.max_concurrent,
         )
         self.recent: list[RunRecord] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -217,10 +222,37 @@ class Pipeline:
         started: float,
     ) -> ChatRun:
         plan = decided.plan
+        params = {**plan.params, **inp.params}  # the client's own values win
+        ticket = None
+        if self.kv is not None:
+            ticket = await self.kv.pin(backend, model, plan, view.conversation_id)
+            if ticket is not None and ticket.plan.slot is not None:
+                params["id_slot"] = ticket.plan.slot  # llama.cpp: run on this slot
+        try:
+            run = await self._open(backend, model, inp, view, decided, params, record, started)
+        except BaseException:
+            if ticket is not None and self.kv is not None:
+                self.kv.release(ticket, None, ok=False)
+            raise
+        run.kv_ticket = ticket
+        return run
+
+    async def _open(
+        self,
+        backend: Backend,
+        model: str,
+        inp: ChatInput,
+        view: ConversationView,
+        decided: Decided,
+        params: dict[str, Any],
+        record: RunRecord,
+        started: float,
+    ) -> ChatRun:
+        """Open the engine stream and wait for its first chunk."""
+        plan = decided.plan
         record.plan = plan.summary()
         record.decisions = [asdict(d) for d in plan.decisions]
         record.n_ctx = plan.context_limit
-        params = {**plan.params, **inp.params}  # the client's own values win
         request = ChatRequest(
             model,
             decided.messages,
@@ -312,6 +344,9 @@ class Pipeline:
         stats = run.stats
         if stats is not None and stats.prompt_tokens:
             self.tokens.observe(run.model, run.request.messages, stats.prompt_tokens)
+        if run.kv_ticket is not None and self.kv is not None:
+            run.record.kv = self.kv.release(run.kv_ticket, stats, run.record.status == "ok")
+            run.record.kv_bytes = run.kv_ticket.saved_bytes or None
         self._notify(run.record)
 
     def _notify(self, record: RunRecord) -> None:

@@ -23,6 +23,7 @@ from autotune.ground.records import RunRecord
 from autotune.ground.types import ChatRequest, Chunk, EngineStats
 from autotune.hardware.os_tune import gc_paused
 from autotune.hardware.sampler import Sampler
+from autotune.pipeline.kv import Ticket
 from autotune.pipeline.reply import Reply
 from autotune.tuning.planner import Plan
 
@@ -85,6 +86,8 @@ class ChatRun:
         self._started = started
         self._done = False
         self._last_text = ""
+        #: The slot reserved for this run (engines with slots), released when it finishes.
+        self.kv_ticket: Ticket | None = None
 
     # -- what the reply said so far
 

@@ -140,4 +140,25 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        6,
+        "kv files",
+        """
+        CREATE TABLE kv_files (
+            conversation_id TEXT NOT NULL,
+            identity        TEXT NOT NULL,     -- model file, KV cache types, slots (hashed)
+            model           TEXT NOT NULL,     -- the model's name, for listings
+            filename        TEXT NOT NULL UNIQUE,
+            tokens          INTEGER NOT NULL,  -- tokens the saved slot holds
+            bytes           INTEGER NOT NULL,
+            checksum        TEXT,              -- CRC-32 of the file; NULL until computed
+            created_at      REAL NOT NULL,
+            last_used       REAL NOT NULL,
+            hits            INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (conversation_id, identity)
+        );
+        ALTER TABLE runs ADD COLUMN kv TEXT;
+        ALTER TABLE runs ADD COLUMN kv_bytes INTEGER;
+        """,
+    ),
 ]

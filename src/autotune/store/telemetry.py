@@ -44,6 +44,8 @@ _RUN_COLUMNS = (
     "swap_delta",
     "gpu_memory_peak",
     "engine_timings",
+    "kv",
+    "kv_bytes",
 )
 
 

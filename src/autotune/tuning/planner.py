@@ -85,6 +85,8 @@ class PlanInput:
     client_params: Mapping[str, Any] = field(default_factory=dict)
     keep_alive: float | None = -1
     threads: int | None = None
+    #: Requests the admission lets run at once: one slot each, where the engine has slots.
+    concurrency: int = 1
     tuned: TunedSettings | None = None
     #: Bytes a load with these settings needs (weights + KV + compute + overhead).
     estimator: Callable[[ModelMeta, LoadSettings], int] | None = None
@@ -157,7 +159,7 @@ class Plan:
         return parts
 
     #: Decisions made after planning (context fit, KV cache, overflow) shown by key.
-    header_keys: ClassVar[tuple[str, ...]] = ("context", "overflow")
+    header_keys: ClassVar[tuple[str, ...]] = ("context", "overflow", "kv_cache")
 
 
 def bucket_for(tokens: int, cap: int) -> int:
@@ -356,6 +358,12 @@ def _load_settings(
     if inp.capabilities.load_control:
         settings = _batch(inp, settings, small_batch, tier, decide)
         settings = _threads(inp, settings, decide)
+    if inp.capabilities.slots and inp.concurrency > 1:
+        # One slot per request that may run at once, so concurrent conversations keep their
+        # own KV (llama.cpp splits its context across slots; the worker multiplies n_ctx).
+        why = f"admission: {inp.concurrency} requests run at once, each on its own slot"
+        decide("slots", inp.concurrency, why)
+        settings = replace(settings, n_parallel=inp.concurrency)
     return settings
 
 
@@ -464,6 +472,9 @@ def _guard(
             best, low = mid * 256, mid + 1
         else:
             high = mid - 1
+    if best is None and load.n_parallel > 1:
+        decide("slots", 1, f"no-swap: {load.n_parallel} slots do not fit; one slot")
+        return _guard(inp, replace(load, n_parallel=1), decide)
     if best is None:
         smallest = inp.estimator(inp.meta, replace(load, n_ctx=MIN_CONTEXT))
         return load, (
