@@ -73,6 +73,11 @@ def build_params(spec: dict[str, Any]) -> Any:
         # llama-server keeps finished prompts' KV in host RAM for reuse (--cache-ram,
         # default 8192 MiB): it counts against memory, so the plan bounds it.
         p.cache_ram_mib = int(spec["cache_ram_mib"])
+    if spec.get("embedding"):
+        # An embedding model: /v1/embeddings on, pooled as its GGUF says (llama_pooling_type).
+        p.embedding = True
+        if spec.get("pooling") is not None:
+            p.pooling_type = x.llama_pooling_type(int(spec["pooling"]))
     p.port = 0  # a free loopback port, chosen by the OS
     p.endpoint_metrics = True
     p.ui = False

@@ -17,9 +17,12 @@ from autotune.runtime import open_runtime
 from autotune.server import (
     admin,
     anthropic_api,
+    completions,
     conversations_api,
     dashboard,
+    embeddings,
     openai,
+    responses_api,
 )
 from autotune.server.errors import install_error_handlers
 from autotune.server.metrics import Metrics
@@ -70,6 +73,10 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(anthropic_api.router)
+    app.include_router(responses_api.router)
+    app.include_router(completions.router)
+    app.include_router(embeddings.router)
+    app.include_router(embeddings.ollama_router)  # POST /api/embed
     app.include_router(admin.router)
     app.include_router(conversations_api.router)
     app.include_router(dashboard.router)
