@@ -1,9 +1,10 @@
 """An instant stand-in for llama-server, used only to isolate autotune's own proxy cost.
 
-It answers ``/v1/chat/completions`` with the chunk sequence the real llama.cpp server
-sends (role, content, finish, usage + timings, [DONE]; shapes copied from the embedded
-engine's output) without computing anything, and ``/v1/models``, ``/health``. Not a test
-double for behaviour: only for timing the proxy's own work.
+It answers ``/v1/chat/completions`` (and ``/v1/completions``, with ``text_completion``
+chunks of the same shape, for the completions face) with the chunk sequence the real
+llama.cpp server sends (role, content, finish, usage + timings, [DONE]; shapes copied from
+the embedded engine's output) without computing anything, and ``/v1/models``, ``/health``.
+Not a test double for behaviour: only for timing the proxy's own work.
 
     python bench/fake_llamacpp.py PORT
 """
@@ -44,6 +45,20 @@ _EVENTS = [
     b"data: " + json.dumps({**_BASE, **c}, separators=(",", ":")).encode() + b"\n\n"
     for c in _CHUNKS
 ] + [b"data: [DONE]\n\n"]
+_TEXT = [
+    {"choices": [{"text": "Yes", "index": 0, "logprobs": None, "finish_reason": None}]},
+    {
+        "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": "length"}],
+        "usage": _CHUNKS[-1]["usage"],
+        "timings": _CHUNKS[-1]["timings"],
+    },
+]
+_TEXT_EVENTS = [
+    b"data: "
+    + json.dumps({**_BASE, "object": "text_completion", **c}, separators=(",", ":")).encode()
+    + b"\n\n"
+    for c in _TEXT
+] + [b"data: [DONE]\n\n"]
 _MODELS = b'{"object":"list","data":[{"id":"smollm2:135m","object":"model"}]}'
 
 
@@ -73,7 +88,8 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                     b"Transfer-Encoding: chunked\r\n\r\n"
                 )
-                writer.write(b"".join(_chunk(e) for e in _EVENTS) + b"0\r\n\r\n")
+                events = _TEXT_EVENTS if b"/v1/completions" in lines[0] else _EVENTS
+                writer.write(b"".join(_chunk(e) for e in events) + b"0\r\n\r\n")
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()

@@ -9,6 +9,13 @@ LM Studio REST API docs (``/api/v0/models`` with ``state``, ``/api/v1/models`` w
 vLLM metrics docs (``vllm:`` Prometheus names, ``max_model_len``, its 404
 ``The model `x` does not exist.``); SGLang (``sglang:`` metrics, ``/get_model_info``); and
 mlx_lm.server (only ``/v1/*`` and ``/health``). Every request is recorded.
+
+Text completions follow the same documents: ``/v1/completions`` streams ``text_completion``
+chunks (the last with ``usage``, and on llama.cpp ``timings``); llama.cpp's ``/infill``
+(tools/server/README.md "POST /infill") streams its native ``/completion`` shape (``content``,
+``stop``, ``stop_type``, ``tokens_evaluated``, ``tokens_cached``, ``timings``) when the model
+has FIM tokens (``fim=True``), and otherwise answers 501 ``not_supported_error`` as
+llama-server does ("Infill is not supported by this model: prefix token is missing. …").
 """
 
 from __future__ import annotations
@@ -50,11 +57,14 @@ class FakeOpenAI:
         model: str = "qwen2.5-0.5b-instruct",
         metrics: bool = True,
         lmstudio_v1: bool = True,
+        fim: bool = False,
     ):
         assert flavour in FLAVOURS, flavour
         self.flavour = flavour
         self.model = model
         self.metrics = metrics
+        #: llama.cpp: the model has fill-in-the-middle tokens (else /infill answers 501).
+        self.fim = fim
         #: Set by whoever serves the app (see tests/fakes/server.py).
         self.url = ""
         self.requests: list[dict[str, Any]] = []
@@ -69,12 +79,14 @@ class FakeOpenAI:
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            Route("/v1/completions", self._completions, methods=["POST"]),
         ]
         if flavour == "llamacpp":
             routes += [
                 Route("/health", self._health_ok, methods=["GET"]),
                 Route("/props", self._props, methods=["GET"]),
                 Route("/tokenize", self._tokenize, methods=["POST"]),
+                Route("/infill", self._infill, methods=["POST"]),
             ]
             if metrics:
                 routes.append(Route("/metrics", self._metrics, methods=["GET"]))
@@ -320,8 +332,54 @@ class FakeOpenAI:
         self.sent = script
         return StreamingResponse(_sse(script), media_type="text/event-stream")
 
+    async def _completions(self, request: Request) -> Response:
+        await self._record(request)
+        base = {"id": "cmpl-fake", "object": "text_completion", "created": 1, "model": self.model}
+        pieces = ["\n    return", " a + b"]
+        chunks: list[dict[str, Any]] = [
+            {**base, "choices": [{"index": 0, "text": p, "logprobs": None, "finish_reason": None}]}
+            for p in pieces
+        ]
+        last: dict[str, Any] = {
+            **base,
+            "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11},
+        }
+        if self.flavour == "llamacpp":
+            last["timings"] = dict(LLAMACPP_TIMINGS)
+        chunks.append(last)
+        self.sent = chunks
+        return StreamingResponse(_sse(chunks), media_type="text/event-stream")
 
-async def _sse(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async def _infill(self, request: Request) -> Response:
+        await self._record(request)
+        if not self.fim:
+            message = (
+                "Infill is not supported by this model: prefix token is missing. "
+                "suffix token is missing. middle token is missing. "
+            )
+            error = {"code": 501, "message": message, "type": "not_supported_error"}
+            return JSONResponse({"error": error}, status_code=501)
+        events: list[dict[str, Any]] = [
+            {"index": 0, "content": "a + b", "tokens": [], "stop": False, "id_slot": 0},
+            {
+                "index": 0,
+                "content": "",
+                "stop": True,
+                "id_slot": 0,
+                "stop_type": "eos",
+                "tokens_predicted": 3,
+                "tokens_evaluated": 12,
+                "tokens_cached": 4,
+                "timings": dict(LLAMACPP_TIMINGS),
+            },
+        ]
+        self.sent = events
+        return StreamingResponse(_sse(events, done=False), media_type="text/event-stream")
+
+
+async def _sse(chunks: list[dict[str, Any]], done: bool = True) -> AsyncIterator[bytes]:
     for chunk in chunks:
         yield f"data: {json.dumps(chunk)}\n\n".encode()
-    yield b"data: [DONE]\n\n"
+    if done:  # the native /infill stream is sent without OpenAI's closing [DONE]
+        yield b"data: [DONE]\n\n"

@@ -1,5 +1,7 @@
 """Property-based API testing: schemathesis generates requests from autotune's OpenAPI schema
-and the server must never answer with a 5xx. Real server, real embedded engine."""
+and the server must never answer with a 5xx. Real server, real embedded engine. Every face
+is in the schema: OpenAI chat, completions, embeddings and Responses, Anthropic Messages and
+Ollama's /api/embed."""
 
 from __future__ import annotations
 
@@ -35,17 +37,26 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundS
         yield server
 
 
+#: Routes whose output length is not ``max_tokens`` (or that generate nothing).
+_OUTPUT_LIMIT = {"/v1/responses": "max_output_tokens"}
+_NO_OUTPUT = {"/v1/embeddings", "/api/embed", "/v1/messages/count_tokens"}
+
+
 @schemathesis.hook
 def map_body(context: Any, body: Any) -> Any:
     """Keep the engine's work bounded: generated bodies may ask for 10⁹ tokens or n=16."""
-    if isinstance(body, dict):
-        if isinstance(body.get("max_tokens"), int):
-            body["max_tokens"] = min(body["max_tokens"], 8)
+    path = context.operation.path if context.operation is not None else ""
+    if isinstance(body, dict) and path not in _NO_OUTPUT:
+        limit = _OUTPUT_LIMIT.get(path, "max_tokens")
+        if isinstance(body.get(limit), int):
+            body[limit] = min(body[limit], 8)
         else:
-            body["max_tokens"] = 8
+            body[limit] = 8
         body.pop("max_completion_tokens", None)
         if isinstance(body.get("n"), int):
             body["n"] = min(body["n"], 2)
+        if isinstance(body.get("best_of"), int):
+            body["best_of"] = min(body["best_of"], 2)
     return body
 
 
@@ -69,3 +80,14 @@ def test_no_request_gets_a_server_error(api_server: BackgroundServer) -> None:
         check()
     chat = {code for (label, code) in seen if label == "POST /v1/chat/completions"}
     assert 200 in chat and chat & {400, 404}, seen  # both valid and invalid bodies were tried
+    faces = (
+        "POST /v1/messages",
+        "POST /v1/messages/count_tokens",
+        "POST /v1/responses",
+        "GET /v1/responses/{response_id}",
+        "POST /v1/completions",
+        "POST /v1/embeddings",
+        "POST /api/embed",
+    )
+    tried = {label for (label, _) in seen}
+    assert set(faces) <= tried, sorted(set(faces) - tried)

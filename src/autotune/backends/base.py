@@ -17,6 +17,7 @@ from autotune.ground.types import (
     Capabilities,
     ChatRequest,
     Chunk,
+    CompletionRequest,
     EngineEvent,
     LoadSettings,
     ModelEntry,
@@ -53,6 +54,11 @@ class Backend(ABC):
     @abstractmethod
     def stream_chat(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         """Stream OpenAI chunks; raise :class:`BackendError` before the first one on failure."""
+
+    def stream_completion(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
+        """Stream OpenAI ``text_completion`` chunks (fill-in-the-middle when ``suffix`` is set);
+        the last carries the engine's stats. Raise :class:`BackendError` before the first."""
+        raise NotSupported(f"{self.name} has no text completions endpoint.")
 
     async def running_models(self) -> list[RunningModel]:
         raise NotSupported(f"{self.name} cannot list running models.")

@@ -37,6 +37,7 @@ from autotune.ground.config import Settings
 from autotune.ground.engines import EngineSpec
 from autotune.ground.errors import (
     InsufficientMemory,
+    InvalidRequest,
     ModelLoadError,
     NotSupported,
     UnsupportedOption,
@@ -46,6 +47,7 @@ from autotune.ground.types import (
     Capabilities,
     ChatRequest,
     Chunk,
+    CompletionRequest,
     EngineEvent,
     LoadSettings,
     ModelEntry,
@@ -164,6 +166,8 @@ class EmbeddedBackend(Backend):
         self.loads: Counter[str] = Counter()
         self._generations = itertools.count(1)
         self.events: list[EngineEvent] = []
+        #: Workers started for embedding models (apart from the chat workers).
+        self.embedders = EmbeddingWorkers()
 
     # ------------------------------------------------------------------ discovery
 
@@ -283,6 +287,25 @@ class EmbeddedBackend(Backend):
             raise NotSupported(f"{meta.name} is not loaded; its tokenizer is not at hand.")
         return await worker.client.tokenize(meta.name, text)
 
+    async def stream_completion(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
+        """A text completion (or fill-in-the-middle) on the worker, loaded as planned."""
+        worker, loaded_now = await self._ensure(request.model, request.load, request.keep_alive)
+        worker.in_flight += 1
+        try:
+            async for chunk in worker.client.stream_completion(request):
+                if chunk.stats is not None:
+                    chunk.stats.reloaded = loaded_now
+                yield chunk
+        finally:
+            worker.in_flight -= 1
+            worker.last_used = time.monotonic()
+
+    async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        """Vectors from an embedding GGUF, on a worker started for embeddings (a chat model
+        is refused: llama.cpp embeds only with a pooling type, which chat models lack)."""
+        meta = await self.model_meta(model)
+        return await self.embedders.embed(self, meta, texts)
+
     # ------------------------------------------------------------------ load / unload
 
     async def load(self, model: str, settings: LoadSettings | None = None) -> None:
@@ -294,6 +317,7 @@ class EmbeddedBackend(Backend):
         if worker is not None:
             await self._stop(worker)
             self._emit("unload", worker.name, reason="requested")
+        await self.embedders.stop(model)
 
     async def aclose(self) -> None:
         if self._reaper is not None:
@@ -303,6 +327,7 @@ class EmbeddedBackend(Backend):
             self._reaper = None
         workers, self._workers = list(self._workers.values()), {}
         await asyncio.gather(*(self._stop(w) for w in workers))
+        await self.embedders.stop()
 
     def _get_lock(self) -> asyncio.Lock:
         if self._lock is None:
@@ -566,6 +591,85 @@ def _key_file(api_key: str) -> Iterator[str]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+@dataclass
+class _Embedder:
+    proc: subprocess.Popen[bytes]
+    client: OpenAICompatBackend
+    estimate: int
+
+
+class EmbeddingWorkers:
+    """Workers for embedding GGUFs (started with ``embedding`` on and the model's pooling).
+
+    Kept apart from the chat workers: an embedding model has no conversation, context plan
+    or prompt cache to keep. Each is started on first use, counted against the memory
+    budget (idle chat models make room for it), and stopped by ``unload`` or ``aclose``.
+    """
+
+    #: Context (and batch: llama.cpp embeds an input in one batch) at most.
+    MAX_CTX = 8192
+
+    def __init__(self) -> None:
+        self._workers: dict[str, _Embedder] = {}
+        self._lock: asyncio.Lock | None = None
+
+    def resident_bytes(self) -> int:
+        return sum(w.estimate for w in self._workers.values())
+
+    async def embed(
+        self, backend: EmbeddedBackend, meta: ModelMeta, texts: list[str]
+    ) -> list[list[float]]:
+        from autotune.models.roles import pooling_type
+
+        assert meta.path is not None
+        pooling = await asyncio.to_thread(pooling_type, meta.path)
+        if pooling is None:
+            raise InvalidRequest(
+                f"{meta.name} is a text-generation model, not an embedding model (its GGUF "
+                "declares no pooling type). Ask for an embedding model: all-minilm "
+                "(autotune's offline MiniLM) or an embedding GGUF such as nomic-embed-text.",
+                param="model",
+            )
+        worker = await self._worker(backend, meta, pooling)
+        return await worker.client.embed(meta.name, texts)
+
+    async def _worker(self, backend: EmbeddedBackend, meta: ModelMeta, pooling: int) -> _Embedder:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            worker = self._workers.get(meta.name)
+            if worker is not None and worker.proc.poll() is None:
+                return worker
+            n_ctx = min(meta.context_length or 512, self.MAX_CTX)
+            settings = LoadSettings(n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx)
+            estimate = backend._estimator(meta, settings)
+            await backend._make_room(meta.name, estimate + self.resident_bytes())
+            spec = {
+                "path": meta.path,
+                "alias": meta.name,
+                "verbosity": backend.verbosity,
+                "embedding": True,
+                "pooling": pooling,
+                "n_threads": backend.threads,
+                **settings.as_dict(),
+            }
+            api_key = secrets.token_urlsafe(32)  # like a chat worker: it answers autotune only
+            with _key_file(api_key) as key_path:
+                spec["api_key_file"] = key_path
+                proc, url = await asyncio.to_thread(backend._spawn, spec)
+            client = OpenAICompatBackend(url, name=backend.name, kind="llamacpp", api_key=api_key)
+            worker = self._workers[meta.name] = _Embedder(proc, client, estimate)
+            return worker
+
+    async def stop(self, model: str | None = None) -> None:
+        names = list(self._workers) if model is None else [model]
+        for name in names:
+            worker = self._workers.pop(name, None)
+            if worker is not None:
+                await worker.client.aclose()
+                await asyncio.to_thread(stop_worker, worker.proc)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

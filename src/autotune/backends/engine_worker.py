@@ -83,6 +83,11 @@ def build_params(spec: dict[str, Any], api_key: str | None = None) -> Any:
         # folder without a trailing separator saved "…/kva.bin" beside it, not "…/kv/a.bin");
         # llama-server's --slot-save-path adds the separator, CommonParams does not.
         p.slot_save_path = os.path.join(str(spec["slot_save_path"]), "")
+    if spec.get("embedding"):
+        # An embedding model: /v1/embeddings on, pooled as its GGUF says (llama_pooling_type).
+        p.embedding = True
+        if spec.get("pooling") is not None:
+            p.pooling_type = x.llama_pooling_type(int(spec["pooling"]))
     p.port = 0  # a free loopback port, chosen by the OS
     p.endpoint_metrics = True
     p.ui = False

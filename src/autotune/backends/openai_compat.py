@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -19,11 +20,18 @@ import httpx
 from autotune.backends.base import Backend
 from autotune.ground.config import Settings
 from autotune.ground.engines import COMPAT_KINDS, EngineSpec, engine
-from autotune.ground.errors import BackendError, ModelNotFound, NotSupported, UpstreamError
+from autotune.ground.errors import (
+    BackendError,
+    InvalidRequest,
+    ModelNotFound,
+    NotSupported,
+    UpstreamError,
+)
 from autotune.ground.types import (
     Capabilities,
     ChatRequest,
     Chunk,
+    CompletionRequest,
     EngineStats,
     LoadSettings,
     ModelEntry,
@@ -759,6 +767,47 @@ class OpenAICompatBackend(Backend):
             raise UpstreamError(500, str(message), self.engine)
         return data
 
+    # ---------------------------------------------------------------- completions
+
+    def _completion_body(self, request: CompletionRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": request.model, "prompt": request.prompt}
+        body.update(request.params)
+        if request.suffix is not None:
+            body["suffix"] = request.suffix
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def stream_completion(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
+        """``/v1/completions``; with a ``suffix`` on llama.cpp, its ``/infill`` (which builds
+        the fill-in-the-middle prompt from the model's FIM tokens)."""
+        await self.probe()
+        root = await self._url_for(request.model)
+        infill = request.suffix is not None and self.kind == "llamacpp"
+        if infill:
+            url, body = root + "/infill", _infill_body(request)
+        else:
+            url, body = root + "/v1/completions", self._completion_body(request)
+        try:
+            reply = await self._open_stream(url, body)
+        except _AIO_TRANSPORT as exc:
+            raise self.unavailable(transport_detail(exc)) from None
+        try:
+            if reply.status >= 400:
+                text = await reply.text()
+                if infill and reply.status == 501:
+                    raise _no_fim(request.model, _error_text(reply.status, text))
+                raise self._error_from(reply.status, text, request.model)
+            events = sse_events(reply.content)
+            if infill:
+                events = _infill_as_completions(events, request.model)
+            async for chunk in self._relay(events):
+                yield chunk
+        except _AIO_TRANSPORT as exc:
+            raise self.unavailable(transport_detail(exc)) from None
+        finally:
+            reply.release()
+
     async def aclose(self) -> None:
         await self._http.aclose()
         if self._aio is not None:
@@ -799,6 +848,87 @@ def _final_stats(
             stats.load_ms = seconds * 1000.0
         stats.raw["load"] = loaded
     return stats
+
+
+#: OpenAI completion fields under llama.cpp's native (/completion, /infill) names.
+_NATIVE_NAMES = {"max_tokens": "n_predict", "logprobs": "n_probs"}
+
+
+def _infill_body(request: CompletionRequest) -> dict[str, Any]:
+    """llama.cpp ``/infill``: prefix and suffix; the other options of ``/completion``."""
+    body: dict[str, Any] = {
+        "input_prefix": request.prompt,
+        "input_suffix": request.suffix or "",
+        "stream": True,
+    }
+    for key, value in request.params.items():
+        body[_NATIVE_NAMES.get(key, key)] = value
+    return body
+
+
+def _no_fim(model: str, detail: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"{model} has no fill-in-the-middle tokens, so 'suffix' cannot be honoured "
+        f"(the engine said: {detail.strip()}). Use a code model trained for infill "
+        "(Qwen2.5-Coder, StarCoder2, CodeGemma …), or leave 'suffix' out.",
+        param="suffix",
+        code="fim_not_supported",
+    )
+
+
+async def _infill_as_completions(
+    events: AsyncIterator[tuple[str, str]], model: str
+) -> AsyncIterator[tuple[str, str]]:
+    """llama.cpp's native stream (``{"content", "stop", …}``) as ``text_completion`` chunks:
+    the last one with ``usage`` and ``timings``, as its OpenAI-compatible routes send them."""
+    created = int(time.time())
+    async for kind, text in events:
+        if not text or text == "[DONE]":
+            continue
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            yield kind, text  # _event_data reports it
+            continue
+        if not isinstance(data, dict) or "content" not in data:
+            yield kind, text  # an error event: _event_data raises it
+            continue
+        yield kind, json.dumps(_native_chunk(data, model, created))
+
+
+def _native_chunk(data: Mapping[str, Any], model: str, created: int) -> dict[str, Any]:
+    finish = None
+    if data.get("stop"):
+        finish = "length" if data.get("stop_type") == "limit" else "stop"
+    choice: dict[str, Any] = {
+        "index": 0,
+        "text": data.get("content", ""),
+        "logprobs": None,
+        "finish_reason": finish,
+    }
+    probs = data.get("completion_probabilities")
+    if probs:
+        choice["logprobs"] = {"content": probs}
+    chunk: dict[str, Any] = {
+        "id": "cmpl-" + str(data.get("id_slot", 0)) + "-" + str(created),
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [choice],
+    }
+    if data.get("stop"):
+        prompt, cached = data.get("tokens_evaluated"), data.get("tokens_cached")
+        completion = data.get("tokens_predicted")
+        if prompt is not None:
+            chunk["usage"] = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion or 0,
+                "total_tokens": prompt + (completion or 0),
+                "prompt_tokens_details": {"cached_tokens": cached or 0},
+            }
+        if data.get("timings"):
+            chunk["timings"] = data["timings"]
+    return chunk
 
 
 def _config_matches(config: Mapping[str, Any], settings: LoadSettings) -> bool:

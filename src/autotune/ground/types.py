@@ -15,6 +15,7 @@ __all__ = [
     "Capabilities",
     "ChatRequest",
     "Chunk",
+    "CompletionRequest",
     "EngineEvent",
     "EngineStats",
     "LoadSettings",
@@ -152,6 +153,19 @@ class ChatRequest:
     keep_alive: float | None = None  # seconds; negative = forever; None = engine default
     #: The conversation this turn belongs to, when known (a router keeps it on one engine).
     conversation_id: str | None = None
+
+
+@dataclass
+class CompletionRequest:
+    """One text completion for an engine (``/v1/completions``); with ``suffix``, the model
+    fills in the middle between ``prompt`` and ``suffix``. ``params`` as in ChatRequest."""
+
+    model: str
+    prompt: str
+    suffix: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    load: LoadSettings | None = None
+    keep_alive: float | None = None
 
 
 @dataclass

@@ -63,7 +63,25 @@ async def read_conversation(
         # A retry of a turn already stored (the client gave up waiting): answer it again
         # from the history before it, and store nothing twice.
         return ConversationView(system + stored[: k - 1], incoming[-1:], conv.id, retry=True)
+    if not system:
+        stored, incoming = _system_in_place(stored, incoming)
     return ConversationView(system + stored, incoming, conv.id)
+
+
+def _system_in_place(
+    stored: list[dict[str, Any]], incoming: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The first turn stored its system prompt as a message: a client that sends its system
+    prompt with each new turn (Anthropic's ``system``, Responses' ``instructions``) replaces
+    it in place, so an unchanged one keeps the prompt prefix (and is not stored twice)."""
+    if (
+        len(incoming) > 1
+        and incoming[0].get("role") == "system"
+        and stored
+        and stored[0].get("role") == "system"
+    ):
+        return [incoming[0], *stored[1:]], incoming[1:]
+    return stored, incoming
 
 
 def _same_turns(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> bool:

@@ -26,7 +26,7 @@ import inspect
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,7 +45,7 @@ from autotune.ground.errors import (
 )
 from autotune.ground.profiles import Profile, get_profile
 from autotune.ground.records import RunRecord
-from autotune.ground.types import ChatRequest
+from autotune.ground.types import ChatRequest, Chunk
 from autotune.hardware.sampler import Sampler
 from autotune.pipeline.admission import AdmissionQueue
 from autotune.pipeline.conversation import CompactionMemory, ConversationView, read_conversation
@@ -56,9 +56,12 @@ from autotune.pipeline.run import ChatRun, Turn
 from autotune.pipeline.state import EngineState
 from autotune.store.conversations import ConversationStore
 
-__all__ = ["ChatInput", "ChatRun", "Observer", "Pipeline", "TunedLookup"]
+__all__ = ["ChatInput", "ChatRun", "Observer", "Opener", "Pipeline", "TunedLookup"]
 
 Observer = Callable[[RunRecord], Awaitable[None] | None]
+#: Opens the engine stream of a planned request; the default is ``backend.stream_chat``
+#: (the completions entry point opens ``backend.stream_completion`` instead).
+Opener = Callable[[Backend, ChatRequest], AsyncIterator[Chunk]]
 #: Above this many messages a context fit (0.1-0.4 s) runs off the event loop.
 _FIT_IN_THREAD = 40
 
@@ -78,6 +81,8 @@ class ChatInput:
     source: str = "api"
     #: What to do when the newest message cannot fit: "refuse" (400) or "truncate-oldest".
     overflow: str | None = None
+    #: How to open the engine stream once planned (None: a chat stream).
+    opener: Opener | None = None
 
 
 class Pipeline:
@@ -265,7 +270,7 @@ class Pipeline:
             # Sticky from the moment the engine is asked to load: a request that then fails
             # must not make the next one reload back (issue: 3 failures gave 6 reloads).
             self.state.remember_load(backend, model, plan.load)
-        stream = backend.stream_chat(request)
+        stream = inp.opener(backend, request) if inp.opener else backend.stream_chat(request)
         try:
             first = [await stream.__anext__()]
         except StopAsyncIteration:
@@ -348,6 +353,10 @@ class Pipeline:
             run.record.kv = self.kv.release(run.kv_ticket, stats, run.record.status == "ok")
             run.record.kv_bytes = run.kv_ticket.saved_bytes or None
         self._notify(run.record)
+
+    def record(self, record: RunRecord) -> None:
+        """Report a finished request that is not a chat run (embeddings) to the observers."""
+        self._notify(record)
 
     def _notify(self, record: RunRecord) -> None:
         self.recent.append(record)

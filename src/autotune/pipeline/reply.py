@@ -37,7 +37,8 @@ class Choice:
     def add(self, choice: dict[str, Any]) -> str:
         """Fold one streamed choice in; returns the content text it carried."""
         delta = choice.get("delta") or {}
-        text = delta.get("content")
+        # A chat chunk carries delta.content; a text_completion chunk (/v1/completions) text.
+        text = delta.get("content") if "delta" in choice else choice.get("text")
         if text is not None:
             self.content = (self.content or "") + text
         for key in _TEXT_FIELDS:
@@ -122,6 +123,13 @@ class Reply:
     def usage(self) -> dict[str, Any] | None:
         usage = self.extra.get("usage")
         return dict(usage) if isinstance(usage, dict) else None
+
+    def cut(self, chars: int, finish_reason: str = "stop") -> None:
+        """Keep only the first ``chars`` characters of the reply's text (a face found a stop
+        sequence there) and say why it ended."""
+        main = self.choices.setdefault(0, Choice(0))
+        main.content = (main.content or "")[:chars]
+        main.finish_reason = finish_reason
 
     def turn(self) -> dict[str, Any]:
         """The assistant message to store for this turn."""

@@ -142,6 +142,22 @@ class ChatRun:
         if not self._done:
             await self._finish("cancelled", None)
 
+    async def stop_early(self, keep_chars: int) -> None:
+        """End the run where a face found a stop sequence: the reply keeps its first
+        ``keep_chars`` characters, the engine's generation is stopped, the turn is stored and
+        the run finishes as done (the engine's closing counters never arrive)."""
+        if self._done:
+            return
+        self.reply.cut(keep_chars)
+        status, error = "ok", None
+        try:
+            await self._commit()
+        except Exception as exc:
+            status, error = "error", error_summary(exc)
+            raise
+        finally:
+            await self._finish(status, error)
+
     async def text_deltas(self) -> AsyncIterator[str]:
         """The reply's content as it streams, piece by piece (what a terminal renders)."""
         async for _ in self:

@@ -14,7 +14,16 @@ from autotune import __version__
 from autotune.backends.registry import BackendSet
 from autotune.ground.config import Settings, get_settings
 from autotune.runtime import open_runtime
-from autotune.server import admin, conversations_api, dashboard, openai
+from autotune.server import (
+    admin,
+    anthropic_api,
+    completions,
+    conversations_api,
+    dashboard,
+    embeddings,
+    openai,
+    responses_api,
+)
 from autotune.server.errors import install_error_handlers, reject_lone_surrogates
 from autotune.server.metrics import Metrics
 from autotune.server.middleware import (
@@ -78,6 +87,11 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
     )
     install_error_handlers(app)
     app.include_router(openai.router)
+    app.include_router(anthropic_api.router)
+    app.include_router(responses_api.router)
+    app.include_router(completions.router)
+    app.include_router(embeddings.router)
+    app.include_router(embeddings.ollama_router)  # POST /api/embed
     app.include_router(admin.router)
     app.include_router(conversations_api.router)
     app.include_router(dashboard.router)

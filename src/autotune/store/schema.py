@@ -161,4 +161,19 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE runs ADD COLUMN kv_bytes INTEGER;
         """,
     ),
+    (
+        7,
+        "responses",
+        """
+        CREATE TABLE responses (
+            id              TEXT PRIMARY KEY,          -- resp_…, as answered on /v1/responses
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            turn_end        INTEGER NOT NULL,          -- the conversation's messages after it
+            model           TEXT,
+            body            TEXT NOT NULL,             -- JSON: the response object answered
+            created_at      REAL NOT NULL
+        );
+        CREATE INDEX responses_by_conversation ON responses (conversation_id);
+        """,
+    ),
 ]

@@ -1,0 +1,277 @@
+"""OpenAI's legacy completions, ``POST /v1/completions``: prompts, fill-in-the-middle, echo.
+
+What code autocomplete speaks (Continue's autocomplete role, llama.vscode). A thin face over
+:func:`autotune.pipeline.complete.start_completion` (the chat path's admission, load plan,
+sticky context and telemetry; the prompt is never cut). With ``suffix`` the engine fills in
+the middle (llama.cpp ``/infill``), or answers a 400 when the model has no FIM tokens.
+``echo`` is done here (llama.cpp ignores it); ``logprobs`` come from the engine, in the
+legacy shape (``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Literal
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from autotune.ground.errors import BackendError, InvalidRequest
+from autotune.pipeline import ChatRun
+from autotune.pipeline.complete import CompletionInput, start_completion
+from autotune.server.errors import error_body
+from autotune.server.fields import ENGINE_EXTENSIONS
+from autotune.server.openai import ClientGone, _close_run, _watching
+
+__all__ = ["FIELDS", "LegacyLogprobs", "completion_params", "router"]
+
+router = APIRouter()
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+#: OpenAI's documented default for ``max_tokens`` on this endpoint.
+DEFAULT_MAX_TOKENS = 16
+
+#: Each field of a completions request: (action, why), as in server/fields.py.
+FIELDS: dict[str, tuple[str, str]] = {
+    "model": ("own", "the engine is chosen by model name"),
+    "prompt": ("own", "never cut; a prompt that cannot fit is a 400"),
+    "suffix": ("own", "fill-in-the-middle on the engine (llama.cpp /infill)"),
+    "stream": ("own", "server-sent events"),
+    "stream_options": ("own", "include_usage adds the engine's usage chunk"),
+    "echo": ("own", "the prompt is put before the completion here"),
+    "max_tokens": ("forward", "also sizes the context; 16 when left out, as OpenAI"),
+    "temperature": ("forward", "sent to the engine"),
+    "top_p": ("forward", "sent to the engine"),
+    "stop": ("forward", "sent to the engine"),
+    "seed": ("forward", "sent to the engine"),
+    "presence_penalty": ("forward", "sent to the engine"),
+    "frequency_penalty": ("forward", "sent to the engine"),
+    "logit_bias": ("forward", "sent to the engine"),
+    "logprobs": ("forward", "the engine's, in the legacy shape"),
+    "n": ("forward", "refused above what the engine can answer at once"),
+    "best_of": ("own", "1 (or equal to n) only: autotune does not rank samples"),
+    "user": ("accept", "metadata; it changes nothing in the answer"),
+}
+
+
+class CompletionBody(BaseModel):
+    """``POST /v1/completions``; every other field is checked by :data:`FIELDS`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = Field(None, min_length=1, max_length=512)
+    prompt: str | list[str]
+    suffix: str | None = None
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    echo: bool | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=16)
+    best_of: int | None = Field(None, ge=1, le=16)
+    logprobs: int | None = Field(None, ge=0, le=5)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+
+
+def completion_params(body: Mapping[str, Any], *, pass_unknown: bool = False) -> dict[str, Any]:
+    """The fields to forward; a 400 naming what cannot be honoured."""
+    params: dict[str, Any] = {}
+    for name, value in body.items():
+        rule = FIELDS.get(name)
+        if rule is None:
+            if name in ENGINE_EXTENSIONS or pass_unknown:
+                params[name] = value
+                continue
+            raise InvalidRequest(
+                f"Unknown parameter {name!r}. Set AUTOTUNE_PASS_UNKNOWN_FIELDS=1 to send fields "
+                "outside OpenAI's schema to an engine that understands them.",
+                param=name,
+                code="unknown_parameter",
+            )
+        if rule[0] == "forward":
+            params[name] = value
+    best_of = body.get("best_of")
+    if best_of not in (None, 1, body.get("n", 1)):
+        raise InvalidRequest(
+            "'best_of' above 'n' is not offered: autotune does not rank samples.", param="best_of"
+        )
+    if body.get("echo") and body.get("logprobs") is not None:
+        raise InvalidRequest(
+            "'echo' with 'logprobs' needs the prompt's logprobs, which the engine does not "
+            "return; ask for one of them.",
+            param="echo",
+        )
+    params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+    return params
+
+
+def _prompt(prompt: str | list[str]) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1:
+        return prompt[0]
+    raise InvalidRequest(
+        f"'prompt' holds {len(prompt)} prompts; send one per request.", param="prompt"
+    )
+
+
+class LegacyLogprobs:
+    """Collects a completion's logprobs in the legacy shape, from chat-style
+    ``{"content": [...]}`` entries (llama.cpp) or legacy fragments (vLLM)."""
+
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset
+        self.data: dict[str, list[Any]] = {
+            "tokens": [],
+            "token_logprobs": [],
+            "top_logprobs": [],
+            "text_offset": [],
+        }
+
+    def add(self, logprobs: Any) -> dict[str, list[Any]] | None:
+        """Fold one chunk's logprobs in; returns them in the legacy shape (None: none)."""
+        if not isinstance(logprobs, Mapping):
+            return None
+        if "tokens" in logprobs:  # already legacy
+            piece = {k: list(logprobs.get(k) or []) for k in self.data}
+        else:
+            piece = {k: [] for k in self.data}
+            for entry in logprobs.get("content") or ():
+                token = str(entry.get("token", ""))
+                piece["tokens"].append(token)
+                piece["token_logprobs"].append(entry.get("logprob"))
+                piece["top_logprobs"].append(
+                    {str(t.get("token")): t.get("logprob") for t in entry.get("top_logprobs") or ()}
+                )
+                piece["text_offset"].append(self.offset)
+                self.offset += len(token)
+        for key, values in piece.items():
+            self.data[key].extend(values)
+        return piece
+
+
+def _usage(run: ChatRun) -> dict[str, Any] | None:
+    stats = run.stats
+    if stats is None or stats.prompt_tokens is None:
+        return None
+    completion = stats.completion_tokens or 0
+    usage: dict[str, Any] = {
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": stats.prompt_tokens + completion,
+    }
+    if stats.cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": stats.cached_tokens}
+    return usage
+
+
+async def _stream(run: ChatRun, model: str, echo: str, include_usage: bool) -> AsyncIterator[bytes]:
+    head = {"id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion", "model": model}
+    created = int(time.time())
+    logprobs = LegacyLogprobs(len(echo))
+
+    def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        data = {**head, "created": created, "choices": choices, **extra}
+        return b"data: " + _dumps(data).encode() + b"\n\n"
+
+    try:
+        if echo:
+            yield frame([{"index": 0, "text": echo, "logprobs": None, "finish_reason": None}])
+        async for chunk in run:
+            choices = []
+            for c in chunk.data.get("choices") or ():
+                choices.append(
+                    {
+                        "index": c.get("index", 0),
+                        "text": c.get("text") or "",
+                        "logprobs": logprobs.add(c.get("logprobs")),
+                        "finish_reason": c.get("finish_reason"),
+                    }
+                )
+            if choices:
+                yield frame(choices)
+        usage = _usage(run)
+        if include_usage and usage is not None:
+            yield frame([], usage=usage)
+    except BackendError as exc:
+        body = error_body(str(exc), status=exc.status, code=exc.code)
+        yield b"data: " + _dumps(body).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+async def _collect(run: ChatRun, model: str, echo: str, want_logprobs: bool) -> dict[str, Any]:
+    logprobs = LegacyLogprobs(len(echo))
+    async for chunk in run:
+        for c in chunk.data.get("choices") or ():
+            logprobs.add(c.get("logprobs"))
+    choice = {
+        "index": 0,
+        "text": echo + run.reply.text,
+        "logprobs": logprobs.data if want_logprobs else None,
+        "finish_reason": run.reply.finish_reason or "stop",
+    }
+    answer: dict[str, Any] = {
+        "id": "cmpl-" + uuid.uuid4().hex,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+    }
+    usage = _usage(run)
+    if usage is not None:
+        answer["usage"] = usage
+    return answer
+
+
+@router.post(
+    "/v1/completions",
+    responses={200: {"content": {"text/event-stream": {}}}, 400: {}, 404: {}, 413: {}, 429: {}},
+)
+async def create_completion(
+    body: CompletionBody,
+    request: Request,
+    x_autotune_profile: Literal["fast", "balanced", "quality"] | None = Header(
+        None, description="Tuning profile for this request (default: the server's)."
+    ),
+) -> Response:
+    """A text completion (fill-in-the-middle with ``suffix``) through autotune's pipeline."""
+    settings = request.app.state.settings
+    raw = body.model_dump(exclude_unset=True, exclude_none=True)
+    prompt = _prompt(body.prompt)
+    inp = CompletionInput(
+        prompt=prompt,
+        model=body.model,
+        suffix=body.suffix,
+        params=completion_params(raw, pass_unknown=settings.pass_unknown_fields),
+        profile=x_autotune_profile,
+    )
+    pipeline = request.app.state.pipeline
+    try:
+        run = await _watching(start_completion(pipeline, inp), request, _close_run)
+    except ClientGone:
+        return Response(status_code=499)
+    model = body.model or run.model
+    echo = prompt if body.echo else ""
+    headers = {"X-Autotune-Plan": run.plan.summary()}
+    if body.stream:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(
+            _stream(run, model, echo, include_usage),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    try:
+        answer = await _watching(_collect(run, model, echo, body.logprobs is not None), request)
+    except ClientGone:
+        return Response(status_code=499)
+    except BackendError as exc:
+        status = exc.status if exc.status >= 400 else 502
+        return JSONResponse(error_body(str(exc), status=status, code=exc.code), status, headers)
+    return JSONResponse(answer, headers=headers)
