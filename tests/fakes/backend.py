@@ -6,18 +6,27 @@ embedded llama.cpp one): load-time settings, a reload when they change, a tokeni
 only answers while the model is loaded, timings on the last chunk with the prompt tokens
 reused from the previous prompt. Its tokenizer is a plain rule so tests can predict counts:
 one token per whitespace-separated ASCII word and one per other character.
+
+With ``kv_dir`` it also has llama.cpp's slots: requests pinned with ``id_slot``, each slot
+reusing its own previous prompt, and ``/slots`` save/restore as JSON files in that folder
+(a file of another model, or not JSON, is refused like llama.cpp refuses it: a 400).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from autotune.backends.base import Backend
 from autotune.context.tokens import PER_MESSAGE_OVERHEAD, message_text
-from autotune.ground.errors import BackendError, NotSupported
+from autotune.ground.errors import BackendError, NotSupported, UpstreamError
+from autotune.ground.kv import KvIdentity, SlotLayout
 from autotune.ground.types import (
     Capabilities,
     ChatRequest,
@@ -80,7 +89,11 @@ class FakeBackend(Backend):
         capabilities: Capabilities = LIKE_EMBEDDED,
         meta: ModelMeta | None = None,
         models: Sequence[str] = (MODEL,),
+        kv_dir: Path | None = None,
     ) -> None:
+        self.kv_dir = kv_dir
+        if kv_dir is not None:
+            capabilities = dataclasses.replace(capabilities, slots=True)
         self.capabilities = capabilities
         self.meta = meta or ModelMeta(name=MODEL, context_length=8192)
         self.models = list(models)
@@ -89,7 +102,13 @@ class FakeBackend(Backend):
         #: Every load, in order: (model, settings).
         self.loads: list[tuple[str, LoadSettings | None]] = []
         self._loaded: dict[str, LoadSettings] = {}
-        self._last_prompt: dict[str, list[str]] = {}
+        #: What each (model, slot) holds: the tokens of its last prompt.
+        self._last_prompt: dict[tuple[str, int], list[str]] = {}
+        self._generation: dict[str, int] = {}
+        #: Every slot action, in order: (action, slot, filename).
+        self.slot_actions: list[tuple[str, int, str]] = []
+        #: Slots serving a request now: a save or restore into one of them is a bug.
+        self.busy: set[int] = set()
 
     def queue(self, *replies: FakeReply | str) -> None:
         for r in replies:
@@ -118,11 +137,52 @@ class FakeBackend(Backend):
         return self._loaded.get(model)
 
     async def load(self, model: str, settings: LoadSettings | None = None) -> None:
-        self._load(model, settings or LoadSettings(n_ctx=4096))
+        wanted = settings or LoadSettings(n_ctx=4096)
+        if self._loaded.get(model) != wanted:  # like the embedded engine: same settings, no-op
+            if self.before_unload is not None and model in self._loaded:
+                await self.before_unload(model)
+            self._load(model, wanted)
 
     async def unload(self, model: str) -> None:
+        if self.before_unload is not None and model in self._loaded:
+            await self.before_unload(model)
         self._loaded.pop(model, None)
-        self._last_prompt.pop(model, None)
+        self._forget(model)
+
+    async def aclose(self) -> None:
+        for model in list(self._loaded):
+            await self.unload(model)
+
+    def slot_layout(self, model: str) -> SlotLayout | None:
+        settings = self._loaded.get(model)
+        if self.kv_dir is None or settings is None:
+            return None
+        identity = KvIdentity(f"fake|{model}", "f16", "f16", settings.n_parallel)
+        return SlotLayout(self._generation[model], settings.n_parallel, settings.n_ctx, identity)
+
+    async def slot_action(
+        self, model: str, slot: int, action: str, filename: str
+    ) -> dict[str, Any]:
+        assert self.kv_dir is not None
+        if slot in self.busy:
+            raise AssertionError(f"a {action} of slot {slot} while it serves a request")
+        self.slot_actions.append((action, slot, filename))
+        path = self.kv_dir / filename
+        layout = self.slot_layout(model)
+        assert layout is not None
+        if action == "save":
+            tokens = self._last_prompt.get((model, slot), [])
+            path.write_text(json.dumps({"identity": layout.identity.key, "tokens": tokens}))
+            return {"n_saved": len(tokens), "n_written": path.stat().st_size}
+        try:
+            saved = json.loads(path.read_text())
+            assert saved["identity"] == layout.identity.key
+        except (OSError, ValueError, KeyError, AssertionError):
+            raise UpstreamError(
+                400, "Unable to restore slot: invalid slot save file", "fake"
+            ) from None
+        self._last_prompt[(model, slot)] = saved["tokens"]
+        return {"n_restored": len(saved["tokens"]), "n_read": path.stat().st_size}
 
     async def tokenize(self, model: str, text: str) -> list[int]:
         if model not in self._loaded:
@@ -142,10 +202,16 @@ class FakeBackend(Backend):
         held = self._loaded.get(request.model)
         if held is not None and len(prompt) > held.n_ctx:
             raise BackendError(f"the prompt ({len(prompt)} tokens) exceeds the context")
-        cached = _common_prefix(self._last_prompt.get(request.model, []), prompt)
-        self._last_prompt[request.model] = prompt
-        async for chunk in self._chunks(reply, len(prompt), cached, reloaded):
-            yield chunk
+        slot = int(request.params.get("id_slot", 0))
+        cached = _common_prefix(self._last_prompt.get((request.model, slot), []), prompt)
+        self._last_prompt[(request.model, slot)] = prompt
+        self.busy.add(slot)
+        try:
+            await asyncio.sleep(0)  # let concurrent requests interleave
+            async for chunk in self._chunks(reply, len(prompt), cached, reloaded):
+                yield chunk
+        finally:
+            self.busy.discard(slot)
 
     # -- helpers
 
@@ -161,7 +227,12 @@ class FakeBackend(Backend):
     def _load(self, model: str, settings: LoadSettings) -> None:
         self.loads.append((model, settings))
         self._loaded[model] = settings
-        self._last_prompt.pop(model, None)  # a reload drops the prompt cache
+        self._forget(model)  # a reload drops the prompt cache
+        self._generation[model] = self._generation.get(model, 0) + 1
+
+    def _forget(self, model: str) -> None:
+        for key in [k for k in self._last_prompt if k[0] == model]:
+            del self._last_prompt[key]
 
     async def _chunks(
         self, reply: FakeReply, prompt: int, cached: int, reloaded: bool

@@ -151,6 +151,10 @@ def _fit(
         result = window.fit(messages, budget, counts.count, snap.compaction)
     except ContextOverflow as exc:
         return _overflow(req, snap, the_plan, limit, budget, exc.needed)
+    if result.compacted and _could_recount(req.messages, snap):
+        # A compaction throws the prompt cache away: never on an estimate the engine could
+        # replace with its own count (estimates lean high; a resumed conversation is long).
+        return Decided(the_plan, messages, None, recount=True)
     how = "compacted now" if result.compacted else "append-only"
     the_plan.decisions.append(
         Decision("context", result.tier, f"{how}: {result.tokens} of {budget} prompt tokens")
@@ -165,7 +169,7 @@ def _overflow(
     sacred = sacred_part(req.messages)
     estimated = not snap.counts.is_exact(sacred)
     could_fit = needed / _ESTIMATE_SLACK <= budget or req.overflow == "truncate-oldest"
-    if estimated and snap.can_count and not snap.loaded and could_fit:
+    if could_fit and _could_recount(sacred, snap):
         return Decided(the_plan, list(req.messages), None, recount=True)  # exact counts first
     if req.overflow == "truncate-oldest":
         cut = _truncate_oldest(sacred, budget, snap.counts)
@@ -185,6 +189,11 @@ def _overflow(
         needed=needed + MIN_REPLY + CONTEXT_MARGIN,
         possible=limit,
     )
+
+
+def _could_recount(messages: Sequence[dict[str, Any]], snap: Snapshot) -> bool:
+    """The counts are estimates the engine can replace with its own once the model loads."""
+    return snap.can_count and not snap.loaded and not snap.counts.is_exact(messages)
 
 
 def _why(snap: Snapshot, limit: int) -> str:
