@@ -200,8 +200,13 @@ class FakeBackend(Backend):
             reloaded = True
         prompt = self.prompt_tokens(request.messages)
         held = self._loaded.get(request.model)
-        if held is not None and len(prompt) > held.n_ctx:
-            raise BackendError(f"the prompt ({len(prompt)} tokens) exceeds the context")
+        if held is not None and len(prompt) > held.n_ctx:  # llama.cpp's own words
+            raise UpstreamError(
+                400,
+                f"request ({len(prompt)} tokens) exceeds the available context size "
+                f"({held.n_ctx} tokens), try increasing it",
+                "fake",
+            )
         slot = int(request.params.get("id_slot", 0))
         cached = _common_prefix(self._last_prompt.get((request.model, slot), []), prompt)
         self._last_prompt[(request.model, slot)] = prompt

@@ -256,3 +256,16 @@ async def test_retrieving_a_stored_conversation_is_read_only(
     run = await ask(fake_pipeline, "hi", conversation_id="c4", persist=False)
     assert run.conversation_id == "c4"
     assert fake_pipeline.store is not None and fake_pipeline.store.get("c4") is None
+
+
+async def test_an_estimate_the_engine_proves_short_is_corrected_before_any_byte(
+    fake_pipeline: Pipeline, fake_backend: FakeBackend
+) -> None:
+    """Issue 13: a request is never refused for a context autotune could have given it.
+    One-letter words are denser than the estimate's characters-per-token: the engine
+    refuses the first context, autotune counts exactly and answers in a bigger one."""
+    text = " ".join("a" for _ in range(4500))
+    run = await ask(fake_pipeline, text, params={"max_tokens": 10})
+    assert run.record.status == "ok" and run.stats is not None
+    assert [settings.n_ctx for _, settings in fake_backend.loads] == [4096, 8192]
+    assert fake_backend.requests[-1].messages[-1]["content"] == text

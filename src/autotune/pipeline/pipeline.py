@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import re
 import sqlite3
 import time
 import uuid
@@ -64,6 +65,8 @@ Observer = Callable[[RunRecord], Awaitable[None] | None]
 Opener = Callable[[Backend, ChatRequest], AsyncIterator[Chunk]]
 #: Above this many messages a context fit (0.1-0.4 s) runs off the event loop.
 _FIT_IN_THREAD = 40
+#: llama.cpp's answer to a prompt over its context (HTTP 400 exceed_context_size_error).
+_ENGINE_CONTEXT_FULL = re.compile(r"exceeds the available context size", re.IGNORECASE)
 
 
 @dataclass
@@ -165,8 +168,16 @@ class Pipeline:
         started = time.monotonic()
         try:
             facts = RequestFacts(profile, view.messages, inp.params, overflow)
-            decided = await self._decide(backend, name, facts, view.conversation_id)
-            return await self._act(backend, name, inp, view, decided, record, started)
+            for attempt in (1, 2):
+                decided = await self._decide(backend, name, facts, view.conversation_id)
+                try:
+                    return await self._act(backend, name, inp, view, decided, record, started)
+                except UpstreamError as exc:
+                    # The engine counted more tokens than the estimate that sized its
+                    # context; it is loaded now, so the next gather counts exactly.
+                    if attempt == 2 or not _ENGINE_CONTEXT_FULL.search(exc.message):
+                        raise
+            raise AssertionError("unreachable")
         except BaseException as exc:
             self.queue.release(time.monotonic() - started)
             self._failed(record, exc, asked)
