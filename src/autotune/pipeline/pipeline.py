@@ -77,6 +77,12 @@ class ChatInput:
     source: str = "api"
     #: What to do when the newest message cannot fit: "refuse" (400) or "truncate-oldest".
     overflow: str | None = None
+    #: The least context the client asks for (Ollama's ``num_ctx``): a floor on the planner's
+    #: need, still through the sticky buckets and the profile's cap — never a reload per request.
+    min_context: int | None = None
+    #: Seconds the model stays loaded after this request (negative: forever; 0: unload when
+    #: idle); None keeps AUTOTUNE_KEEP_ALIVE.
+    keep_alive: float | None = None
 
 
 class Pipeline:
@@ -154,7 +160,14 @@ class Pipeline:
         record.queue_ms = (time.monotonic() - queued_at) * 1000
         started = time.monotonic()
         try:
-            facts = RequestFacts(profile, view.messages, inp.params, overflow)
+            facts = RequestFacts(
+                profile,
+                view.messages,
+                inp.params,
+                overflow,
+                min_context=inp.min_context,
+                keep_alive=inp.keep_alive,
+            )
             decided = await self._decide(backend, name, facts, view.conversation_id)
             return await self._act(backend, name, inp, view, decided, record, started)
         except BaseException as exc:
