@@ -158,6 +158,12 @@ class Hub:
         ]
         return info.sha or target.revision, files
 
+    def local_paths(self, plan: PullPlan) -> list[Path]:
+        """Where the files of ``plan`` are once pulled (the hub cache's snapshot links)."""
+        folder = "models--" + plan.target.repo.replace("/", "--")
+        snapshot = self.cache_dir / folder / "snapshots" / plan.revision
+        return [snapshot / f.path for f in plan.files]
+
     # ------------------------------------------------------------------ download
 
     async def pull(self, plan: PullPlan) -> AsyncIterator[HubProgress]:
