@@ -14,7 +14,7 @@ from autotune import __version__
 from autotune.backends.registry import BackendSet
 from autotune.ground.config import Settings, get_settings
 from autotune.runtime import open_runtime
-from autotune.server import admin, conversations_api, dashboard, openai
+from autotune.server import admin, conversations_api, dashboard, ollama_api, openai
 from autotune.server.errors import install_error_handlers
 from autotune.server.metrics import Metrics
 from autotune.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
     )
     install_error_handlers(app)
     app.include_router(openai.router)
+    app.include_router(ollama_api.router)
     app.include_router(admin.router)
     app.include_router(conversations_api.router)
     app.include_router(dashboard.router)
