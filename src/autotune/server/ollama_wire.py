@@ -250,6 +250,8 @@ def _options(options: Mapping[str, Any] | None, out: Translated) -> None:
             f"Unknown option {unknown[0]!r}: it is not one of Ollama's options.",
             param=f"options.{unknown[0]}",
         )
+    if isinstance(options.get("stop"), str):  # one stop string: taken as a list of one
+        options = {**options, "stop": [options["stop"]]}
     try:  # the types Ollama declares for each option
         typed = ollama_types.Options.model_validate(options)
     except ValidationError as exc:
@@ -263,15 +265,19 @@ def _options(options: Mapping[str, Any] | None, out: Translated) -> None:
                 f"options.{name} is not supported: {REFUSED_OPTIONS[name]}.",
                 param=f"options.{name}",
             )
-        value = getattr(typed, name)
+        # The client's Options type lacks some of the server's options (min_p): those keep
+        # their raw value and are type-checked by their range below.
+        value = getattr(typed, name, value)
         _check_range(name, value)
         OPTIONS[name](value, out)
 
 
 def _check_range(name: str, value: Any) -> None:
     bounds = _RANGES.get(name)
-    if bounds is None or isinstance(value, (list, tuple, str)):
+    if bounds is None:
         return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"options.{name} must be a number.", param=f"options.{name}")
     low, high = bounds
     if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
         raise InvalidRequest(
