@@ -31,7 +31,11 @@ from autotune.server.ollama_wire import (
     validation_message,
 )
 
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5ErkJggg=="
+#: A 1×1 PNG, base64 as Ollama clients send images.
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5E"
+    "rkJggg=="
+)
 
 
 def chat(**fields: Any) -> ChatBody:
