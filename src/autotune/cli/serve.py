@@ -33,6 +33,12 @@ def serve(
         help="Default profile: fast, balanced or quality (default: AUTOTUNE_PROFILE, else "
         "balanced).",
     ),
+    ollama: bool = typer.Option(
+        False,
+        "--ollama",
+        help="Also listen on Ollama's address, 127.0.0.1:11434, when it is free, so apps set up "
+        "for Ollama work unchanged (AUTOTUNE_SERVE_OLLAMA; port: AUTOTUNE_OLLAMA_PORT).",
+    ),
 ) -> None:
     """Serve an OpenAI-compatible API that tunes every request for the engine behind it.
 
@@ -68,6 +74,16 @@ def serve(
         '"messages": [{"role": "user", "content": "Hello"}]}\''
     )
     console.print(f"  health: {url}/health   metrics: {url}/metrics   Ctrl-C stops")
+    if ollama or settings.serve_ollama:
+        from autotune.server.ollama_port import serve_with_ollama_port
+
+        serve_with_ollama_port(
+            create_app(settings),
+            server_config(settings),
+            say=lambda line: console.print(f"  {line}"),
+            port=settings.ollama_port,
+        )
+        return
     uvicorn.run(create_app(settings), **server_config(settings))
 
 

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     wait_timeout: float = 120.0
     max_body_bytes: int = 8 * 1024 * 1024
     cors_origins: str | None = None
+    serve_ollama: bool = Field(
+        False,
+        description="`serve` also listens on Ollama's address, 127.0.0.1 at ollama_port, when "
+        "it is free (apps set up for Ollama then work unchanged).",
+    )
+    ollama_port: int = Field(11434, description="The port `serve --ollama` also listens on.")
     pass_unknown_fields: bool = Field(
         False,
         description="Send request fields outside OpenAI's schema on to the engine instead of "
