@@ -1,5 +1,6 @@
 """Property-based API testing: schemathesis generates requests from autotune's OpenAPI schema
-and the server must never answer with a 5xx. Real server, real embedded engine."""
+and the server must never answer with a 5xx. Real server, real embedded engine; ``/api/pull``
+reaches a fake Hugging Face hub with no repos (tests/fakes/hf_hub.py: no network here)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from schemathesis.checks import not_a_server_error
 from autotune.ground.config import Settings
 from autotune.server.app import create_app
 from autotune.server.runner import BackgroundServer
+from fakes.hf_hub import FakeHub
+from fakes.server import serve
 
 pytestmark = pytest.mark.engine
 
@@ -22,6 +25,12 @@ pytestmark = pytest.mark.engine
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
     home = tmp_path_factory.mktemp("schemathesis-home")
+    with serve(FakeHub().app()) as hub, pytest.MonkeyPatch.context() as env:
+        env.setenv("HF_ENDPOINT", hub)
+        yield from _server(home)
+
+
+def _server(home: Any) -> Iterator[BackgroundServer]:
     app = create_app(
         Settings(
             home=home,
@@ -35,9 +44,15 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundS
         yield server
 
 
+OLLAMA_CHATS = ("/api/chat", "/api/generate")
+
+
 @schemathesis.hook
 def map_body(context: Any, body: Any) -> Any:
     """Keep the engine's work bounded: generated bodies may ask for 10⁹ tokens or n=16."""
+    path = context.operation.path if context.operation is not None else ""
+    if path.startswith("/api/"):
+        return _ollama_body(path, body)
     if isinstance(body, dict):
         if isinstance(body.get("max_tokens"), int):
             body["max_tokens"] = min(body["max_tokens"], 8)
@@ -46,6 +61,22 @@ def map_body(context: Any, body: Any) -> Any:
         body.pop("max_completion_tokens", None)
         if isinstance(body.get("n"), int):
             body["n"] = min(body["n"], 2)
+    return body
+
+
+def _ollama_body(path: str, body: Any) -> Any:
+    """Ollama's bodies: at most 8 tokens, and half of them for a model that exists (a required
+    field schemathesis fills with random names) so they reach the engine."""
+    if not isinstance(body, dict) or path not in OLLAMA_CHATS:
+        return body
+    if isinstance(body.get("model"), str) and len(body["model"]) % 2 == 0:
+        body["model"] = "smollm2:135m"
+    options = body.get("options")
+    if options is None:
+        body["options"] = {"num_predict": 8}
+    elif isinstance(options, dict):
+        n = options.get("num_predict")
+        options["num_predict"] = n if isinstance(n, int) and 0 < n <= 8 else 8
     return body
 
 
@@ -69,3 +100,6 @@ def test_no_request_gets_a_server_error(api_server: BackgroundServer) -> None:
         check()
     chat = {code for (label, code) in seen if label == "POST /v1/chat/completions"}
     assert 200 in chat and chat & {400, 404}, seen  # both valid and invalid bodies were tried
+    for label in ("POST /api/chat", "POST /api/generate"):
+        codes = {code for (seen_label, code) in seen if seen_label == label}
+        assert 200 in codes and codes & {400, 404}, seen
