@@ -1,12 +1,15 @@
 """Proxy overhead: time to first token through autotune minus direct to the same engine.
 
-Two scenarios, each a real ``autotune serve`` subprocess:
+Three scenarios, each a real ``autotune serve`` subprocess:
 
 * ``engine`` — the embedded llama.cpp engine with the bundled model. autotune relays to the
   llama.cpp worker it started; the direct side calls that same worker.
 * ``instant`` — ``bench/fake_llamacpp.py``, an upstream that answers instantly with
   llama.cpp's chunk shapes, to isolate autotune's own cost from CPU contention with an
   engine that keeps every core busy.
+* ``ollama_face`` — the same instant upstream, timed through autotune's Ollama face
+  (``/api/chat``, NDJSON) against its OpenAI face (``/v1/chat/completions``, SSE): the
+  paired difference is what the Ollama translation costs on top of the OpenAI face's own.
 
 Requests are interleaved (alternating which goes first) so drift hits both sides; TTFT is
 measured client-side to the first content token. Results: bench/results/proxy_overhead.*
@@ -22,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,6 +44,14 @@ BODY = {
     "max_tokens": 4,
     "temperature": 0,
     "seed": 7,
+    "stream": True,
+}
+
+#: The same request in Ollama's shape.
+BODY_OLLAMA = {
+    "model": BODY["model"],
+    "messages": BODY["messages"],
+    "options": {"num_predict": 4, "temperature": 0, "seed": 7},
     "stream": True,
 }
 
@@ -69,6 +80,23 @@ def _ttft_once(client: httpx.Client, url: str) -> float:
     if first is None:
         raise RuntimeError(f"no content token from {url}")
     return (first - start) * 1000
+
+
+def ttft_ollama_ms(client: httpx.Client, url: str) -> float:
+    """Milliseconds to the first NDJSON line of ``/api/chat`` that carries content."""
+    start = time.perf_counter()
+    first = None
+    with client.stream("POST", url, json=BODY_OLLAMA) as reply:
+        reply.raise_for_status()
+        for line in reply.iter_lines():
+            if first is None and '"content":"' in line and '"content":""' not in line:
+                first = time.perf_counter()
+    if first is None:
+        raise RuntimeError(f"no content token from {url}")
+    return (first - start) * 1000
+
+
+Timer = Callable[[httpx.Client, str], float]
 
 
 def _wait_healthy(client: httpx.Client, url: str) -> None:
@@ -104,16 +132,18 @@ def _serve(env: dict[str, str]) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-def measure(client: httpx.Client, via: str, direct: str, n: int) -> dict[str, list[float]]:
+def measure(
+    client: httpx.Client, via: str, direct: str, n: int, via_ttft: Timer = ttft_ms
+) -> dict[str, list[float]]:
     for _ in range(5):  # warm both connection pools and the engine's prompt cache
-        ttft_ms(client, via), ttft_ms(client, direct)
+        via_ttft(client, via), ttft_ms(client, direct)
     through: list[float] = []
     straight: list[float] = []
     for i in range(n):
         if i % 2:
-            a, b = ttft_ms(client, via), ttft_ms(client, direct)
+            a, b = via_ttft(client, via), ttft_ms(client, direct)
         else:
-            b, a = ttft_ms(client, direct), ttft_ms(client, via)
+            b, a = ttft_ms(client, direct), via_ttft(client, via)
         through.append(a)
         straight.append(b)
     return {
@@ -132,7 +162,9 @@ def engine_scenario(client: httpx.Client, n: int) -> dict[str, list[float]]:
         return measure(client, base + "/v1/chat/completions", engine + "/v1/chat/completions", n)
 
 
-def instant_scenario(client: httpx.Client, n: int) -> dict[str, list[float]]:
+@contextmanager
+def _instant(client: httpx.Client) -> Iterator[tuple[str, str]]:
+    """autotune in front of the instant upstream: (autotune's URL, the upstream's)."""
     port = free_port()
     fake = subprocess.Popen([sys.executable, str(HERE / "fake_llamacpp.py"), str(port)])
     upstream = f"http://127.0.0.1:{port}"
@@ -140,12 +172,23 @@ def instant_scenario(client: httpx.Client, n: int) -> dict[str, list[float]]:
         _wait_healthy(client, upstream)
         with _serve({"AUTOTUNE_BACKEND": "llamacpp", "AUTOTUNE_LLAMACPP_URL": upstream}) as base:
             _wait_healthy(client, base)
-            return measure(
-                client, base + "/v1/chat/completions", upstream + "/v1/chat/completions", n
-            )
+            yield base, upstream
     finally:
         fake.terminate()
         fake.wait(timeout=10)
+
+
+def instant_scenario(client: httpx.Client, n: int) -> dict[str, list[float]]:
+    with _instant(client) as (base, upstream):
+        return measure(client, base + "/v1/chat/completions", upstream + "/v1/chat/completions", n)
+
+
+def ollama_face_scenario(client: httpx.Client, n: int) -> dict[str, list[float]]:
+    """The Ollama face ("autotune") against the OpenAI face ("direct"), both through autotune."""
+    with _instant(client) as (base, _):
+        return measure(
+            client, base + "/api/chat", base + "/v1/chat/completions", n, via_ttft=ttft_ollama_ms
+        )
 
 
 def main() -> int:
@@ -161,6 +204,11 @@ def main() -> int:
         for name, run, label in (
             ("engine", engine_scenario, "embedded llama.cpp, bundled model, 2 engine threads"),
             ("instant", instant_scenario, "instant upstream (autotune's own cost)"),
+            (
+                "ollama_face",
+                ollama_face_scenario,
+                "Ollama face (/api/chat) vs OpenAI face, instant upstream",
+            ),
         ):
             with console.status(f"{name}: timing {args.requests} interleaved pairs…"):
                 raw = run(client, args.requests)
@@ -189,6 +237,8 @@ def main() -> int:
         f"{args.requests} interleaved pairs per scenario; TTFT in ms, client-side, to the "
         "first content token; overhead = paired difference (autotune − direct).",
         "Aim: under 1 ms median overhead.",
+        "Ollama face row: 'direct' is autotune's own OpenAI face on the same instant upstream, "
+        "so its overhead is what the Ollama translation adds (aim: at most 1 ms).",
         f"Command: .venv/bin/python bench/proxy_overhead.py --requests {args.requests}",
     ]
     write_results(RESULTS, "proxy_overhead", data, header, rows, notes)
