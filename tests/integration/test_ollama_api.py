@@ -90,6 +90,23 @@ def test_chat_streams_ndjson_ending_with_done(client: ollama.Client) -> None:
     assert last.prompt_eval_duration is not None and last.eval_duration is not None
 
 
+def test_logprobs_and_think_false_reach_the_engine(client: ollama.Client) -> None:
+    reply = client.chat(
+        model=MODEL,
+        messages=ask("Say hello."),
+        options=SHORT,
+        logprobs=True,
+        top_logprobs=2,
+        think=False,
+        stream=False,
+    )
+    assert reply.logprobs and len(reply.logprobs) == reply.eval_count
+    assert all(len(p.top_logprobs or []) == 2 for p in reply.logprobs)
+    assert "".join(p.token for p in reply.logprobs) == reply.message.content
+    plain = client.chat(model=MODEL, messages=ask("Hi."), options=SHORT, logprobs=True)
+    assert plain.logprobs and all(p.top_logprobs is None for p in plain.logprobs)
+
+
 def test_format_json_schema_constrains_the_reply(client: ollama.Client) -> None:
     schema = {
         "type": "object",

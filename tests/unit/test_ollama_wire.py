@@ -283,6 +283,10 @@ def test_tool_calls_and_logprobs_come_back_in_ollamas_shape() -> None:
     assert probs == [
         {"token": "Hi", "logprob": -0.1, "top_logprobs": [{"token": "Hi", "logprob": -0.1}]}
     ]
+    unasked = logprobs(
+        [{"token": "Hi", "logprob": -0.1, "top_logprobs": [{"token": "Hi"}]}], top=False
+    )
+    assert unasked == [{"token": "Hi", "logprob": -0.1}]  # llama.cpp's 20 unasked alternatives
 
 
 def chunk(delta: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -229,21 +229,30 @@ def choose_files(target: PullTarget, files: Sequence[HubFileInfo]) -> list[HubFi
         if len(_models(ggufs)) == 1:
             return _shards(ggufs[0], ggufs)
         quant = DEFAULT_QUANT
-    matching = [f for f in ggufs if (quant_of(f.path) or "").lower() == quant.lower()]
+    matching = _of_quant(ggufs, quant)
     if not matching:
-        matching = [f for f in ggufs if quant.lower() in f.path.lower()]
-    if not matching:
-        there = sorted({q for q in (quant_of(f.path) for f in ggufs) if q})
-        listed = ", ".join(there) if there else ", ".join(f.path for f in ggufs[:5])
-        raise PullError(
-            f"{target.repo} has no {quant} file; it has: {listed}. "
-            f"Pull one of them: autotune pull hf.co/{target.repo}:{there[0] if there else 'QUANT'}."
-        )
+        raise _no_such_quant(target.repo, quant, ggufs)
     firsts = [f for f in matching if _first_shard(f.path)]
     # Of several files of one quantisation, the plainest name (model-Q4_K_M.gguf before
     # model-Q4_K_M-imat.gguf), so the choice never depends on listing order.
     chosen = min(firsts or matching, key=lambda f: (len(f.path), f.path))
     return _shards(chosen, ggufs)
+
+
+def _of_quant(ggufs: Sequence[HubFileInfo], quant: str) -> list[HubFileInfo]:
+    """The files whose name carries ``quant``; else those that merely contain it."""
+    exact = [f for f in ggufs if (quant_of(f.path) or "").lower() == quant.lower()]
+    return exact or [f for f in ggufs if quant.lower() in f.path.lower()]
+
+
+def _no_such_quant(repo: str, quant: str, ggufs: Sequence[HubFileInfo]) -> PullError:
+    there = sorted({q for q in (quant_of(f.path) for f in ggufs) if q})
+    listed = ", ".join(there) if there else ", ".join(f.path for f in ggufs[:5])
+    example = there[0] if there else "QUANT"
+    return PullError(
+        f"{repo} has no {quant} file; it has: {listed}. "
+        f"Pull one of them: autotune pull hf.co/{repo}:{example}."
+    )
 
 
 def _models(files: Sequence[HubFileInfo]) -> list[HubFileInfo]:

@@ -174,7 +174,7 @@ async def chat(body: ChatBody, request: Request, headers: _Headers = Depends()) 
     """Ollama's ``/api/chat`` through autotune's pipeline."""
     arrived = time.monotonic_ns()
     translated = translate(body)
-    shape = ReplyShape(body.model, "chat", translated.no_thinking)
+    shape = _shape(body.model, "chat", translated)
     return await _answer(request, body.model, translated, shape, body.stream, headers, arrived)
 
 
@@ -191,8 +191,13 @@ async def generate(
     """Ollama's ``/api/generate`` (not raw): ``system`` and ``prompt`` become chat messages."""
     arrived = time.monotonic_ns()
     translated = translate(body)
-    shape = ReplyShape(body.model, "generate", translated.no_thinking)
+    shape = _shape(body.model, "generate", translated)
     return await _answer(request, body.model, translated, shape, body.stream, headers, arrived)
+
+
+def _shape(model: str, kind: str, translated: Translated) -> ReplyShape:
+    top = bool(translated.params.get("top_logprobs"))
+    return ReplyShape(model, kind, translated.no_thinking, top)
 
 
 async def _answer(

@@ -556,8 +556,11 @@ def tool_calls(calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def logprobs(content: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]] | None:
-    """OpenAI ``logprobs.content`` entries as Ollama's ``logprobs`` list."""
+def logprobs(
+    content: Sequence[Mapping[str, Any]] | None, *, top: bool = True
+) -> list[dict[str, Any]] | None:
+    """OpenAI ``logprobs.content`` entries as Ollama's ``logprobs`` list; ``top``: with the
+    alternatives (llama.cpp sends 20 unasked; Ollama only sends what ``top_logprobs`` asks)."""
     if not content:
         return None
     return [
@@ -571,7 +574,7 @@ def logprobs(content: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]
                         for t in entry["top_logprobs"]
                     ]
                 }
-                if entry.get("top_logprobs")
+                if top and entry.get("top_logprobs")
                 else {}
             ),
         }
@@ -716,6 +719,8 @@ class ReplyShape:
     kind: str = "chat"
     #: Thinking is left out of the reply (the client sent ``think: false``).
     no_thinking: bool = False
+    #: The client asked for alternatives with each token's log probability.
+    top_logprobs: bool = False
 
     def _base(self) -> dict[str, Any]:
         return {"model": self.model, "created_at": created_at()}
@@ -738,7 +743,7 @@ class ReplyShape:
         delta = choice.get("delta") or {}
         content = delta.get("content") or ""
         thinking = delta.get("reasoning_content") or None
-        probs = logprobs((choice.get("logprobs") or {}).get("content"))
+        probs = logprobs((choice.get("logprobs") or {}).get("content"), top=self.top_logprobs)
         if not content and (not thinking or self.no_thinking) and not probs:
             return None
         out = {**self._base(), **self._body(content, thinking, ()), "done": False}
@@ -767,7 +772,7 @@ class ReplyShape:
     ) -> dict[str, Any]:
         """The one object of a reply that was not streamed."""
         out = {**self._base(), **self._body(content, thinking, calls), **done}
-        converted = logprobs(probs)
+        converted = logprobs(probs, top=self.top_logprobs)
         if converted:
             out["logprobs"] = converted
         return out
