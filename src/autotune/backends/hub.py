@@ -7,10 +7,12 @@ hub through ``huggingface_hub`` (its cache layout, ``HF_ENDPOINT``, ``HF_TOKEN``
 1. **plan**: ``GET /api/models/{repo}/revision/{rev}?blobs=true`` lists the repo's files with
    their LFS sha256 and sizes, pinned to one commit; the file(s) of the quantisation are chosen.
 2. **download**: ``hf_hub_download`` for each file at that commit, into the cache that
-   discovery reads (so the model is found by its name straight away). A dropped connection
-   is resumed from the byte reached with an HTTP ``Range`` request (huggingface_hub retries
-   up to five times); since huggingface_hub 1.0 a download stopped for good leaves no partial
-   file to resume from in a later run (each attempt writes a process-unique temporary file).
+   discovery reads (so the model is found by its name straight away). Over plain HTTP a
+   dropped connection is resumed from the byte reached with a ``Range`` request
+   (huggingface_hub retries up to five times); files the hub stores with Xet go through
+   ``hf_xet``, which fetches and retries by chunk. Since huggingface_hub 1.0 a download
+   stopped for good leaves no partial file for a later run to resume (each attempt writes a
+   process-unique temporary file, removed on failure).
 3. **verify**: the blob's sha256 is compared with the hub's LFS sha256; a mismatch deletes
    the file and fails the pull.
 
@@ -296,31 +298,32 @@ async def _drain(
 
 
 def _progress_class(report: Callable[[int, int | None], None], stop: threading.Event) -> type:
-    """A tqdm stand-in for huggingface_hub that reports bytes (at most every 0.1 s, and the
-    last one) and stops the download when ``stop`` is set."""
+    """A silent huggingface_hub progress bar that reports bytes (at most every 0.1 s, and the
+    last one) and stops the download when ``stop`` is set — guaranteed on the plain HTTP path;
+    a Xet transfer (hf_xet) calls the bar from its own threads and may finish regardless. A
+    Xet download's second bar, for network bytes, is not reported: bytes written count."""
     import time
 
-    class _Bar:
-        def __init__(self, *_: Any, total: int | None = None, initial: int = 0, **__: Any):
-            self.total, self.n, self._at = total, initial, 0.0
-            report(self.n, self.total)
+    from huggingface_hub.utils import tqdm as hub_tqdm
 
-        def update(self, n: int = 1) -> None:
+    class _Bar(hub_tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._counts = not str(kwargs.get("name") or "").endswith(".transfer")
+            kwargs["disable"] = True  # never draw: the caller shows progress its own way
+            super().__init__(*args, **kwargs)
+            self._done, self._at = int(kwargs.get("initial") or 0), 0.0
+            if self._counts:
+                report(self._done, self.total)
+
+        def update(self, n: float | None = 1) -> bool | None:
             if stop.is_set():
                 raise _Stop()
-            self.n += n
+            self._done += int(n or 0)
             now = time.monotonic()
-            if now - self._at >= _REPORT_EVERY or (self.total and self.n >= self.total):
+            last = bool(self.total) and self._done >= self.total
+            if self._counts and (now - self._at >= _REPORT_EVERY or last):
                 self._at = now
-                report(self.n, self.total)
-
-        def close(self) -> None:
-            return None
-
-        def __enter__(self) -> _Bar:
-            return self
-
-        def __exit__(self, *_: object) -> None:
+                report(self._done, self.total)
             return None
 
     return _Bar
