@@ -221,6 +221,7 @@ def test_generate_is_a_system_and_a_user_message() -> None:
         {"role": "user", "content": "Say hi"},
     ]
     assert translate(GenerateBody(model="m")).messages == []  # load or unload only
+    assert translate(GenerateBody(model="m", system="Be brief")).messages == []
 
 
 @pytest.mark.parametrize(

@@ -423,13 +423,15 @@ def chat_messages(messages: Sequence[WireMessage]) -> list[dict[str, Any]]:
 
 
 def generate_messages(body: GenerateBody) -> list[dict[str, Any]]:
-    """``/api/generate``'s system and prompt (and images) as chat messages."""
+    """``/api/generate``'s system and prompt (and images) as chat messages; none without a
+    prompt (Ollama then only loads or unloads the model, whatever ``system`` says)."""
     messages: list[dict[str, Any]] = []
+    if not body.prompt and not body.images:
+        return messages
     if body.system:
         messages.append({"role": "system", "content": body.system})
-    if body.prompt or body.images:
-        user = WireMessage(role="user", content=body.prompt or "", images=body.images)
-        messages.append({"role": "user", "content": _content(user, "prompt")})
+    user = WireMessage(role="user", content=body.prompt or "", images=body.images)
+    messages.append({"role": "user", "content": _content(user, "prompt")})
     return messages
 
 
