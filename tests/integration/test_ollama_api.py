@@ -285,5 +285,8 @@ def test_an_image_for_a_text_only_model_gets_the_same_400_as_the_openai_face(
     assert native.json()["error"] == openai.json()["error"]["message"]
 
 
-def test_version(api: httpx.Client) -> None:
+def test_version_and_heartbeat(api: httpx.Client) -> None:
     assert api.get("/api/version").json() == {"version": "0.12.0"}
+    beat = api.get("/")  # what Ollama's CLI checks first
+    assert beat.status_code == 200 and beat.text == "Ollama is running"
+    assert beat.headers["X-Served-By"] == "autotune" and api.head("/").status_code == 200

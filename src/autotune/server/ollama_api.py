@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
@@ -404,6 +404,12 @@ async def ps(request: Request) -> dict[str, Any]:
             )
             models.append(ps_entry(model, meta, digest=digest))
     return {"models": models}
+
+
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+async def root() -> Response:
+    """Ollama's heartbeat (its CLI and some apps check ``/`` before anything else)."""
+    return PlainTextResponse("Ollama is running", headers={"X-Served-By": "autotune"})
 
 
 @router.get("/api/version", summary="Ollama: the API version autotune speaks")
