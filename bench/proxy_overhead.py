@@ -8,8 +8,9 @@ Two scenarios, each a real ``autotune serve`` subprocess:
   llama.cpp's chunk shapes, to isolate autotune's own cost from CPU contention with an
   engine that keeps every core busy.
 * ``faces`` — the same instant upstream through each API face (OpenAI chat, Anthropic
-  Messages, Responses, completions), each round timing the upstream directly and every face
-  in a rotating order; a face's cost above the OpenAI face's is their paired difference.
+  Messages, Responses, Ollama's /api/chat, completions), each round timing the upstream
+  directly and every face in a rotating order; a face's cost above the OpenAI face's is
+  their paired difference.
 
 Requests are interleaved (alternating which goes first) so drift hits both sides; TTFT is
 measured client-side to the first content token. Results: bench/results/proxy_overhead.*
@@ -74,6 +75,16 @@ FACES: dict[str, tuple[str, dict[str, object], str]] = {
         },
         "response.output_text.delta",
     ),
+    "ollama": (
+        "/api/chat",
+        {
+            "model": "smollm2:135m",
+            "messages": BODY["messages"],
+            "options": {"num_predict": 4, "temperature": 0, "seed": 7},
+            "stream": True,
+        },
+        '"content":"',
+    ),
     "completions": (
         "/v1/completions",
         {"model": "smollm2:135m", "prompt": "Ready?", "max_tokens": 4, "stream": True},
@@ -103,7 +114,8 @@ def _ttft_once(client: httpx.Client, url: str, body: dict[str, object], marker: 
     with client.stream("POST", url, json=body) as reply:
         reply.raise_for_status()
         for line in reply.iter_lines():
-            if first is None and line.startswith("data: {") and marker in line:
+            event = line.startswith("data: {") or line.startswith("{")  # SSE, or NDJSON
+            if first is None and event and marker in line:
                 first = time.perf_counter()
     if first is None:
         raise RuntimeError(f"no content token from {url}")

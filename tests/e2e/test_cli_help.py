@@ -28,6 +28,7 @@ COMMANDS = [
     ["proof"],
     ["tune"],
     ["mlx"],
+    ["pull"],
 ]
 
 
@@ -54,6 +55,7 @@ def test_help_has_no_raw_placeholders(command: list[str]) -> None:
         (["recall", "search"], ["QUERY", "--limit", " N "]),
         (["recall", "import"], ["FILE"]),
         (["proof"], ["DIR", "MODEL"]),
+        (["pull"], ["Usage: autotune pull [OPTIONS] NAME", "--force", "HF_ENDPOINT", "HF_TOKEN"]),
         ([], ["ENGINE", "AUTOTUNE_BACKEND"]),
     ],
 )

@@ -222,8 +222,8 @@ def test_a_well_known_model_that_is_not_here_says_how_to_get_it(command: str) ->
     err = " ".join(done.stderr.split())
     assert "Traceback" not in err and "Unknown model" not in err
     assert err.startswith("error: qwen3:8b is not on this machine yet")
+    assert "Get it with: autotune pull qwen3:8b" in err  # first, since issue 16 added it
     assert "with Ollama installed and running, `ollama pull qwen3:8b` gets it" in err
-    assert "autotune pull" not in err  # not until issue 16 adds the command
     # The catalog's verdicts for a 16 GiB budget: ~6.0 GiB (Q4_K_M) and ~9.4 GiB (Q8_0).
     assert "On this machine (budget 16.0 GiB, 8,192-token context): Q4_K_M fits comfortably" in err
     assert "Q8_0 fits comfortably" in err

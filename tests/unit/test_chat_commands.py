@@ -38,7 +38,7 @@ from autotune.ground.units import MiB
 from autotune.models.fit import Verdict
 from autotune.runtime import Runtime, open_runtime
 from fakes.ollama import MODEL, PS, FakeOllama
-from fakes.server import serve
+from fakes.server import closed_port_url, serve
 
 # --------------------------------------------------------------------------- parsing
 
@@ -376,8 +376,10 @@ async def test_commands_that_need_no_engine_run_against_the_real_store(
     assert chat.state.profile == "fast"
     assert runtime.store.get(first, with_messages=False).profile == "fast"  # type: ignore[union-attr]
 
-    await chat.handle_line("/pull llama3.2:1b")
-    assert "No Ollama engine is in use" in err.getvalue()
+    with pytest.MonkeyPatch.context() as env:  # no Ollama: the hub, which does not answer here
+        env.setenv("HF_ENDPOINT", closed_port_url())
+        await chat.handle_line("/pull llama3.2:1b")
+    assert "The Hugging Face hub at http://127.0.0.1:9 cannot be reached" in err.getvalue()
 
     await chat.handle_line("/recall")
     assert f"[{first}]" in err.getvalue()

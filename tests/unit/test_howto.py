@@ -20,15 +20,15 @@ def test_catalog_names_and_exact_tags_are_known_other_names_are_not() -> None:
 
 
 def test_ollama_running_or_not_changes_the_sentence_not_the_command() -> None:
-    running = how_to_get("qwen3:8b", ollama=True)
+    running = how_to_get("qwen3:8b", ollama=True, autotune_pull=False)
     assert running == ["Get it with Ollama, which is running here: ollama pull qwen3:8b"]
-    (absent,) = how_to_get("qwen3:8b", ollama=False)
+    (absent,) = how_to_get("qwen3:8b", ollama=False, autotune_pull=False)
     assert "`ollama pull qwen3:8b`" in absent and "installed and running" in absent
 
 
-def test_autotune_pull_comes_first_once_it_exists() -> None:
-    assert AUTOTUNE_PULL is False  # issue 16 turns it on
-    lines = how_to_get("qwen3:8b", ollama=True, autotune_pull=True)
+def test_autotune_pull_comes_first_now_that_it_exists() -> None:
+    assert AUTOTUNE_PULL is True  # issue 16 turned it on
+    lines = how_to_get("qwen3:8b", ollama=True)
     assert lines[0] == "Get it with: autotune pull qwen3:8b"
     assert "ollama pull qwen3:8b" in lines[1]
 

@@ -218,6 +218,14 @@ class BackendSet:
                 return "embedded", primary
         return None
 
+    async def refresh(self, model: str | None = None) -> None:
+        """Something changed on disk (a model was pulled): forget ``model`` (or every name),
+        and list the engines and the disk afresh now."""
+        self.forget(model)
+        self._discovery = None
+        self._rescanned_at = float("-inf")
+        await self.inventory(fresh=True)
+
     def forget(self, model: str | None = None) -> None:
         """Drop a cached resolution (all of them with no argument)."""
         if model is None:

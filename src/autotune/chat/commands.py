@@ -62,7 +62,12 @@ COMMANDS: dict[str, CommandSpec] = {
             "List recent conversations and resume one, or search past ones.",
             "optional",
         ),
-        CommandSpec("pull", "/pull <model>", "Download a model with Ollama.", "required"),
+        CommandSpec(
+            "pull",
+            "/pull <model>",
+            "Download a model (with Ollama, else a GGUF from the Hugging Face hub).",
+            "required",
+        ),
         CommandSpec("delete", "/delete", "Delete this conversation and start a new one."),
         CommandSpec("quit", "/quit", "Leave the chat (Ctrl-D works too)."),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -273,28 +273,52 @@ async def _listed(chat: Chat, number: str) -> str | None:
 
 
 async def _pull(chat: Chat, arg: str) -> None:
+    """With Ollama in use, Ollama pulls; else a GGUF from the Hugging Face hub for the
+    embedded engine (what ``autotune pull`` does), its fit for this machine shown first."""
     backends = chat.runtime.backends
     pullers = [b for b in backends.backends.values() if b.capabilities.pull]
-    if not pullers:
-        chat.say(
-            "No Ollama engine is in use, so there is nothing to pull with: start Ollama "
-            "(`ollama serve`) and restart the chat. The embedded engine runs GGUF files "
-            "already on disk (`autotune ls`)."
-        )
-        return
-    backend = pullers[0]
-    if chat.interactive:
-        await _pull_with_bar(chat, backend, arg)
+    if pullers:
+        backend = pullers[0]
+        await _show_progress(chat, backend.pull(arg))
+        backends.forget(arg)
+        await backends.inventory(fresh=True)
+        chat.say(f"Pulled {arg} with {backend.name}; `/model {arg}` switches to it.")
+    elif "embedded" in backends.backends:
+        await _pull_from_hub(chat, arg)
     else:
-        async for step in backend.pull(arg):
+        chat.say(
+            "No engine in use here can pull models: start Ollama (`ollama serve`) and restart "
+            "the chat, or use the embedded engine, which pulls GGUF files from the Hugging Face "
+            "hub (`autotune pull`)."
+        )
+
+
+async def _pull_from_hub(chat: Chat, name: str) -> None:
+    from autotune.backends.hub import Hub, judge, refresh_after_pull
+    from autotune.ground.units import format_bytes
+    from autotune.hardware.profile import effective_budget
+
+    settings = chat.runtime.settings
+    hub = Hub(token=settings.hf_token)
+    budget = effective_budget(chat.runtime.hardware, settings.memory_budget)
+    plan = await hub.plan(name, budget_bytes=budget)
+    for file in plan.files:
+        chat.say(f"{name} → {plan.target.repo}  {file.path}  {format_bytes(file.size)}")
+    if plan.fit is not None:
+        chat.say(f"On this machine: {plan.fit.text}")
+    judge(plan)
+    await _show_progress(chat, hub.pull(plan))
+    await refresh_after_pull(chat.runtime.backends, name)
+    chat.say(f"Pulled {name} from the Hugging Face hub; `/model {name}` switches to it.")
+
+
+async def _show_progress(chat: Chat, steps: AsyncIterator[Any]) -> None:
+    """Pull progress: a bar per file in a terminal, a line per step when piped."""
+    if not chat.interactive:
+        async for step in steps:
             done = f" {step.completed}/{step.total}" if step.total else ""
             chat.info(f"{step.status}{done}")
-    backends.forget(arg)
-    await backends.inventory(fresh=True)
-    chat.say(f"Pulled {arg} with {backend.name}; `/model {arg}` switches to it.")
-
-
-async def _pull_with_bar(chat: Chat, backend: Any, model: str) -> None:
+        return
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -312,7 +336,7 @@ async def _pull_with_bar(chat: Chat, backend: Any, model: str) -> None:
         console=chat.console,
         transient=False,
     ) as progress:
-        async for step in backend.pull(model):
+        async for step in steps:
             if step.total:
                 key = step.status
                 if key not in tasks:

@@ -9,7 +9,18 @@ import typer
 from pydantic import ValidationError
 
 from autotune import __version__
-from autotune.cli import chat, hardware, mlx, models, proof, recall, serve, telemetry, tune
+from autotune.cli import (
+    chat,
+    hardware,
+    mlx,
+    models,
+    proof,
+    pull,
+    recall,
+    serve,
+    telemetry,
+    tune,
+)
 from autotune.cli._common import err_console
 from autotune.cli._help import PlainGroup
 from autotune.ground.config import BACKEND_CHOICES
@@ -73,10 +84,11 @@ proof.register(app)
 mlx.register(app)
 tune.register(app)
 recall.register(app)
+pull.register(app)
 
 
 def _how_to_get(model: str) -> list[str]:
-    """How to get a well-known model (``ollama pull``, later ``autotune pull``) and whether it
+    """How to get a well-known model (``autotune pull``, ``ollama pull``) and whether it
     fits this machine; nothing for a name the catalog does not know."""
     from autotune.backends.registry import probe_engines
     from autotune.ground.config import get_settings

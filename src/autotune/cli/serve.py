@@ -140,7 +140,7 @@ def _bind(settings: Settings) -> socket.socket:
         raise fail(f"Cannot listen on {where}: {exc.strerror or exc}.", code=1) from None
 
 
-def _banner(settings: Settings) -> None:
+def _banner(settings: Settings, notes: list[str] | None = None) -> None:
     url = f"http://{settings.host}:{settings.port}"
     console.print(f"[bold]autotune[/] serving on [cyan]{url}/v1[/] (profile {settings.profile})")
     console.print(
@@ -149,6 +149,8 @@ def _banner(settings: Settings) -> None:
         '"messages": [{"role": "user", "content": "Hello"}]}\''
     )
     console.print(f"  health: {url}/health   metrics: {url}/metrics   Ctrl-C stops")
+    for note in notes or ():
+        console.print(f"  {note}")
 
 
 def serve(
@@ -172,6 +174,12 @@ def serve(
         metavar="PROFILE",
         help="Default profile: fast, balanced or quality (default: AUTOTUNE_PROFILE, else "
         "balanced).",
+    ),
+    ollama: bool = typer.Option(
+        False,
+        "--ollama",
+        help="Also listen on Ollama's address, 127.0.0.1:11434, when it is free, so apps set up "
+        "for Ollama work unchanged (AUTOTUNE_SERVE_OLLAMA; port: AUTOTUNE_OLLAMA_PORT).",
     ),
 ) -> None:
     """Serve an OpenAI-compatible API that tunes every request for the engine behind it.
@@ -204,8 +212,16 @@ def serve(
             code=2,
         )
     preflight(settings)
-    sock = _bind(settings)
-    if not serve_on(create_app(settings), sock, on_started=lambda: _banner(settings)):
+    sockets = [_bind(settings)]
+    notes: list[str] = []
+    if ollama or settings.serve_ollama:
+        from autotune.server.ollama_port import bind_ollama_port
+
+        extra, line = bind_ollama_port(port=settings.ollama_port)
+        notes.append(line)
+        if extra is not None:
+            sockets.append(extra)
+    if not serve_on(create_app(settings), sockets, on_started=lambda: _banner(settings, notes)):
         raise typer.Exit(3)  # start-up failed; uvicorn has printed why
 
 

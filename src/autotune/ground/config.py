@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         description="MiB of host RAM the embedded engine keeps for finished prompts' KV "
         "(llama.cpp --cache-ram); unset: a quarter of the memory budget's headroom.",
     )
+    serve_ollama: bool = Field(
+        False,
+        description="`serve` also listens on Ollama's address, 127.0.0.1 at ollama_port, when "
+        "it is free (apps set up for Ollama then work unchanged).",
+    )
+    ollama_port: int = Field(11434, description="The port `serve --ollama` also listens on.")
     pass_unknown_fields: bool = Field(
         False,
         description="Send request fields outside OpenAI's schema on to the engine instead of "

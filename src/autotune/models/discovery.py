@@ -22,7 +22,9 @@ Names by source:
   ``models--org--repo/snapshots/<rev>/<file>.gguf`` → ``org/repo:<file stem>`` (the stem keeps
   sub-folders, ``org/repo:Q4_K_M/model-00001-of-00002``), alias the file stem, and ``org/repo``
   when the repository holds a single model. Of several snapshots, the one ``refs/main`` points
-  at wins, else the newest.
+  at wins, else the newest. A file ``autotune pull`` can fetch also answers to the names it
+  is pulled by (:func:`autotune.models.pull.pulled_names`: ``hf.co/org/repo:Q4_K_M``, and
+  ``qwen3:8b`` for the repo and quantisation that name maps to).
 * ``AUTOTUNE_MODELS_DIR``: every ``*.gguf`` below it, named by its stem (by its relative path
   without ``.gguf`` when two stems clash).
 
@@ -49,6 +51,7 @@ from autotune.models.bundled import (
     second_model_path,
 )
 from autotune.models.gguf import check_gguf, split_parts
+from autotune.models.pull import pulled_names
 
 __all__ = [
     "OLLAMA_MODEL_MEDIA_TYPE",
@@ -404,7 +407,8 @@ def _huggingface(collector: _Collector, root: Path) -> None:
         single = len(chosen) == 1
         for rel, path in chosen.items():
             stem = rel[: -len(".gguf")]
-            aliases = (path.stem, repo) if single else (path.stem,)
+            aliases: tuple[str, ...] = (path.stem, repo) if single else (path.stem,)
+            aliases += tuple(pulled_names(repo, rel))
             collector.add(f"{repo}:{stem}", path, "huggingface", aliases)
 
 

@@ -5,8 +5,8 @@ budget and bandwidth are; the fit comes from the catalog's ranking (the same ver
 ``autotune recommend``). A name the catalog does not know gets no hint here, so the CLI
 keeps its "Did you mean" alone.
 
-``autotune pull`` does not exist yet (issue 16). When it does, set :data:`AUTOTUNE_PULL` to
-True (or pass ``autotune_pull=True``): the hint then names it first, before Ollama.
+``autotune pull`` (issue 16) downloads the GGUF for every catalog name; the hint names it
+first, before Ollama (pass ``autotune_pull=False`` to leave it out).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from autotune.models.catalog import DEFAULT_CONTEXT, CatalogModel, catalog, reco
 
 __all__ = ["AUTOTUNE_PULL", "Machine", "how_to_get", "known_model"]
 
-#: Whether ``autotune pull NAME`` exists. Issue 16 adds it: flip this then.
-AUTOTUNE_PULL = False
+#: Whether ``autotune pull NAME`` exists (it does since issue 16).
+AUTOTUNE_PULL = True
 
 
 @dataclass(frozen=True)

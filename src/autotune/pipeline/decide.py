@@ -57,6 +57,10 @@ class RequestFacts:
     messages: Sequence[dict[str, Any]]
     params: Mapping[str, Any] = field(default_factory=dict)
     overflow: str = "refuse"
+    #: The least context the client asked for: the planner's need is at least this.
+    min_context: int | None = None
+    #: The client's keep-alive in seconds (None: the setting's).
+    keep_alive: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,13 +85,15 @@ def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> D
             profile=req.profile,
             capabilities=snap.capabilities,
             meta=snap.meta,
-            need_tokens=context_need(counts.count(req.messages), max_tokens),
+            need_tokens=max(
+                context_need(counts.count(req.messages), max_tokens), req.min_context or 0
+            ),
             min_tokens=sacred + min(_reserve(max_tokens), MIN_REPLY) + CONTEXT_MARGIN,
             current=snap.current,
             loaded=snap.loaded,
             memory=snap.memory,
             client_params=req.params,
-            keep_alive=snap.keep_alive,
+            keep_alive=snap.keep_alive if req.keep_alive is None else req.keep_alive,
             threads=snap.threads,
             concurrency=snap.concurrency,
             tuned=snap.tuned,

@@ -96,9 +96,7 @@ class KvManager:
         async with table.lock:
             file = None
             if conversation:
-                file = await asyncio.to_thread(
-                    self.store.get, conversation, layout.identity.key
-                )
+                file = await asyncio.to_thread(self.store.get, conversation, layout.identity.key)
             plan = plan_slot(conversation, table.slots, file, n_ctx=layout.n_ctx)
             if plan.slot is not None:
                 table.slots[plan.slot] = replace(table.slots[plan.slot], busy=True)
@@ -179,9 +177,7 @@ class KvManager:
 
     # ------------------------------------------------------------------ effects
 
-    async def _save(
-        self, backend: Backend, model: str, layout: SlotLayout, slot: SlotView
-    ) -> int:
+    async def _save(self, backend: Backend, model: str, layout: SlotLayout, slot: SlotView) -> int:
         """Save one slot's conversation to its file; the bytes written (0 on failure)."""
         assert slot.conversation is not None
         identity = layout.identity.key

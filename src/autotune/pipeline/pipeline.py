@@ -86,6 +86,12 @@ class ChatInput:
     overflow: str | None = None
     #: How to open the engine stream once planned (None: a chat stream).
     opener: Opener | None = None
+    #: The least context the client asks for (Ollama's ``num_ctx``): a floor on the planner's
+    #: need, still through the sticky buckets and the profile's cap — never a reload per request.
+    min_context: int | None = None
+    #: Seconds the model stays loaded after this request (negative: forever; 0: unload when
+    #: idle); None keeps AUTOTUNE_KEEP_ALIVE.
+    keep_alive: float | None = None
 
 
 class Pipeline:
@@ -167,7 +173,14 @@ class Pipeline:
         record.queue_ms = (time.monotonic() - queued_at) * 1000
         started = time.monotonic()
         try:
-            facts = RequestFacts(profile, view.messages, inp.params, overflow)
+            facts = RequestFacts(
+                profile,
+                view.messages,
+                inp.params,
+                overflow,
+                min_context=inp.min_context,
+                keep_alive=inp.keep_alive,
+            )
             for attempt in (1, 2):
                 decided = await self._decide(backend, name, facts, view.conversation_id)
                 try:

@@ -21,6 +21,7 @@ from autotune.server import (
     conversations_api,
     dashboard,
     embeddings,
+    ollama_api,
     openai,
     responses_api,
 )
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(embeddings.ollama_router)  # POST /api/embed
+    app.include_router(ollama_api.router)
     app.include_router(admin.router)
     app.include_router(conversations_api.router)
     app.include_router(dashboard.router)

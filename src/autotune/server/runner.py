@@ -209,21 +209,22 @@ class _AnnouncingServer(uvicorn.Server):
 
 def serve_on(
     app: FastAPI,
-    sock: socket.socket,
+    sockets: list[socket.socket],
     *,
     on_started: Callable[[], None] | None = None,
     **options: Any,
 ) -> bool:
-    """Serve ``app`` on an already bound socket until Ctrl-C or SIGTERM (blocking); returns
+    """Serve ``app`` on already bound sockets until Ctrl-C or SIGTERM (blocking); returns
     whether it started at all (False: the app's start-up failed, and uvicorn said why)."""
     config = uvicorn.Config(app, **{**uvicorn_options(), **options})
     server = _AnnouncingServer(config, on_started)
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=sockets)
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the Ctrl-C it handled, once it has shut down cleanly
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
     return bool(server.started)
 
 

@@ -1,0 +1,504 @@
+"""Ollama's native API over autotune's pipeline: ``/api/chat``, ``/api/generate``, ``/api/tags``,
+``/api/show``, ``/api/ps``, ``/api/version`` and ``/api/pull``.
+
+Apps written for Ollama (the official clients, Open WebUI, Continue, LangChain's
+``ChatOllama``…) talk to autotune unchanged. Every chat goes through
+:meth:`~autotune.pipeline.Pipeline.start` exactly as ``/v1/chat/completions`` does — the same
+admission, planner, context window, conversation store (``X-Conversation-Id``), telemetry
+and ``X-Autotune-Plan`` header; this module only translates (:mod:`.ollama_wire`). Errors
+answer in Ollama's shape, ``{"error": "..."}``, with a real 4xx/5xx status, through the
+route class :class:`OllamaRoute` (the app's own handlers answer in OpenAI's shape).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+
+from autotune.backends.base import Backend
+from autotune.ground.errors import BackendError, InvalidRequest, ModelNotFound, NotSupported
+from autotune.ground.types import ModelEntry, ModelMeta, PullProgress
+from autotune.models.template import read_chat_template, template_capabilities
+from autotune.pipeline import ChatInput, ChatRun, Pipeline
+from autotune.server.ollama_wire import (
+    OLLAMA_API_VERSION,
+    ChatBody,
+    GenerateBody,
+    ModelBody,
+    PullBody,
+    ReplyShape,
+    Translated,
+    created_at,
+    details,
+    done_fields,
+    model_info,
+    ps_entry,
+    tag_entry,
+    translate,
+    validation_message,
+)
+
+__all__ = ["OllamaRoute", "error_response", "router"]
+
+T = TypeVar("T")
+_NDJSON = "application/x-ndjson"
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_HEX64 = re.compile(r"^(?:sha256[-:])?([0-9a-f]{64})$")
+_ERRORS: dict[int | str, dict[str, Any]] = {status: {} for status in (400, 404, 413, 429, 503)}
+
+
+def error_response(
+    message: str, status: int, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """Ollama's error shape: ``{"error": "..."}`` with the status."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _backend_error(exc: BackendError) -> JSONResponse:
+    headers = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    message = str(exc)
+    if isinstance(exc, ModelNotFound):  # Ollama's wording, which apps look for
+        message = f"model '{exc.model}' not found" + (f" ({exc.hint})" if exc.hint else "")
+    status = exc.status if exc.status >= 400 else 502
+    return error_response(message, status, headers or None)
+
+
+class OllamaRoute(APIRoute):
+    """A route whose errors answer in Ollama's shape (FastAPI's "custom APIRoute class")."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return error_response(validation_message(exc.errors()), 400)
+            except BackendError as exc:
+                return _backend_error(exc)
+            except HTTPException as exc:
+                detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
+                return error_response(detail, exc.status_code, exc.headers)
+
+        return route
+
+
+router = APIRouter(route_class=OllamaRoute, tags=["ollama"])
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request started."""
+
+
+def _pipeline(request: Request) -> Pipeline:
+    return request.app.state.pipeline
+
+
+async def _watching(
+    work: Awaitable[T], request: Request, on_gone: Callable[[T], Awaitable[None]] | None = None
+) -> T:
+    """Await ``work`` while watching the client; if it leaves, cancel the work (its queue place,
+    its load or prefill) and raise :class:`_ClientGone`."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.1)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            try:
+                result = await task
+            except (asyncio.CancelledError, BackendError):
+                raise _ClientGone() from None
+            if on_gone is not None:
+                await on_gone(result)
+            raise _ClientGone()
+
+
+async def _close_run(run: ChatRun) -> None:
+    await run.aclose()
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return _dumps(obj).encode() + b"\n"
+
+
+# --------------------------------------------------------------------------- chat & generate
+
+_Profile = Literal["fast", "balanced", "quality"]
+_Overflow = Literal["refuse", "truncate-oldest"]
+
+
+class _Headers:
+    """autotune's own request headers, the same as on ``/v1/chat/completions``."""
+
+    def __init__(
+        self,
+        x_autotune_profile: _Profile | None = Header(
+            None, description="Tuning profile for this request (default: the server's)."
+        ),
+        x_conversation_id: str | None = Header(
+            None, max_length=128, description="Store and resume this conversation."
+        ),
+        x_autotune_overflow: _Overflow | None = Header(
+            None, description="When the newest message cannot fit: refuse (400) or cut its start."
+        ),
+    ) -> None:
+        self.profile = x_autotune_profile
+        self.conversation_id = x_conversation_id
+        self.overflow = x_autotune_overflow
+
+
+@router.post(
+    "/api/chat",
+    responses={200: {"content": {_NDJSON: {}}}, **_ERRORS},
+    summary="Ollama chat (NDJSON stream unless stream is false)",
+)
+async def chat(body: ChatBody, request: Request, headers: _Headers = Depends()) -> Response:
+    """Ollama's ``/api/chat`` through autotune's pipeline."""
+    arrived = time.monotonic_ns()
+    translated = translate(body)
+    shape = _shape(body.model, "chat", translated)
+    return await _answer(request, body.model, translated, shape, body.stream, headers, arrived)
+
+
+@router.post(
+    "/api/generate",
+    responses={200: {"content": {_NDJSON: {}}}, **_ERRORS},
+    summary="Ollama generate: the prompt as a user message (NDJSON stream unless stream is false)",
+)
+async def generate(
+    body: GenerateBody,
+    request: Request,
+    headers: _Headers = Depends(),
+) -> Response:
+    """Ollama's ``/api/generate`` (not raw): ``system`` and ``prompt`` become chat messages."""
+    arrived = time.monotonic_ns()
+    translated = translate(body)
+    shape = _shape(body.model, "generate", translated)
+    return await _answer(request, body.model, translated, shape, body.stream, headers, arrived)
+
+
+def _shape(model: str, kind: str, translated: Translated) -> ReplyShape:
+    top = bool(translated.params.get("top_logprobs"))
+    return ReplyShape(model, kind, translated.no_thinking, top)
+
+
+async def _answer(
+    request: Request,
+    model: str,
+    translated: Translated,
+    shape: ReplyShape,
+    stream: bool | None,
+    headers: _Headers,
+    arrived: int,
+) -> Response:
+    streaming = stream is not False  # Ollama streams unless told not to
+    if not translated.messages:
+        return await _load_or_unload(request, model, translated.keep_alive, shape, streaming)
+    inp = ChatInput(
+        messages=translated.messages,
+        model=model,
+        params=translated.params,
+        profile=headers.profile,
+        conversation_id=headers.conversation_id,
+        overflow=headers.overflow,
+        min_context=translated.min_context,
+        keep_alive=translated.keep_alive,
+    )
+    try:
+        run = await _watching(_pipeline(request).start(inp), request, _close_run)
+    except _ClientGone:
+        return Response(status_code=499)
+    waited = time.monotonic_ns() - arrived
+    out_headers = {"X-Autotune-Plan": run.plan.summary()}
+    if run.conversation_id:
+        out_headers["X-Conversation-Id"] = run.conversation_id
+    if streaming:
+        return StreamingResponse(
+            _stream(run, shape, arrived, waited),
+            media_type=_NDJSON,
+            headers={**out_headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    try:
+        whole = await _watching(_whole(run, shape, arrived, waited), request)
+    except _ClientGone:
+        return Response(status_code=499)
+    return JSONResponse(whole, headers=out_headers)
+
+
+def _done(run: ChatRun, arrived: int, waited: int) -> dict[str, Any]:
+    return done_fields(
+        run.stats,
+        total_ns=time.monotonic_ns() - arrived,
+        waited_ns=waited,
+        finish_reason=run.finish_reason,
+        usage=run.usage,
+    )
+
+
+async def _stream(
+    run: ChatRun, shape: ReplyShape, arrived: int, waited: int
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in run:
+            piece = shape.piece(chunk.data)
+            if piece is not None:
+                yield _line(piece)
+    except BackendError as exc:  # the headers are gone: report it the way Ollama streams do
+        yield _line({"error": str(exc)})
+        return
+    for obj in shape.closing(run.reply.tool_calls, _done(run, arrived, waited)):
+        yield _line(obj)
+
+
+async def _whole(run: ChatRun, shape: ReplyShape, arrived: int, waited: int) -> dict[str, Any]:
+    async for _ in run:
+        pass
+    main = run.reply.choices.get(0)
+    return shape.whole(
+        run.reply.text,
+        thinking=main.texts.get("reasoning_content") if main else None,
+        calls=run.reply.tool_calls,
+        probs=main.logprobs if main else None,
+        done=_done(run, arrived, waited),
+    )
+
+
+async def _load_or_unload(
+    request: Request, model: str, keep_alive: float | None, shape: ReplyShape, streaming: bool
+) -> Response:
+    """A request without messages: Ollama's way to unload (``keep_alive: 0``) or preload.
+
+    autotune loads a model at its first message, sized for that conversation (a load now
+    would be sized blind and could mean a second load), so "load" only checks the model is
+    there."""
+    backend, name = await _pipeline(request).backends.resolve(model)
+    reason = "load"
+    if keep_alive == 0:
+        if not backend.capabilities.unload:
+            raise NotSupported(f"The {backend.name} engine does not let autotune unload models.")
+        await backend.unload(name)
+        reason = "unload"
+    obj = shape.loaded(reason)
+    if streaming:
+        return Response(_line(obj), media_type=_NDJSON)
+    return JSONResponse(obj)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _file_facts(path: str | None, name: str) -> tuple[str, float | None]:
+    """A digest for the model and its file's mtime: the file's own sha256 where the store
+    names files by it (Ollama blobs, Hugging Face LFS blobs), else a digest of its path, size
+    and time (hashing gigabytes for a listing is not an option)."""
+    if not path:
+        return hashlib.sha256(name.encode()).hexdigest(), None
+    try:
+        real = Path(path).resolve()
+        stat = real.stat()
+    except OSError:
+        return hashlib.sha256(path.encode()).hexdigest(), None
+    match = _HEX64.match(real.name)
+    if match:
+        return match.group(1), stat.st_mtime
+    identity = f"{real}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    return hashlib.sha256(identity).hexdigest(), stat.st_mtime
+
+
+async def _meta(backend: Backend | None, name: str) -> ModelMeta | None:
+    if backend is None:
+        return None
+    try:
+        return await backend.model_meta(name)
+    except BackendError:
+        return None
+
+
+async def _entries(pipeline: Pipeline) -> list[ModelEntry]:
+    inventory = await pipeline.backends.inventory()
+    seen: dict[str, ModelEntry] = {}
+    for engine in pipeline.backends.order:
+        for entry in inventory.get(engine, []):
+            seen.setdefault(entry.name, entry)
+    return list(seen.values())
+
+
+@router.get("/api/tags", summary="Ollama: every model autotune can serve")
+async def tags(request: Request) -> dict[str, Any]:
+    """Every model the engines in use can serve, with Ollama's fields."""
+    pipeline = _pipeline(request)
+    entries = await _entries(pipeline)
+    metas = await asyncio.gather(
+        *(_meta(pipeline.backends.get(e.backend), e.name) for e in entries)
+    )
+    paths = [e.path or (m.path if m else None) for e, m in zip(entries, metas, strict=True)]
+    facts = await asyncio.to_thread(
+        lambda: [_file_facts(path, e.name) for path, e in zip(paths, entries, strict=True)]
+    )
+    return {
+        "models": [
+            tag_entry(entry, meta, digest=digest, modified=mtime)
+            for entry, meta, (digest, mtime) in zip(entries, metas, facts, strict=True)
+        ]
+    }
+
+
+@router.post("/api/show", responses={404: {}, 400: {}}, summary="Ollama: one model's details")
+async def show(body: ModelBody, request: Request) -> dict[str, Any]:
+    """The model's metadata (``model_info``), details, chat template and capabilities."""
+    asked = body.model or body.name
+    if not asked:
+        raise InvalidRequest("Missing required field 'model'.", param="model")
+    backend, name = await _pipeline(request).backends.resolve(asked)
+    meta = await _meta(backend, name) or ModelMeta(name=name)
+    template = await asyncio.to_thread(read_chat_template, meta.path) if meta.path else None
+    digest, mtime = await asyncio.to_thread(_file_facts, meta.path, name)
+    where = f"FROM {meta.path}" if meta.path else f"# served by the {backend.name} engine"
+    return {
+        "modelfile": f"# autotune: {name}\n{where}\n",
+        "parameters": "",
+        "template": template or "",
+        "details": details(None, meta),
+        "model_info": model_info(meta),
+        "capabilities": template_capabilities(template),
+        "modified_at": created_at(mtime or 0),
+        "digest": digest,
+    }
+
+
+@router.get("/api/ps", summary="Ollama: the models loaded now")
+async def ps(request: Request) -> dict[str, Any]:
+    """The models resident in the engines' memory."""
+    backends = _pipeline(request).backends
+    models = []
+    for engine in backends.order:
+        backend = backends.backends[engine]
+        if not backend.capabilities.running_models:
+            continue
+        try:
+            running = await backend.running_models()
+        except BackendError:
+            continue
+        for model in running:
+            meta = await _meta(backend, model.name)
+            digest, _ = await asyncio.to_thread(
+                _file_facts, meta.path if meta else None, model.name
+            )
+            models.append(ps_entry(model, meta, digest=digest))
+    return {"models": models}
+
+
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+async def root() -> Response:
+    """Ollama's heartbeat (its CLI and some apps check ``/`` before anything else)."""
+    return PlainTextResponse("Ollama is running", headers={"X-Served-By": "autotune"})
+
+
+@router.get("/api/version", summary="Ollama: the API version autotune speaks")
+async def version() -> dict[str, str]:
+    """The Ollama API version this face speaks (clients gate features on it)."""
+    return {"version": OLLAMA_API_VERSION}
+
+
+# --------------------------------------------------------------------------- pull
+
+
+@router.post(
+    "/api/pull",
+    responses={200: {"content": {_NDJSON: {}}}, 400: {}, 404: {}, 501: {}, 503: {}},
+    summary="Ollama: download a model (NDJSON progress unless stream is false)",
+)
+async def pull(body: PullBody, request: Request) -> Response:
+    """With Ollama in use, its own pull; else a GGUF from the Hugging Face hub for the
+    embedded engine (``autotune pull``), the fit verdict checked before any byte."""
+    name = body.model or body.name
+    if not name:
+        raise InvalidRequest("Missing required field 'model'.", param="model")
+    steps = await _pull_steps(request, name)
+    if body.stream is not False:
+        return StreamingResponse(_pull_stream(steps), media_type=_NDJSON)
+    last: dict[str, Any] = {"status": "success"}
+    async for step in steps:
+        last = _progress(step)
+    return JSONResponse(last)
+
+
+async def _pull_steps(request: Request, name: str) -> AsyncIterator[PullProgress]:
+    """The progress of pulling ``name`` (a plan that cannot be pulled raises before any step)."""
+    backends = _pipeline(request).backends
+    ollama = next((b for b in backends.backends.values() if b.capabilities.pull), None)
+    if ollama is not None:
+        return _refreshing(ollama.pull(name), request, name)
+    if "embedded" not in backends.backends:
+        raise NotSupported(
+            "No engine in use here can pull models: Ollama pulls its own, and autotune pulls "
+            "GGUF files for its embedded engine (AUTOTUNE_BACKEND=embedded)."
+        )
+    from autotune.backends.hub import Hub, judge
+    from autotune.hardware.profile import effective_budget
+
+    settings = request.app.state.settings
+    budget = effective_budget(request.app.state.hardware, settings.memory_budget)
+    hub = Hub(token=settings.hf_token)
+    plan = await hub.plan(name, budget_bytes=budget)
+    judge(plan)
+    return _refreshing(_with_manifest(hub.pull(plan)), request, name)
+
+
+async def _with_manifest(steps: AsyncIterator[PullProgress]) -> AsyncIterator[PullProgress]:
+    yield PullProgress("pulling manifest")
+    async for step in steps:
+        yield step
+
+
+async def _refreshing(
+    steps: AsyncIterator[PullProgress], request: Request, name: str
+) -> AsyncIterator[PullProgress]:
+    """The steps, with the engines' model lists refreshed before ``success`` is told, so the
+    model answers to its name at once."""
+    from autotune.backends.hub import refresh_after_pull
+
+    async for step in steps:
+        if step.status == "success":
+            await refresh_after_pull(_pipeline(request).backends, name)
+        yield step
+
+
+def _progress(step: PullProgress) -> dict[str, Any]:
+    obj: dict[str, Any] = {"status": step.status}
+    digest = getattr(step, "digest", None)
+    if digest:
+        obj["digest"] = digest
+    if step.total:
+        obj["total"] = step.total
+        obj["completed"] = step.completed or 0
+    return obj
+
+
+async def _pull_stream(steps: AsyncIterator[PullProgress]) -> AsyncIterator[bytes]:
+    try:
+        async for step in steps:
+            yield _line(_progress(step))
+    except BackendError as exc:
+        yield _line({"error": str(exc)})
+    finally:
+        with contextlib.suppress(Exception):
+            await steps.aclose()  # type: ignore[attr-defined]

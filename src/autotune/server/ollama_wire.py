@@ -1,0 +1,784 @@
+"""Pure translation between Ollama's native API and autotune's pipeline, both ways.
+
+In: an Ollama ``/api/chat`` or ``/api/generate`` body becomes the pieces of a
+:class:`~autotune.pipeline.ChatInput` — OpenAI-shaped messages, OpenAI/llama.cpp sampling
+fields, the least context asked for, a keep-alive in seconds. Every field and option is in
+one of the tables below: translated, or refused with a 400 that names it (never dropped
+silently). Out: the pipeline's OpenAI chunks become Ollama's NDJSON objects, the last one
+with ``done``, ``done_reason`` and the engine's timings in nanoseconds; models, running
+models and metadata become ``/api/tags``, ``/api/ps`` and ``/api/show`` entries.
+
+The request bodies are the official ``ollama`` package's pydantic types (``ollama._types``),
+with the few fields whose client-side shape differs from the wire (images are base64
+strings on the wire, tools are free JSON schemas) overridden.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from ollama import _types as ollama_types
+from pydantic import ConfigDict, Field, ValidationError
+
+from autotune.ground.errors import InvalidRequest
+from autotune.ground.types import EngineStats, ModelEntry, ModelMeta, RunningModel
+
+__all__ = [
+    "OLLAMA_API_VERSION",
+    "ChatBody",
+    "GenerateBody",
+    "ModelBody",
+    "PullBody",
+    "ReplyShape",
+    "Translated",
+    "WireMessage",
+    "WireToolCall",
+    "chat_message",
+    "chat_messages",
+    "created_at",
+    "details",
+    "done_fields",
+    "generate_messages",
+    "logprobs",
+    "model_info",
+    "parse_keep_alive",
+    "ps_entry",
+    "tag_entry",
+    "tool_calls",
+    "translate",
+    "validation_message",
+]
+
+#: The Ollama API version this face speaks (``GET /api/version``): clients gate features
+#: such as ``think``, tool calls and JSON-schema ``format`` on it.
+OLLAMA_API_VERSION = "0.12.0"
+
+_THINK_LEVELS = ("low", "medium", "high")
+_ROLES = ("system", "user", "assistant", "tool")
+#: How base64 image data starts, by type (the data: URL llama.cpp reads names it).
+_IMAGE_HEADS = (("/9j/", "image/jpeg"), ("R0lG", "image/gif"), ("UklGR", "image/webp"))
+_FOREVER = timedelta(days=365 * 292)  # what Ollama shows for a negative keep_alive
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+class WireToolCall(ollama_types.Message.ToolCall):
+    """A tool call in a message, with the ``id`` newer Ollama versions add."""
+
+    id: str | None = None
+
+
+class WireMessage(ollama_types.Message):
+    """A chat message as it arrives: ``images`` are base64 strings, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] | None = None  # type: ignore[assignment]
+    tool_calls: list[WireToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatBody(ollama_types.ChatRequest):
+    """``POST /api/chat``; ``stream`` defaults to true, as Ollama's does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[WireMessage] | None = None
+    tools: list[dict[str, Any]] | None = None  # type: ignore[assignment]
+    options: dict[str, Any] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class GenerateBody(ollama_types.GenerateRequest):
+    """``POST /api/generate`` (non-raw: the prompt is a user message through the chat path)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] | None = None  # type: ignore[assignment]
+    options: dict[str, Any] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class ModelBody(ollama_types.ShowRequest):
+    """``POST /api/show``: ``model`` (``name`` is its old spelling)."""
+
+    model: str | None = Field(None, min_length=1)  # type: ignore[assignment]
+    name: str | None = Field(None, min_length=1)
+    verbose: bool | None = None
+
+
+class PullBody(ollama_types.PullRequest):
+    """``POST /api/pull``: ``model`` (or ``name``); ``insecure`` has no meaning for the hub."""
+
+    model: str | None = Field(None, min_length=1)  # type: ignore[assignment]
+    name: str | None = Field(None, min_length=1)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _as_option(param: str) -> Any:
+    def apply(value: Any, out: Translated) -> None:
+        out.params[param] = value
+
+    return apply
+
+
+def _stop(value: Any, out: Translated) -> None:
+    out.params["stop"] = [value] if isinstance(value, str) else list(value)
+
+
+def _num_predict(value: Any, out: Translated) -> None:
+    # -1: no limit, -2: until the context is full; both are "no max_tokens" here.
+    if value == 0:
+        raise InvalidRequest(
+            "options.num_predict 0 asks for no reply; send a positive number or -1.",
+            param="options.num_predict",
+        )
+    if value > 0:
+        out.params["max_tokens"] = value
+
+
+def _num_ctx(value: Any, out: Translated) -> None:
+    if value <= 0:
+        raise InvalidRequest("options.num_ctx must be a positive number of tokens.")
+    out.min_context = value
+
+
+_LOAD_TIME = (
+    "a load-time setting autotune's planner chooses for this machine and model "
+    "(it is never reloaded per request)"
+)
+#: Ollama options autotune cannot honour, and why (the 400 says it).
+REFUSED_OPTIONS: dict[str, str] = {
+    **{
+        name: _LOAD_TIME
+        for name in (
+            "numa",
+            "num_batch",
+            "num_gpu",
+            "main_gpu",
+            "low_vram",
+            "f16_kv",
+            "logits_all",
+            "vocab_only",
+            "use_mmap",
+            "use_mlock",
+            "embedding_only",
+        )
+    },
+    "num_thread": _LOAD_TIME + "; set AUTOTUNE_THREADS instead",
+    "num_keep": "autotune fits the context itself (history is compacted rarely, the newest "
+    "message is never cut)",
+    "tfs_z": "tail-free sampling was removed from llama.cpp",
+    "penalize_newline": "llama.cpp no longer has this penalty",
+}
+
+#: Ollama options autotune applies: the OpenAI or llama.cpp field each becomes.
+OPTIONS: dict[str, Any] = {
+    **{
+        name: _as_option(name)
+        for name in (
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "typical_p",
+            "repeat_penalty",
+            "repeat_last_n",
+            "presence_penalty",
+            "frequency_penalty",
+            "mirostat",
+            "mirostat_tau",
+            "mirostat_eta",
+            "seed",
+        )
+    },
+    "stop": _stop,
+    "num_predict": _num_predict,
+    "num_ctx": _num_ctx,
+}
+
+#: Value ranges checked before anything is sent (the engine would otherwise answer 500).
+_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 100.0),
+    "top_p": (0.0, 1.0),
+    "min_p": (0.0, 1.0),
+    "typical_p": (0.0, 1.0),
+    "top_k": (0, 1 << 20),
+    "repeat_last_n": (-1, 1 << 20),
+    "repeat_penalty": (0.0, 100.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+    "mirostat": (0, 2),
+    "mirostat_tau": (0.0, 100.0),
+    "mirostat_eta": (0.0, 100.0),
+    "num_predict": (-2, 1 << 30),
+    "num_ctx": (1, 1 << 30),
+    "seed": (-(1 << 63), (1 << 64) - 1),
+}
+
+
+@dataclass
+class Translated:
+    """What an Ollama request becomes for the pipeline."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    min_context: int | None = None
+    keep_alive: float | None = None
+    #: The client asked for thinking to be left out.
+    no_thinking: bool = False
+
+
+def _options(options: Mapping[str, Any] | None, out: Translated) -> None:
+    if not options:
+        return
+    unknown = [k for k in options if k not in OPTIONS and k not in REFUSED_OPTIONS]
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown option {unknown[0]!r}: it is not one of Ollama's options.",
+            param=f"options.{unknown[0]}",
+        )
+    if isinstance(options.get("stop"), str):  # one stop string: taken as a list of one
+        options = {**options, "stop": [options["stop"]]}
+    try:  # the types Ollama declares for each option
+        typed = ollama_types.Options.model_validate(options)
+    except ValidationError as exc:
+        problem = validation_message(exc.errors())
+        raise InvalidRequest(problem.replace("'", "'options.", 1), param="options") from None
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name in REFUSED_OPTIONS:
+            raise InvalidRequest(
+                f"options.{name} is not supported: {REFUSED_OPTIONS[name]}.",
+                param=f"options.{name}",
+            )
+        # The client's Options type lacks some of the server's options (min_p): those keep
+        # their raw value and are type-checked by their range below.
+        value = getattr(typed, name, value)
+        _check_range(name, value)
+        OPTIONS[name](value, out)
+
+
+def _check_range(name: str, value: Any) -> None:
+    bounds = _RANGES.get(name)
+    if bounds is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"options.{name} must be a number.", param=f"options.{name}")
+    low, high = bounds
+    if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
+        raise InvalidRequest(
+            f"options.{name} {value!r} is out of range ({low:g} to {high:g}).",
+            param=f"options.{name}",
+        )
+
+
+def parse_keep_alive(value: float | str | None) -> float | None:
+    """Seconds a model stays loaded: a number of seconds or a Go duration (``"5m"``,
+    ``"1h30m"``); negative is forever (-1), 0 unloads it once the reply is done."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidRequest("keep_alive must be seconds or a duration like 5m.")
+    seconds = float(value) if isinstance(value, (int, float)) else _go_duration(value.strip())
+    if not math.isfinite(seconds):
+        raise InvalidRequest("keep_alive must be a finite duration.", param="keep_alive")
+    return -1.0 if seconds < 0 else seconds
+
+
+def _go_duration(text: str) -> float:
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    try:
+        return sign * float(body)  # a bare number: seconds
+    except ValueError:
+        pass
+    parts = _GO_DURATION.findall(body)
+    if not body or "".join(n + u for n, u in parts) != body:
+        raise InvalidRequest(
+            f"keep_alive {text!r} is not a duration: use seconds, or 30s, 5m, 1h30m; "
+            "a negative value keeps the model loaded for ever.",
+            param="keep_alive",
+        )
+    return sign * sum(float(n) * _GO_UNITS[u] for n, u in parts)
+
+
+def _format(value: Any, out: Translated) -> None:
+    if value in (None, ""):
+        return
+    if value == "json":
+        out.params["response_format"] = {"type": "json_object"}
+    elif isinstance(value, Mapping):
+        schema = {"name": "response", "schema": dict(value)}
+        out.params["response_format"] = {"type": "json_schema", "json_schema": schema}
+    else:
+        raise InvalidRequest(
+            f'format {value!r} is not offered: send "json" or a JSON schema object.',
+            param="format",
+        )
+
+
+def _think(value: Any, out: Translated) -> None:
+    # think=true is the engine's default for a thinking model; false or a level is sent as
+    # reasoning_effort, which llama.cpp and autotune's Ollama backend both understand.
+    if value is None or value is True:
+        return
+    if value is False:
+        out.params["reasoning_effort"] = "none"
+        out.no_thinking = True
+    elif value in _THINK_LEVELS:
+        out.params["reasoning_effort"] = value
+    else:
+        raise InvalidRequest(
+            f"think {value!r} is not offered: send true, false, or low, medium or high.",
+            param="think",
+        )
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _image_part(data: str, where: str) -> dict[str, Any]:
+    data = data.strip()
+    if data.startswith("data:"):
+        return {"type": "image_url", "image_url": {"url": data}}
+    if not data or not re.fullmatch(r"[A-Za-z0-9+/=\s]+", data):
+        raise InvalidRequest(f"{where} must be base64-encoded image data.", param=where)
+    mime = next((m for head, m in _IMAGE_HEADS if data.startswith(head)), "image/png")
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}
+
+
+def _content(message: WireMessage, where: str) -> str | list[dict[str, Any]]:
+    text = message.content or ""
+    if not message.images:
+        return text
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    for i, image in enumerate(message.images):
+        parts.append(_image_part(image, f"{where}.images[{i}]"))
+    return parts
+
+
+def _calls_out(message: WireMessage, index: int, pending: list[tuple[str, str]]) -> list[Any]:
+    calls = []
+    for j, call in enumerate(message.tool_calls or ()):
+        call_id = call.id or f"call_{index}_{j}"
+        pending.append((call.function.name, call_id))
+        arguments = json.dumps(dict(call.function.arguments), ensure_ascii=False)
+        calls.append(
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": call.function.name, "arguments": arguments},
+            }
+        )
+    return calls
+
+
+def _tool_call_id(message: WireMessage, pending: list[tuple[str, str]]) -> str | None:
+    """The id of the call a tool result answers: given, else the first pending call of that
+    tool (Ollama names the tool, OpenAI-shaped templates want the id)."""
+    if message.tool_call_id:
+        return message.tool_call_id
+    for k, (name, call_id) in enumerate(pending):
+        if message.tool_name is None or name == message.tool_name:
+            del pending[k]
+            return call_id
+    return None
+
+
+def chat_messages(messages: Sequence[WireMessage]) -> list[dict[str, Any]]:
+    """Ollama chat messages as OpenAI chat messages (earlier turns' thinking is not sent
+    back, as Ollama's own templates leave it out)."""
+    out: list[dict[str, Any]] = []
+    pending: list[tuple[str, str]] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if message.role not in _ROLES:
+            raise InvalidRequest(
+                f"{where}.role {message.role!r} is not one of {', '.join(_ROLES)}.",
+                param=f"{where}.role",
+            )
+        converted: dict[str, Any] = {"role": message.role, "content": _content(message, where)}
+        if message.role == "assistant" and message.tool_calls:
+            converted["tool_calls"] = _calls_out(message, i, pending)
+        if message.role == "tool":
+            call_id = _tool_call_id(message, pending)
+            if call_id:
+                converted["tool_call_id"] = call_id
+        out.append(converted)
+    return out
+
+
+def generate_messages(body: GenerateBody) -> list[dict[str, Any]]:
+    """``/api/generate``'s system and prompt (and images) as chat messages; none without a
+    prompt (Ollama then only loads or unloads the model, whatever ``system`` says)."""
+    messages: list[dict[str, Any]] = []
+    if not body.prompt and not body.images:
+        return messages
+    if body.system:
+        messages.append({"role": "system", "content": body.system})
+    user = WireMessage(role="user", content=body.prompt or "", images=body.images)
+    messages.append({"role": "user", "content": _content(user, "prompt")})
+    return messages
+
+
+def _refuse_generate_fields(body: GenerateBody) -> None:
+    reasons = {
+        "raw": "raw prompts are not offered on /api/generate yet; send the prompt without raw",
+        "suffix": "fill-in-the-middle (suffix) is not offered on /api/generate yet",
+        "template": "autotune uses the model's own chat template",
+        "context": "the tokenised context of an earlier reply is not kept; use /api/chat or "
+        "the X-Conversation-Id header to continue a conversation",
+        "width": "image generation is not offered",
+        "height": "image generation is not offered",
+        "steps": "image generation is not offered",
+    }
+    for name, why in reasons.items():
+        value = getattr(body, name)
+        if value not in (None, False, "", [], ()):
+            raise InvalidRequest(f"{name!r} is not supported: {why}.", param=name)
+
+
+def _common(body: ChatBody | GenerateBody, out: Translated) -> None:
+    _options(body.options, out)
+    _format(body.format, out)
+    _think(body.think, out)
+    out.keep_alive = parse_keep_alive(body.keep_alive)
+    if body.logprobs:
+        out.params["logprobs"] = True
+        if body.top_logprobs:
+            out.params["top_logprobs"] = body.top_logprobs
+    elif body.top_logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs: true.", param="top_logprobs")
+
+
+def translate(body: ChatBody | GenerateBody) -> Translated:
+    """The pipeline's view of an Ollama chat or generate request; InvalidRequest (400) for
+    anything autotune cannot honour, naming it."""
+    out = Translated()
+    if isinstance(body, GenerateBody):
+        _refuse_generate_fields(body)
+        out.messages = generate_messages(body)
+    else:
+        out.messages = chat_messages(body.messages or [])
+        if body.tools:
+            out.params["tools"] = [dict(tool) for tool in body.tools]
+    _common(body, out)
+    return out
+
+
+# --------------------------------------------------------------------------- replies
+
+
+def created_at(now: float | None = None) -> str:
+    """RFC 3339 UTC with microseconds and ``Z``, as Ollama writes ``created_at``."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _ns(ms: float | None) -> int | None:
+    return None if ms is None else max(0, int(ms * 1_000_000))
+
+
+def done_fields(
+    stats: EngineStats | None,
+    *,
+    total_ns: int,
+    waited_ns: int,
+    finish_reason: str | None,
+    usage: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``done``, ``done_reason`` and the timings of Ollama's last object, in nanoseconds.
+
+    The counts and durations are the engine's own (``prompt_eval_count`` is the whole
+    prompt, cached part included, as Ollama counts it); ``total_duration`` is autotune's wall
+    clock from the request's arrival. ``load_duration`` is the engine's figure when it gives
+    one, else, when the engine says it (re)loaded, the wait for its first token less the
+    prompt's evaluation; else 0. Figures the engine did not report are left out."""
+    fields: dict[str, Any] = {
+        "done": True,
+        "done_reason": "length" if finish_reason == "length" else "stop",
+        "total_duration": max(0, total_ns),
+    }
+    prompt_ns = _ns(stats.prompt_ms) if stats else None
+    if stats is not None and stats.load_ms is not None:
+        fields["load_duration"] = _ns(stats.load_ms)
+    elif stats is not None and stats.reloaded:
+        fields["load_duration"] = max(0, waited_ns - (prompt_ns or 0))
+    else:
+        fields["load_duration"] = 0
+    prompt = stats.prompt_tokens if stats else None
+    completion = stats.completion_tokens if stats else None
+    if prompt is None and usage:
+        prompt = usage.get("prompt_tokens")
+    if completion is None and usage:
+        completion = usage.get("completion_tokens")
+    for key, value in (
+        ("prompt_eval_count", prompt),
+        ("prompt_eval_duration", prompt_ns),
+        ("eval_count", completion),
+        ("eval_duration", _ns(stats.decode_ms) if stats else None),
+    ):
+        if value is not None:
+            fields[key] = int(value)
+    return fields
+
+
+def tool_calls(calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI tool calls (arguments as a JSON string) in Ollama's shape (an object)."""
+    out = []
+    for index, call in enumerate(calls):
+        function = call.get("function") or {}
+        raw = function.get("arguments") or "{}"
+        try:
+            arguments = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        except json.JSONDecodeError:
+            arguments = {"_raw": raw}  # the model wrote no valid JSON: keep what it wrote
+        if not isinstance(arguments, dict):
+            arguments = {"value": arguments}
+        converted: dict[str, Any] = {
+            "function": {"index": index, "name": function.get("name", ""), "arguments": arguments}
+        }
+        if call.get("id"):
+            converted["id"] = call["id"]
+        out.append(converted)
+    return out
+
+
+def logprobs(
+    content: Sequence[Mapping[str, Any]] | None, *, top: bool = True
+) -> list[dict[str, Any]] | None:
+    """OpenAI ``logprobs.content`` entries as Ollama's ``logprobs`` list; ``top``: with the
+    alternatives (llama.cpp sends 20 unasked; Ollama only sends what ``top_logprobs`` asks)."""
+    if not content:
+        return None
+    return [
+        {
+            "token": entry.get("token", ""),
+            "logprob": entry.get("logprob", 0.0),
+            **(
+                {
+                    "top_logprobs": [
+                        {"token": t.get("token", ""), "logprob": t.get("logprob", 0.0)}
+                        for t in entry["top_logprobs"]
+                    ]
+                }
+                if top and entry.get("top_logprobs")
+                else {}
+            ),
+        }
+        for entry in content
+    ]
+
+
+def chat_message(
+    content: str,
+    *,
+    thinking: str | None = None,
+    calls: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """An assistant ``message`` object of ``/api/chat``."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if thinking:
+        message["thinking"] = thinking
+    if calls:
+        message["tool_calls"] = tool_calls(calls)
+    return message
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _parameter_size(count: int | None) -> str:
+    if not count:
+        return ""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            value = count / scale
+            return f"{value:.2f}".rstrip("0").rstrip(".") + unit
+    return str(count)
+
+
+def details(entry: ModelEntry | None, meta: ModelMeta | None) -> dict[str, Any]:
+    """Ollama's ``details``: format, family, parameter size, quantisation level."""
+    family = (entry.family if entry else None) or (
+        meta.family or meta.architecture if meta else None
+    )
+    parameter_size = (entry.parameter_size if entry else None) or _parameter_size(
+        meta.parameter_count if meta else None
+    )
+    quant = (entry.quantization if entry else None) or (meta.quantization if meta else None)
+    gguf = bool((entry and entry.path) or (meta and meta.path))
+    return {
+        "parent_model": "",
+        "format": "gguf" if gguf else "",
+        "family": family or "",
+        "families": [family] if family else None,
+        "parameter_size": parameter_size or "",
+        "quantization_level": quant or "",
+    }
+
+
+def tag_entry(
+    entry: ModelEntry, meta: ModelMeta | None, *, digest: str, modified: float | None
+) -> dict[str, Any]:
+    """One model of ``/api/tags``."""
+    stamp = entry.modified_at or created_at(modified if modified is not None else 0)
+    return {
+        "name": entry.name,
+        "model": entry.name,
+        "modified_at": stamp,
+        "size": entry.size_bytes or (meta.size_bytes if meta else None) or 0,
+        "digest": digest,
+        "details": details(entry, meta),
+    }
+
+
+def ps_entry(running: RunningModel, meta: ModelMeta | None, *, digest: str) -> dict[str, Any]:
+    """One model of ``/api/ps``; a model kept for ever shows an expiry centuries ahead."""
+    if running.expires_at is None:
+        expires = datetime.now(tz=timezone.utc) + _FOREVER
+    else:
+        expires = datetime.fromtimestamp(running.expires_at, tz=timezone.utc)
+    entry_details = details(None, meta)
+    if running.quantization and not entry_details["quantization_level"]:
+        entry_details["quantization_level"] = running.quantization
+    return {
+        "name": running.name,
+        "model": running.name,
+        "size": running.size_bytes or 0,
+        "size_vram": running.vram_bytes or 0,
+        "digest": digest,
+        "details": entry_details,
+        "expires_at": expires.isoformat().replace("+00:00", "Z"),
+        "context_length": running.context_length,
+    }
+
+
+def model_info(meta: ModelMeta) -> dict[str, Any]:
+    """``/api/show`` ``model_info`` from the model's metadata, under the GGUF key names."""
+    arch = meta.architecture or meta.family or "unknown"
+    keys: dict[str, Any] = {
+        "general.architecture": arch,
+        "general.parameter_count": meta.parameter_count,
+        "general.quantization": meta.quantization,
+        f"{arch}.block_count": meta.block_count,
+        f"{arch}.context_length": meta.context_length,
+        f"{arch}.embedding_length": meta.embedding_length,
+        f"{arch}.attention.head_count": meta.head_count,
+        f"{arch}.attention.head_count_kv": meta.head_count_kv,
+        f"{arch}.attention.key_length": meta.key_length,
+        f"{arch}.attention.value_length": meta.value_length,
+        f"{arch}.attention.sliding_window": meta.sliding_window,
+        f"{arch}.vocab_size": meta.vocab_size,
+        f"{arch}.expert_count": meta.expert_count,
+        f"{arch}.expert_used_count": meta.expert_used_count,
+    }
+    return {k: v for k, v in keys.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence for the first problem pydantic found in a request."""
+    if not errors:
+        return "Invalid request."
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    where = ".".join(loc) or "body"
+    kind = first.get("type")
+    if kind == "json_invalid":
+        return "The request body is not valid JSON."
+    if kind == "missing":
+        return f"Missing required field {where!r}."
+    if kind == "extra_forbidden":
+        return f"Unknown field {where!r}: it is not part of Ollama's API."
+    return f"Invalid value for {where!r}: {first.get('msg', 'invalid')}."
+
+
+# --------------------------------------------------------------------------- reply shapes
+
+
+@dataclass
+class ReplyShape:
+    """Builds Ollama's reply objects for one request: ``kind`` is ``chat`` or ``generate``."""
+
+    model: str
+    kind: str = "chat"
+    #: Thinking is left out of the reply (the client sent ``think: false``).
+    no_thinking: bool = False
+    #: The client asked for alternatives with each token's log probability.
+    top_logprobs: bool = False
+
+    def _base(self) -> dict[str, Any]:
+        return {"model": self.model, "created_at": created_at()}
+
+    def _body(self, content: str, thinking: str | None, calls: Sequence[Any]) -> dict[str, Any]:
+        thinking = None if self.no_thinking else thinking
+        if self.kind == "chat":
+            return {"message": chat_message(content, thinking=thinking, calls=calls)}
+        body: dict[str, Any] = {"response": content}
+        if thinking:
+            body["thinking"] = thinking
+        return body
+
+    def piece(self, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The streamed object for one OpenAI chunk, or None when it carries no text."""
+        choices = data.get("choices") or ()
+        choice = next((c for c in choices if c.get("index", 0) == 0), None)
+        if choice is None:
+            return None
+        delta = choice.get("delta") or {}
+        content = delta.get("content") or ""
+        thinking = delta.get("reasoning_content") or None
+        probs = logprobs((choice.get("logprobs") or {}).get("content"), top=self.top_logprobs)
+        if not content and (not thinking or self.no_thinking) and not probs:
+            return None
+        out = {**self._base(), **self._body(content, thinking, ()), "done": False}
+        if probs:
+            out["logprobs"] = probs
+        return out
+
+    def closing(
+        self, calls: Sequence[Mapping[str, Any]], done: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The last streamed objects: the tool calls, whole (as Ollama sends them), then done."""
+        out = []
+        if calls and self.kind == "chat":
+            out.append({**self._base(), **self._body("", None, calls), "done": False})
+        out.append({**self._base(), **self._body("", None, ()), **done})
+        return out
+
+    def whole(
+        self,
+        content: str,
+        *,
+        thinking: str | None,
+        calls: Sequence[Mapping[str, Any]],
+        probs: Sequence[Mapping[str, Any]] | None,
+        done: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """The one object of a reply that was not streamed."""
+        out = {**self._base(), **self._body(content, thinking, calls), **done}
+        converted = logprobs(probs, top=self.top_logprobs)
+        if converted:
+            out["logprobs"] = converted
+        return out
+
+    def loaded(self, reason: str) -> dict[str, Any]:
+        """The reply to a request without messages: ``done_reason`` ``load`` or ``unload``."""
+        return {**self._base(), **self._body("", None, ()), "done": True, "done_reason": reason}
