@@ -7,6 +7,7 @@ the long conversations these tests need use it. Every figure asserted is the eng
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -90,6 +91,14 @@ def chat(url: str, conversation: str, text: str, **extra: Any) -> dict[str, Any]
     return {**reply.json(), "plan": reply.headers["X-Autotune-Plan"]}
 
 
+def autotune(*args: str, env: dict[str, str]) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-m", "autotune", *args], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def prefilled(reply: dict[str, Any]) -> float:
     """The share of the prompt the engine computed (the rest came from its cache)."""
     timings = reply["timings"]
@@ -143,7 +152,15 @@ def test_a_long_conversation_resumes_after_keep_alive_a_restart_and_a_bigger_con
     assert "ctx=16384" in bigger["plan"] and prefilled(bigger) <= 0.05
     runs = httpx.get(server.url + "/api/requests", params={"limit": 5}, timeout=30).json()
     assert [r["kv"] for r in runs["requests"][:2]] == ["restored", "restored"]
+    kv = httpx.get(server.url + "/api/kv", timeout=30).json()
+    (saved,) = [f for f in kv["files"] if f["conversation_id"] == "manual"]
+    assert saved["tokens"] >= 3000 and saved["hits"] >= 2 and saved["model"] == GEMMA
     server.stop()
+
+    listed = autotune("kv", "ls", "--json", env=server.env)
+    assert [f["conversation_id"] for f in listed["files"]] == ["manual"]
+    assert autotune("kv", "rm", "manual", "--json", env=server.env) == {"removed": {"manual": 1}}
+    assert autotune("kv", "ls", "--json", env=server.env)["files"] == []
 
 
 def test_four_conversations_taking_turns_past_a_small_ram_cache(start_server: Any) -> None:

@@ -51,6 +51,9 @@ async def _delete(chat: Chat, arg: str) -> None:
     s = chat.state
     old = s.conversation_id
     deleted = s.stored and await asyncio.to_thread(chat.runtime.store.delete, old)
+    kv = chat.runtime.pipeline.kv
+    if kv is not None:  # its saved KV goes with it
+        await asyncio.to_thread(kv.store.forget_conversation, old)
     s.conversation_id, s.stored = new_conversation_id(), False
     s.listing = [i for i in s.listing if i != old]
     what = f"Deleted {old}" if deleted else f"{old} had nothing stored"

@@ -12,6 +12,7 @@ from autotune import __version__
 from autotune.cli import (
     chat,
     hardware,
+    kv,
     mlx,
     models,
     proof,
@@ -84,6 +85,7 @@ proof.register(app)
 mlx.register(app)
 tune.register(app)
 recall.register(app)
+kv.register(app)
 pull.register(app)
 
 

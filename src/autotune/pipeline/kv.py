@@ -171,6 +171,22 @@ class KvManager:
             for slot in to_save([s for s in table.slots if not s.busy]):
                 await self._save(backend, model, layout, slot)
 
+    def describe(self) -> list[dict[str, Any]]:
+        """What each loaded model's slots hold (for /api/kv and the dashboard)."""
+        return [
+            {
+                "engine": engine,
+                "model": model,
+                "slot": s.id,
+                "conversation": s.conversation,
+                "tokens": s.tokens,
+                "saved": s.saved,
+                "busy": s.busy,
+            }
+            for (engine, model), table in self._tables.items()
+            for s in table.slots
+        ]
+
     async def aclose(self) -> None:
         if self._sealing:
             await asyncio.gather(*self._sealing.values(), return_exceptions=True)

@@ -98,6 +98,23 @@ def _shown(model: dict[str, Any], show_urls: bool) -> dict[str, Any]:
     return model
 
 
+@router.get("/api/kv")
+async def kv_files(request: Request) -> dict[str, Any]:
+    """Saved KV caches (conversation, model, tokens, bytes, restores) and what each loaded
+    model's slots hold now."""
+    kv = request.app.state.pipeline.kv
+    if kv is None:
+        return {"enabled": False, "files": [], "bytes": 0, "budget": 0, "slots": []}
+    rows = await asyncio.to_thread(kv.store.rows)
+    return {
+        "enabled": True,
+        "files": rows,
+        "bytes": sum(r["bytes"] for r in rows),
+        "budget": kv.disk_budget,
+        "slots": kv.describe(),
+    }
+
+
 @router.get("/api/requests")
 async def recent_requests(request: Request, limit: int = Query(50, ge=1, le=200)) -> dict[str, Any]:
     """The latest requests' telemetry (no prompt text), newest first."""

@@ -78,6 +78,9 @@ async def get(conv_id: ConversationId, request: Request) -> Any:
 @router.delete("/{conv_id}", status_code=204)
 async def delete(conv_id: ConversationId, request: Request) -> Response:
     deleted = await asyncio.to_thread(_store(request).delete, conv_id)
+    kv = request.app.state.pipeline.kv
+    if kv is not None:  # its saved KV goes with it
+        await asyncio.to_thread(kv.store.forget_conversation, conv_id)
     return Response(status_code=204) if deleted else _not_found(conv_id)
 
 
