@@ -41,6 +41,8 @@ from autotune.ground.types import (
 __all__ = ["FakeBackend", "FakeReply", "fake_tokens"]
 
 MODEL = "fake-model"
+#: What the fake says a token's KV takes (the bundled model's real figure: 23,040 bytes).
+_BYTES_PER_TOKEN = 23_040
 
 LIKE_EMBEDDED = Capabilities(
     load_control=True,
@@ -90,8 +92,12 @@ class FakeBackend(Backend):
         meta: ModelMeta | None = None,
         models: Sequence[str] = (MODEL,),
         kv_dir: Path | None = None,
+        ram_tokens: int = 0,
     ) -> None:
         self.kv_dir = kv_dir
+        #: Tokens the host-RAM prompt cache holds (0: none), and what it holds.
+        self.ram_tokens = ram_tokens
+        self._ram: list[list[str]] = []
         if kv_dir is not None:
             capabilities = dataclasses.replace(capabilities, slots=True)
         self.capabilities = capabilities
@@ -158,7 +164,10 @@ class FakeBackend(Backend):
         if self.kv_dir is None or settings is None:
             return None
         identity = KvIdentity(f"fake|{model}", "f16", "f16", settings.n_parallel)
-        return SlotLayout(self._generation[model], settings.n_parallel, settings.n_ctx, identity)
+        ram_bytes = self.ram_tokens * _BYTES_PER_TOKEN
+        return SlotLayout(
+            self._generation[model], settings.n_parallel, settings.n_ctx, identity, ram_bytes
+        )
 
     async def slot_action(
         self, model: str, slot: int, action: str, filename: str
@@ -173,7 +182,7 @@ class FakeBackend(Backend):
         if action == "save":
             tokens = self._last_prompt.get((model, slot), [])
             path.write_text(json.dumps({"identity": layout.identity.key, "tokens": tokens}))
-            return {"n_saved": len(tokens), "n_written": path.stat().st_size}
+            return {"n_saved": len(tokens), "n_written": len(tokens) * _BYTES_PER_TOKEN}
         try:
             saved = json.loads(path.read_text())
             assert saved["identity"] == layout.identity.key
@@ -208,7 +217,7 @@ class FakeBackend(Backend):
                 "fake",
             )
         slot = int(request.params.get("id_slot", 0))
-        cached = _common_prefix(self._last_prompt.get((request.model, slot), []), prompt)
+        cached = self._reuse(request.model, slot, prompt)
         self._last_prompt[(request.model, slot)] = prompt
         self.busy.add(slot)
         try:
@@ -228,6 +237,24 @@ class FakeBackend(Backend):
             tokens += ["<|", str(m.get("role")), "|>", "\n"][:PER_MESSAGE_OVERHEAD]
             tokens += fake_tokens(message_text(m))
         return tokens
+
+    def _reuse(self, model: str, slot: int, prompt: list[str]) -> int:
+        """Tokens reused for ``prompt`` on ``slot``: its own content, or, with a host-RAM
+        cache, the best prefix kept there (llama.cpp keeps a slot's state when a different
+        prompt takes the slot, and swaps the best match back in)."""
+        held = self._last_prompt.get((model, slot), [])
+        cached = _common_prefix(held, prompt)
+        if not self.ram_tokens:
+            return cached
+        if held and cached < len(held):  # another prompt takes the slot: keep the old one
+            self._ram.append(held)
+        best = max(self._ram, key=lambda kept: _common_prefix(kept, prompt), default=None)
+        if best is not None and _common_prefix(best, prompt) > cached:
+            self._ram.remove(best)
+            cached = _common_prefix(best, prompt)
+        while sum(len(kept) for kept in self._ram) > self.ram_tokens:
+            self._ram.pop(0)  # the oldest go first
+        return cached
 
     def _load(self, model: str, settings: LoadSettings) -> None:
         self.loads.append((model, settings))

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autotune.ground.kv import KvFile, KvIdentity, SlotView
-from autotune.tuning.kv import KvPlan, kv_outcome, over_budget, plan_slot, to_save
+from autotune.tuning.kv import KvPlan, RamCache, kv_outcome, over_budget, plan_slot, to_save
 
 
 def file(conv: str = "a", tokens: int = 1000, size: int = 100, used: float = 0.0) -> KvFile:
@@ -100,3 +100,31 @@ def test_an_identity_changes_with_anything_a_restore_depends_on() -> None:
         KvIdentity("/m.gguf|100|1", "f16", "f16", 2),
     ):
         assert other.key != base.key
+
+
+def test_the_ram_cache_model_counts_the_most_recent_first() -> None:
+    ram = RamCache(capacity=1000, bytes_per_token=1.0, held=(("a", 300), ("b", 300), ("c", 300)))
+    assert ram.holds("c") and ram.holds("b")  # 300 + 300 within 70 % of 1,000
+    assert not ram.holds("a")  # 900 is past the safety share
+    assert not ram.holds("zzz")
+    assert ram.fits(700) and not ram.fits(701)
+
+
+def test_a_conversation_in_the_ram_cache_is_not_restored_from_disk() -> None:
+    ram = RamCache(10**9, 1.0, (("a", 1000),))
+    plan = plan_slot("a", [SlotView(0, "b", 500, saved=500)], file("a"), n_ctx=4096, ram=ram)
+    assert plan.from_ram and plan.restore is None and plan.save is None
+
+
+def test_a_slot_leaving_for_the_ram_cache_is_saved_only_when_its_file_lags() -> None:
+    ram = RamCache(10**9, 1.0)
+    fresh = SlotView(0, "b", 2000, saved=1950)  # 50 behind: within a twentieth
+    assert plan_slot("a", [fresh], None, n_ctx=4096, ram=ram).save is None
+    stale = SlotView(0, "b", 2000, saved=1000)
+    assert plan_slot("a", [stale], None, n_ctx=4096, ram=ram).save == stale
+    # A restore overwrites the slot (nothing of it stays in RAM): save any lag first.
+    restoring = plan_slot("a", [fresh], file("a"), n_ctx=4096, ram=ram)
+    assert restoring.restore is not None and restoring.save == fresh
+    # Too big for the RAM cache: saved whatever the lag.
+    tiny = RamCache(1000, 1.0)
+    assert plan_slot("a", [fresh], None, n_ctx=4096, ram=tiny).save == fresh

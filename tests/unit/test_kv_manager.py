@@ -37,8 +37,10 @@ class Rig:
         self.events: list[EngineEvent] = []
         self.open: list[tuple[Pipeline, FakeBackend]] = []
 
-    def start(self, *, budget: int = 10**9, concurrency: int = 1) -> tuple[Pipeline, FakeBackend]:
-        engine = FakeBackend(kv_dir=self.kv_dir)
+    def start(
+        self, *, budget: int = 10**9, concurrency: int = 1, ram_tokens: int = 0
+    ) -> tuple[Pipeline, FakeBackend]:
+        engine = FakeBackend(kv_dir=self.kv_dir, ram_tokens=ram_tokens)
         settings = Settings(
             home=self.tmp / "home",
             backend="embedded",
@@ -166,4 +168,30 @@ async def test_twenty_concurrent_conversations_on_two_slots(rig: Rig) -> None:
     assert all(r.record.status == "ok" for r in runs)
     assert engine.loads[-1][1].n_parallel == 2
     assert {a[1] for a in engine.slot_actions} <= {0, 1}  # and none hit a busy slot
+    await rig.stop(pipeline, engine)
+
+
+@pytest.mark.parametrize("ram_tokens", [100_000, 500])
+async def test_a_ram_cache_that_holds_them_spares_the_disk(rig: Rig, ram_tokens: int) -> None:
+    """With a host-RAM prompt cache big enough for four conversations, llama.cpp serves
+    their turns from RAM: autotune restores nothing and saves only when a file lags; with
+    one too small, every hand-over is a save and every return a restore. Either way every
+    turn after the first round reuses its previous prompt."""
+    pipeline, engine = rig.start(ram_tokens=ram_tokens)
+    for rnd in range(4):
+        for k in range(4):
+            text = f"round {rnd}?" if rnd else f"conversation {k}: " + "w " * 1000
+            run = await turn(pipeline, f"conv{k}", text)
+            if rnd:
+                assert run.stats is not None
+                assert run.stats.prompt_tokens - run.stats.cached_tokens < 20
+    actions = [a for a, *_ in engine.slot_actions]
+    handovers, returns = 15, 12
+    if ram_tokens > 10_000:
+        # Turns come from RAM. What a restore overwrote is not in RAM any more (llama.cpp
+        # keeps a slot's state only when a request takes the slot), so about one
+        # conversation a round comes from disk — never all four.
+        assert actions.count("restore") <= 5 and actions.count("save") <= 8
+    else:  # nothing fits the RAM cache: every hand-over saved, every return restored
+        assert actions.count("save") >= handovers - 1 and actions.count("restore") >= returns - 1
     await rig.stop(pipeline, engine)

@@ -251,7 +251,9 @@ class EmbeddedBackend(Backend):
             cache_type_v=settings.cache_type_v or "f16",
             n_parallel=settings.n_parallel,
         )
-        return SlotLayout(worker.generation, settings.n_parallel, settings.n_ctx, identity)
+        # llama-server's own default for --cache-ram, when autotune set none: 8192 MiB.
+        ram = (8192 if worker.cache_ram_mib is None else worker.cache_ram_mib) * MiB
+        return SlotLayout(worker.generation, settings.n_parallel, settings.n_ctx, identity, ram)
 
     async def slot_action(
         self, model: str, slot: int, action: str, filename: str

@@ -12,6 +12,7 @@ from autotune.bench.proof import SCENARIOS, ProofResult
 from autotune.cli._common import console, err_console, print_json, run
 from autotune.cli._help import PlainCommand
 from autotune.cli._tables import Column, print_table
+from autotune.cli.proof_kv import KV_SCENARIOS, run_kv
 from autotune.ground.config import get_settings
 from autotune.ground.serialize import to_jsonable
 from autotune.ground.units import format_bytes
@@ -117,7 +118,13 @@ def proof(
         None,
         "--scenario",
         metavar="NAME",
-        help=f"Only these scenarios ({', '.join(SCENARIOS)}); repeatable.",
+        help=f"Only these scenarios ({', '.join([*SCENARIOS, *KV_SCENARIOS])}); repeatable.",
+    ),
+    with_kv: bool = typer.Option(
+        False,
+        "--with-kv",
+        "--with-resume",
+        help="Add the KV scenarios: resume, switch, switch-bounded, grow, swap-model.",
     ),
     with_cold: bool = typer.Option(False, "--with-cold", help="Add a cold-start scenario."),
     with_noswap: bool = typer.Option(
@@ -139,11 +146,21 @@ def proof(
     from autotune.bench.proof import run_proof
     from autotune.runtime import open_runtime
 
-    unknown = [s for s in scenario or [] if s not in SCENARIOS]
+    known = [*SCENARIOS, *KV_SCENARIOS]
+    unknown = [s for s in scenario or [] if s not in known]
     if unknown:
-        raise typer.BadParameter(f"unknown scenario {unknown[0]!r}; choose from {list(SCENARIOS)}")
+        raise typer.BadParameter(f"unknown scenario {unknown[0]!r}; choose from {known}")
     settings = get_settings()
     model = model or settings.default_model
+    kv_names = [s for s in scenario or [] if s in KV_SCENARIOS] or (
+        list(KV_SCENARIOS) if with_kv else []
+    )
+    main_names = [s for s in scenario or [] if s in SCENARIOS]
+    if kv_names and scenario and not main_names:  # only KV scenarios were asked for
+        kv_data = run_kv(settings, model, runs, kv_names, report, quiet=json_out)
+        if json_out:
+            print_json({"kv": kv_data})
+        return
     requested = (ctx.obj or {}).get("backend") or "embedded"
 
     async def job() -> ProofResult:
@@ -166,7 +183,7 @@ def proof(
                     runtime,
                     model,
                     runs=runs,
-                    scenarios=scenario or None,
+                    scenarios=main_names or None,
                     with_cold=with_cold,
                     with_noswap=with_noswap,
                     progress=progress,
@@ -184,8 +201,9 @@ def proof(
         (report / "proof.md").write_text(_markdown(result))
         charts = write_charts(result, report)
         err_console.print(f"report: {report / 'proof.md'}, {', '.join(str(c) for c in charts)}")
+    kv_all = run_kv(settings, model, runs, kv_names, report, quiet=json_out) if kv_names else None
     if json_out:
-        print_json(data)
+        print_json(data if kv_all is None else {**data, "kv": kv_all})
         return
     _print_result(result)
 

@@ -61,3 +61,5 @@ class SlotLayout:
     #: Tokens one slot holds.
     n_ctx: int
     identity: KvIdentity
+    #: Bytes of llama.cpp's host-RAM prompt cache (``--cache-ram``); 0: none.
+    ram_cache_bytes: int = 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -32,7 +33,14 @@ from autotune.ground.errors import BackendError, error_summary
 from autotune.ground.kv import KvFile, SlotLayout, SlotView
 from autotune.ground.types import EngineEvent, EngineStats
 from autotune.store.kv import KvStore
-from autotune.tuning.kv import KvPlan, kv_outcome, over_budget, plan_slot, to_save
+from autotune.tuning.kv import (
+    KvPlan,
+    RamCache,
+    kv_outcome,
+    over_budget,
+    plan_slot,
+    to_save,
+)
 from autotune.tuning.planner import Plan
 
 __all__ = ["KvManager", "Ticket"]
@@ -57,14 +65,40 @@ class Ticket:
             return "busy"
         if self.plan.hit:
             return "hit"
+        if self.plan.from_ram:
+            return "ram"
         return "restore" if self.restored else "miss"
 
 
 @dataclass
 class _Table:
+    """One loaded model's slots, and autotune's model of its host-RAM prompt cache."""
+
     generation: int
     slots: list[SlotView]
+    ram_bytes: int = 0
+    #: Conversations that left a slot by a normal request (llama.cpp keeps their state in
+    #: its RAM cache then), with their tokens, most recent last.
+    ram_held: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    #: Tokens of each conversation's file on disk, as saved or restored in this generation.
+    saved: dict[str, int] = field(default_factory=dict)
+    #: Bytes a token's KV takes, learned from the engine's saves (0: not yet known).
+    bytes_per_token: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def ram(self) -> RamCache | None:
+        if not self.ram_bytes or not self.bytes_per_token:
+            return None  # nothing is counted on before a save has measured a token's size
+        return RamCache(self.ram_bytes, self.bytes_per_token, tuple(self.ram_held.items()))
+
+    def record_hand_over(self, plan: KvPlan, occupant: SlotView, conversation: str | None) -> None:
+        """What the RAM cache holds after the plan: a normal request lets llama.cpp keep the
+        slot's previous conversation; a restore overwrites it."""
+        if conversation:
+            self.ram_held.pop(conversation, None)  # it is in a slot now
+        if occupant.conversation and plan.restore is None:
+            self.ram_held[occupant.conversation] = occupant.tokens
+            self.ram_held.move_to_end(occupant.conversation)
 
 
 class KvManager:
@@ -82,6 +116,8 @@ class KvManager:
         self._tables: dict[tuple[str, str], _Table] = {}
         #: Checksums being computed, by file name: a restore waits for its file's.
         self._sealing: dict[str, asyncio.Task[None]] = {}
+        #: Bytes of KV files written since this manager started (for the proof).
+        self.bytes_written = 0
 
     # ------------------------------------------------------------------ a request
 
@@ -97,8 +133,9 @@ class KvManager:
             file = None
             if conversation:
                 file = await asyncio.to_thread(self.store.get, conversation, layout.identity.key)
-            plan = plan_slot(conversation, table.slots, file, n_ctx=layout.n_ctx)
+            plan = plan_slot(conversation, table.slots, file, n_ctx=layout.n_ctx, ram=table.ram())
             if plan.slot is not None:
+                table.record_hand_over(plan, table.slots[plan.slot], conversation)
                 table.slots[plan.slot] = replace(table.slots[plan.slot], busy=True)
         return Ticket(backend.name, model, layout.generation, conversation, plan)
 
@@ -112,9 +149,10 @@ class KvManager:
             ticket.saved_bytes = await self._save(backend, ticket.model, layout, plan.save)
         if plan.restore is not None:
             ticket.restored = await self._restore(backend, ticket.model, plan.slot, plan.restore)
-            if ticket.restored:
-                restored = ticket.restored
-                self._set(ticket, plan.slot, conversation=ticket.conversation, saved=restored)
+            if ticket.restored and ticket.conversation:
+                table = self._tables.get((ticket.engine, ticket.model))
+                if table is not None and table.generation == ticket.generation:
+                    table.saved[ticket.conversation] = ticket.restored
 
     def release(self, ticket: Ticket, stats: EngineStats | None, ok: bool) -> str:
         """Record what the slot holds after the request; the outcome for telemetry."""
@@ -128,7 +166,7 @@ class KvManager:
         slot = table.slots[ticket.plan.slot]
         held = stats is not None and ok and ticket.conversation is not None
         tokens = (stats.prompt_tokens or 0) + (stats.completion_tokens or 0) if stats else 0
-        saved = slot.saved if slot.conversation == ticket.conversation else 0
+        saved = table.saved.get(ticket.conversation, 0) if ticket.conversation else 0
         table.slots[ticket.plan.slot] = SlotView(
             slot.id,
             ticket.conversation if held else None,
@@ -201,13 +239,15 @@ class KvManager:
         try:
             reply = await backend.slot_action(model, slot.id, "save", filename)
             tokens = int(reply.get("n_saved") or slot.tokens)
+            written = int(reply.get("n_written") or 0)
             file = await asyncio.to_thread(
                 self.store.saved, slot.conversation, identity, model, filename, tokens
             )
         except (BackendError, OSError) as exc:
             self._event(model, "kv_save_failed", slot=slot.id, reason=_why(exc))
             return 0
-        self._mark_saved(model, layout, slot, tokens)
+        self._mark_saved(model, layout, slot, tokens, written)
+        self.bytes_written += file.size
         self._seal(file)
         await self._keep_within_budget(keep=file.filename)
         return file.size
@@ -247,21 +287,23 @@ class KvManager:
         table = self._tables.get((engine, model))
         if table is None or table.generation != layout.generation:
             # A new worker: its slots start empty, whatever the last one held.
-            table = _Table(layout.generation, [SlotView(i) for i in range(layout.n_parallel)])
+            slots = [SlotView(i) for i in range(layout.n_parallel)]
+            table = _Table(layout.generation, slots, layout.ram_cache_bytes)
             self._tables[(engine, model)] = table
         return table
 
-    def _mark_saved(self, model: str, layout: SlotLayout, slot: SlotView, tokens: int) -> None:
+    def _mark_saved(
+        self, model: str, layout: SlotLayout, slot: SlotView, tokens: int, written: int
+    ) -> None:
         for (_, name), table in self._tables.items():
             if name == model and table.generation == layout.generation:
+                assert slot.conversation is not None
+                table.saved[slot.conversation] = tokens
+                if tokens and written:
+                    table.bytes_per_token = written / tokens
                 current = table.slots[slot.id]
                 if current.conversation == slot.conversation:
                     table.slots[slot.id] = replace(current, saved=tokens)
-
-    def _set(self, ticket: Ticket, slot: int, **changes: Any) -> None:
-        table = self._tables.get((ticket.engine, ticket.model))
-        if table is not None and table.generation == ticket.generation:
-            table.slots[slot] = replace(table.slots[slot], **changes)
 
     def _event(self, model: str, kind: str, **detail: Any) -> None:
         if self.emit is not None:

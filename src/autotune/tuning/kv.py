@@ -25,12 +25,54 @@ from dataclasses import dataclass
 from autotune.ground.kv import KvFile, SlotView
 
 __all__ = [
+    "RAM_SAFETY",
     "KvPlan",
+    "RamCache",
     "kv_outcome",
     "over_budget",
     "plan_slot",
+    "stale_allowance",
     "to_save",
 ]
+
+
+#: Share of llama.cpp's host-RAM prompt cache autotune counts on (the rest is slack for
+#: what its model of that cache gets wrong).
+RAM_SAFETY = 0.7
+
+
+@dataclass(frozen=True)
+class RamCache:
+    """What llama.cpp's host-RAM prompt cache probably holds: the conversations that left a
+    slot by a normal request (llama.cpp keeps the slot's state then), most recent last.
+
+    While the engine lives, that cache already serves conversations taking turns (measured:
+    four of ~1,000 tokens on one slot prefilled only their new turn), so a conversation it
+    holds needs no restore, and one that will fit in it needs no save on every turn.
+    """
+
+    capacity: int
+    bytes_per_token: float
+    held: tuple[tuple[str, int], ...] = ()
+
+    def fits(self, tokens: int) -> bool:
+        return 0 < tokens * self.bytes_per_token <= self.capacity * RAM_SAFETY
+
+    def holds(self, conversation: str) -> bool:
+        total = 0.0
+        for name, tokens in reversed(self.held):
+            total += tokens * self.bytes_per_token
+            if total > self.capacity * RAM_SAFETY:
+                return False
+            if name == conversation:
+                return True
+        return False
+
+
+def stale_allowance(tokens: int) -> int:
+    """Tokens a conversation's file may lag behind the engine when the RAM cache holds the
+    rest: a restore from it then re-reads at most this (a twentieth, at least 128)."""
+    return max(128, tokens // 20)
 
 
 @dataclass(frozen=True)
@@ -45,6 +87,8 @@ class KvPlan:
     save: SlotView | None = None
     #: Restore this file into the slot before the request.
     restore: KvFile | None = None
+    #: The engine's host-RAM prompt cache should still hold the conversation: no restore.
+    from_ram: bool = False
     reason: str = ""
 
 
@@ -54,11 +98,13 @@ def plan_slot(
     file: KvFile | None,
     *,
     n_ctx: int,
+    ram: RamCache | None = None,
 ) -> KvPlan:
     """The slot for a request of ``conversation``, and what to save or restore first.
 
     ``file`` is the conversation's saved KV for this identity (never one of another
-    identity); ``n_ctx`` the tokens a slot holds.
+    identity); ``n_ctx`` the tokens a slot holds; ``ram`` what the engine's host-RAM
+    prompt cache probably holds (None: nothing is counted on).
     """
     held = next((s for s in slots if conversation and s.conversation == conversation), None)
     if held is not None and not held.busy:
@@ -68,15 +114,31 @@ def plan_slot(
         return KvPlan(None, reason="busy: every slot is serving another request")
     # An empty slot first, else the one used longest ago; ties by slot id, never by chance.
     slot = min(idle, key=lambda s: (s.conversation is not None, s.last_used, s.id))
-    save = slot if slot.conversation and slot.tokens > slot.saved else None
-    restore = file if conversation and file is not None and file.tokens <= n_ctx else None
-    if restore is not None:
+    from_ram = bool(conversation and ram is not None and ram.holds(conversation))
+    restore = file if conversation and file and file.tokens <= n_ctx and not from_ram else None
+    save = _hand_over(slot, ram, overwritten=restore is not None)
+    if from_ram:
+        why = f"ram: the engine's prompt cache should still hold it; slot {slot.id}"
+    elif restore is not None:
         why = f"restore: {restore.tokens} tokens from disk into slot {slot.id}"
     elif file is not None and conversation:
         why = f"miss: the saved {file.tokens} tokens do not fit a {n_ctx}-token slot"
     else:
         why = f"miss: nothing saved for this conversation; slot {slot.id}"
-    return KvPlan(slot.id, save=save, restore=restore, reason=why)
+    return KvPlan(slot.id, save=save, restore=restore, from_ram=from_ram, reason=why)
+
+
+def _hand_over(slot: SlotView, ram: RamCache | None, *, overwritten: bool) -> SlotView | None:
+    """The slot to save before its conversation leaves it, or None.
+
+    A restore overwrites the slot (llama.cpp keeps nothing of it then), so its conversation
+    is saved if its file lags at all; a normal request lets llama.cpp keep it in RAM, so a
+    save waits until the file lags by more than :func:`stale_allowance`."""
+    if not slot.conversation or slot.tokens <= slot.saved:
+        return None
+    lag = slot.tokens - slot.saved
+    fits = not overwritten and ram is not None and ram.fits(slot.tokens)
+    return None if fits and lag <= stale_allowance(slot.tokens) else slot
 
 
 def to_save(slots: Sequence[SlotView]) -> list[SlotView]:

@@ -1,0 +1,137 @@
+"""The KV scenarios of ``autotune proof`` (resume, switch, grow, swap-model): run, print, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from autotune.bench.kv_proof import KV_SCENARIOS, KvProof, run_kv_proof
+from autotune.cli._common import console, err_console, run
+from autotune.cli._tables import Column, print_table
+from autotune.ground.config import Settings
+from autotune.ground.serialize import to_jsonable
+from autotune.ground.units import format_bytes
+
+__all__ = ["KV_SCENARIOS", "kv_markdown", "kv_rows", "run_kv"]
+
+_HEADER = [
+    "scenario",
+    "side",
+    "TTFT median ms",
+    "TTFT p90 ms",
+    "prefilled median",
+    "prompt median",
+    "disk / turn",
+    "errors",
+]
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
+def kv_rows(results: list[KvProof]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        for side, figures in (("raw engine", r.raw), ("autotune", r.autotune)):
+            rows.append(
+                [
+                    r.name,
+                    side,
+                    _ms(figures["ttft_median_ms"]),
+                    _ms(figures["ttft_p90_ms"]),
+                    _ms(figures["prefilled_median"]),
+                    _ms(figures["prompt_median"]),
+                    format_bytes(r.disk_bytes_per_turn) if side == "autotune" else "—",
+                    str(figures["errors"]),
+                ]
+            )
+    return rows
+
+
+def kv_markdown(results: list[KvProof], model: str, runs: int) -> str:
+    lines = [
+        f"# autotune proof, KV scenarios: {model}",
+        "",
+        f"{runs} runs; raw llama.cpp (its own defaults) and autotune interleaved turn by turn. "
+        "Prefilled = the engine's `timings.prompt_n`; disk / turn = KV files autotune wrote, "
+        "per turn.",
+        "",
+        "| " + " | ".join(_HEADER) + " |",
+        "|" + "---|" * len(_HEADER),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in kv_rows(results)]
+    lines += ["", "## Verdicts", ""]
+    lines += [f"- **{r.name}** ({r.description}): {r.verdict}" for r in results]
+    return "\n".join(lines) + "\n"
+
+
+async def _second_model(settings: Settings, model: str) -> tuple[str, str] | None:
+    """The other bundled model, for swap-model."""
+    from autotune.models.bundled import BUNDLED_NAME, SECOND_NAME
+    from autotune.models.discovery import discover
+
+    other = SECOND_NAME if model != SECOND_NAME else BUNDLED_NAME
+    try:
+        found = discover(settings).find(other)
+    except Exception:
+        return None
+    return other, str(found.path)
+
+
+def run_kv(
+    settings: Settings,
+    model: str,
+    runs: int,
+    scenarios: list[str],
+    report: Path | None,
+    *,
+    quiet: bool = False,
+) -> list[dict[str, Any]]:
+    """Run the KV scenarios with a progress bar; print the table (unless ``quiet``: --json);
+    write kv.json and kv.md to ``report``."""
+    from autotune.models.discovery import discover
+
+    local = discover(settings).find(model)
+
+    async def job() -> list[KvProof]:
+        second = await _second_model(settings, local.name)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("KV scenarios…", total=None)
+
+            def progress(label: str, done: int, total: int) -> None:
+                bar.update(task, description=label, completed=done, total=total)
+
+            return await run_kv_proof(
+                settings,
+                local.name,
+                str(local.path),
+                runs=runs,
+                scenarios=scenarios,
+                second=second,
+                progress=progress,
+            )
+
+    results = run(job)
+    data: list[dict[str, Any]] = to_jsonable(results)
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "kv.json").write_text(json.dumps(data, indent=2) + "\n")
+        (report / "kv.md").write_text(kv_markdown(results, local.name, runs))
+        err_console.print(f"report: {report / 'kv.md'}")
+    if not quiet:
+        columns = [Column(h, right=h not in ("scenario", "side")) for h in _HEADER]
+        print_table(console, columns, kv_rows(results), title=f"KV scenarios — {local.name}")
+        for r in results:
+            console.print(f"• [bold]{r.name}[/]: {r.verdict}")
+    return data
