@@ -21,6 +21,7 @@ from autotune.server.ollama_wire import (
     WireMessage,
     details,
     done_fields,
+    is_completion,
     logprobs,
     model_info,
     parse_keep_alive,
@@ -226,16 +227,22 @@ def test_generate_is_a_system_and_a_user_message() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [
-        ("raw", True),
-        ("suffix", "}"),
-        ("template", "{{ .Prompt }}"),
-        ("context", [1, 2, 3]),
-    ],
+    [("template", "{{ .Prompt }}"), ("context", [1, 2, 3])],
 )
-def test_generate_fields_not_offered_yet_are_refused_by_name(field: str, value: Any) -> None:
+def test_generate_fields_not_offered_are_refused_by_name(field: str, value: Any) -> None:
     with pytest.raises(InvalidRequest, match=f"'{field}' is not supported"):
         translate(GenerateBody(model="m", prompt="x", **{field: value}))
+
+
+def test_a_raw_prompt_or_a_suffix_is_a_completion_with_no_chat_messages() -> None:
+    for body in (
+        GenerateBody(model="m", prompt="def f(", raw=True),
+        GenerateBody(model="m", prompt="def f(", suffix=")"),
+    ):
+        assert is_completion(body) and translate(body).messages == []
+    with pytest.raises(InvalidRequest) as caught:  # no template to put a system prompt in
+        translate(GenerateBody(model="m", prompt="x", raw=True, system="Be brief"))
+    assert caught.value.param == "system"
 
 
 # --------------------------------------------------------------------------- replies

@@ -33,6 +33,7 @@ from autotune.ground.errors import BackendError, InvalidRequest, ModelNotFound, 
 from autotune.ground.types import ModelEntry, ModelMeta, PullProgress
 from autotune.models.template import read_chat_template, template_capabilities
 from autotune.pipeline import ChatInput, ChatRun, Pipeline
+from autotune.pipeline.complete import CompletionInput, start_completion
 from autotune.server.ollama_wire import (
     OLLAMA_API_VERSION,
     ChatBody,
@@ -44,6 +45,7 @@ from autotune.server.ollama_wire import (
     created_at,
     details,
     done_fields,
+    is_completion,
     model_info,
     ps_entry,
     tag_entry,
@@ -188,11 +190,25 @@ async def generate(
     request: Request,
     headers: _Headers = Depends(),
 ) -> Response:
-    """Ollama's ``/api/generate`` (not raw): ``system`` and ``prompt`` become chat messages."""
+    """Ollama's ``/api/generate``: ``system`` and ``prompt`` become chat messages; a ``raw``
+    prompt or a ``suffix`` (fill-in-the-middle) is completed as it is, like
+    ``/v1/completions``."""
     arrived = time.monotonic_ns()
     translated = translate(body)
     shape = _shape(body.model, "generate", translated)
-    return await _answer(request, body.model, translated, shape, body.stream, headers, arrived)
+    completion = None
+    if is_completion(body):
+        completion = CompletionInput(
+            prompt=body.prompt or "",
+            model=body.model,
+            suffix=body.suffix or None,
+            params=translated.params,
+            profile=headers.profile,
+            source="ollama",
+        )
+    return await _answer(
+        request, body.model, translated, shape, body.stream, headers, arrived, completion
+    )
 
 
 def _shape(model: str, kind: str, translated: Translated) -> ReplyShape:
@@ -208,8 +224,12 @@ async def _answer(
     stream: bool | None,
     headers: _Headers,
     arrived: int,
+    completion: CompletionInput | None = None,
 ) -> Response:
     streaming = stream is not False  # Ollama streams unless told not to
+    if completion is not None:
+        started = start_completion(_pipeline(request), completion)
+        return await _reply(request, started, shape, streaming, arrived)
     if not translated.messages:
         return await _load_or_unload(request, model, translated.keep_alive, shape, streaming)
     inp = ChatInput(
@@ -222,8 +242,16 @@ async def _answer(
         min_context=translated.min_context,
         keep_alive=translated.keep_alive,
     )
+    return await _reply(request, _pipeline(request).start(inp), shape, streaming, arrived)
+
+
+async def _reply(
+    request: Request, started: Awaitable[ChatRun], shape: ReplyShape, streaming: bool, arrived: int
+) -> Response:
+    """Wait for the run to start (watching the client), then stream it as NDJSON or answer
+    it whole."""
     try:
-        run = await _watching(_pipeline(request).start(inp), request, _close_run)
+        run = await _watching(started, request, _close_run)
     except _ClientGone:
         return Response(status_code=499)
     waited = time.monotonic_ns() - arrived

@@ -435,10 +435,13 @@ def generate_messages(body: GenerateBody) -> list[dict[str, Any]]:
     return messages
 
 
+def is_completion(body: GenerateBody) -> bool:
+    """A raw prompt or fill-in-the-middle: the engine completes text, no chat template."""
+    return bool(body.raw or body.suffix)
+
+
 def _refuse_generate_fields(body: GenerateBody) -> None:
     reasons = {
-        "raw": "raw prompts are not offered on /api/generate yet; send the prompt without raw",
-        "suffix": "fill-in-the-middle (suffix) is not offered on /api/generate yet",
         "template": "autotune uses the model's own chat template",
         "context": "the tokenised context of an earlier reply is not kept; use /api/chat or "
         "the X-Conversation-Id header to continue a conversation",
@@ -450,6 +453,22 @@ def _refuse_generate_fields(body: GenerateBody) -> None:
         value = getattr(body, name)
         if value not in (None, False, "", [], ()):
             raise InvalidRequest(f"{name!r} is not supported: {why}.", param=name)
+
+
+def _refuse_in_completions(body: GenerateBody) -> None:
+    """A raw prompt or a fill-in-the-middle request has no chat template to carry these."""
+    if body.system:
+        raise InvalidRequest(
+            "'system' is not supported with raw or suffix: the prompt goes to the model as it "
+            "is, with no template to put a system prompt in.",
+            param="system",
+        )
+    if body.images:
+        raise InvalidRequest(
+            "'images' need the chat template: send them without raw.", param="images"
+        )
+    if not body.prompt and not body.suffix:
+        raise InvalidRequest("A raw request needs a 'prompt'.", param="prompt")
 
 
 def _common(body: ChatBody | GenerateBody, out: Translated) -> None:
@@ -471,7 +490,10 @@ def translate(body: ChatBody | GenerateBody) -> Translated:
     out = Translated()
     if isinstance(body, GenerateBody):
         _refuse_generate_fields(body)
-        out.messages = generate_messages(body)
+        if is_completion(body):
+            _refuse_in_completions(body)
+        else:
+            out.messages = generate_messages(body)
     else:
         out.messages = chat_messages(body.messages or [])
         if body.tools:
@@ -743,7 +765,7 @@ class ReplyShape:
         if choice is None:
             return None
         delta = choice.get("delta") or {}
-        content = delta.get("content") or ""
+        content = delta.get("content") or choice.get("text") or ""  # chat, or a completion
         thinking = delta.get("reasoning_content") or None
         probs = logprobs((choice.get("logprobs") or {}).get("content"), top=self.top_logprobs)
         if not content and (not thinking or self.no_thinking) and not probs:
