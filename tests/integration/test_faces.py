@@ -21,6 +21,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -271,12 +272,11 @@ def test_fim_and_gguf_embeddings_on_models_that_declare_them(
 # ------------------------------------------------------------- one conversation, three APIs
 
 
-def test_one_conversation_through_three_api_shapes(
+def test_one_conversation_through_four_api_shapes(
     oai: openai.OpenAI, claude: anthropic.Anthropic, url: str
 ) -> None:
-    """OpenAI chat, Anthropic Messages and Responses, each sending only its new message with
-    the same conversation id, build one stored conversation. (Ollama's /api/chat plugs in
-    the same way: a ChatInput with conversation_id.)"""
+    """OpenAI chat, Anthropic Messages, Responses and Ollama's /api/chat, each sending only
+    its new message with the same conversation id, build one stored conversation."""
     cid = "conv_three_faces"
     oai.chat.completions.create(
         model=MODEL,
@@ -293,10 +293,13 @@ def test_one_conversation_through_three_api_shapes(
     oai.responses.create(
         model=MODEL, input="Three.", max_output_tokens=4, extra_body={"conversation": cid}
     )
+    ollama.Client(host=url, headers={"X-Conversation-Id": cid}).chat(
+        model=MODEL, messages=[{"role": "user", "content": "Four."}], options={"num_predict": 4}
+    )
     stored = httpx.get(f"{url}/api/conversations/{cid}").json()
     users = [m["content"] for m in stored["messages"] if m["role"] == "user"]
-    assert users == ["One.", "Two.", "Three."]
-    assert [m["role"] for m in stored["messages"]] == ["user", "assistant"] * 3
+    assert users == ["One.", "Two.", "Three.", "Four."]
+    assert [m["role"] for m in stored["messages"]] == ["user", "assistant"] * 4
 
 
 # ---------------------------------------------------------------------- errors, in each API's shape

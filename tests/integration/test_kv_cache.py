@@ -8,19 +8,17 @@ the long conversations these tests need use it. Every figure asserted is the eng
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from autotune.server.runner import BackgroundServer, free_port
+from autotune.server.runner import BackgroundServer
 
 pytestmark = pytest.mark.engine
 
@@ -32,49 +30,6 @@ MANUAL = " ".join(
     f"Fact {i}: valve {i} on line {i % 7} opens at {i * 3} kPa and closes at {i * 2} kPa."
     for i in range(140)
 )
-
-
-class Serve:
-    """``autotune serve`` as a real process on its own home; stopped with SIGTERM."""
-
-    def __init__(self, home: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "AUTOTUNE_HOME": str(home),
-            "AUTOTUNE_BACKEND": "embedded",
-            "AUTOTUNE_PORT": str(self.port),
-            "AUTOTUNE_MEMORY_BUDGET": "4GiB",
-            **env,
-        }
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> Serve:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "autotune", "serve"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise AssertionError("autotune serve did not start")
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        # uvicorn shuts down gracefully (the lifespan's end: slots saved), then re-raises
-        # the signal it caught, so the exit status is -SIGTERM.
-        code = self.proc.wait(timeout=60)
-        assert code in (0, -signal.SIGTERM), self.proc.stderr.read() if self.proc.stderr else ""
 
 
 def chat(url: str, conversation: str, text: str, **extra: Any) -> dict[str, Any]:
@@ -105,28 +60,13 @@ def prefilled(reply: dict[str, Any]) -> float:
     return timings["prompt_n"] / (timings["prompt_n"] + timings["cache_n"])
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
-    started: list[Serve] = []
-
-    def make(**env: str) -> Serve:
-        server = Serve(tmp_path / "home", **env)
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.kill()
-
-
 def test_a_long_conversation_resumes_after_keep_alive_a_restart_and_a_bigger_context(
-    serve: Callable[..., Serve],
+    serve_process: Callable[..., Any],
 ) -> None:
     """Issue 14's acceptance: ≥ 3,000 tokens, then ≤ 5 % prefilled after each way the
     engine forgets a conversation: an unload by keep-alive, a restart of serve (SIGTERM),
     a reload to a bigger context bucket."""
-    server = serve(AUTOTUNE_KEEP_ALIVE="2").start()
+    server = serve_process(AUTOTUNE_KEEP_ALIVE="2").start()
     first = chat(server.url, "manual", f"Here is a manual.\n{MANUAL}\nWhich valve opens at 30 kPa?")
     assert first["usage"]["prompt_tokens"] >= 3000
     time.sleep(3.5)  # idle past the keep-alive: the worker unloads (its slot saved first)
@@ -136,7 +76,7 @@ def test_a_long_conversation_resumes_after_keep_alive_a_restart_and_a_bigger_con
     assert prefilled(after_unload) <= 0.05 and "kv_cache=restore" in after_unload["plan"]
     server.stop()
 
-    server = serve(AUTOTUNE_KEEP_ALIVE="-1").start()
+    server = serve_process(AUTOTUNE_KEEP_ALIVE="-1").start()
     after_restart = chat(server.url, "manual", "And at 36 kPa?")
     assert prefilled(after_restart) <= 0.05
 
