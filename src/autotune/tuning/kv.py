@@ -117,15 +117,18 @@ def plan_slot(
     from_ram = bool(conversation and ram is not None and ram.holds(conversation))
     restore = file if conversation and file and file.tokens <= n_ctx and not from_ram else None
     save = _hand_over(slot, ram, overwritten=restore is not None)
-    if from_ram:
-        why = f"ram: the engine's prompt cache should still hold it; slot {slot.id}"
-    elif restore is not None:
-        why = f"restore: {restore.tokens} tokens from disk into slot {slot.id}"
-    elif file is not None and conversation:
-        why = f"miss: the saved {file.tokens} tokens do not fit a {n_ctx}-token slot"
-    else:
-        why = f"miss: nothing saved for this conversation; slot {slot.id}"
+    why = _why(slot.id, from_ram, restore, file if conversation else None, n_ctx)
     return KvPlan(slot.id, save=save, restore=restore, from_ram=from_ram, reason=why)
+
+
+def _why(slot: int, from_ram: bool, restore: KvFile | None, file: KvFile | None, n_ctx: int) -> str:
+    if from_ram:
+        return f"ram: the engine's prompt cache should still hold it; slot {slot}"
+    if restore is not None:
+        return f"restore: {restore.tokens} tokens from disk into slot {slot}"
+    if file is not None:
+        return f"miss: the saved {file.tokens} tokens do not fit a {n_ctx}-token slot"
+    return f"miss: nothing saved for this conversation; slot {slot}"
 
 
 def _hand_over(slot: SlotView, ram: RamCache | None, *, overwritten: bool) -> SlotView | None:
