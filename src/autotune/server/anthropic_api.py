@@ -11,22 +11,18 @@ route class (the app's global handlers answer in OpenAI's shape).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
 from fastapi import APIRouter, Header, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autotune.ground.errors import BackendError
 from autotune.pipeline import ChatInput, ChatRun, Pipeline
 from autotune.pipeline.count import count_tokens
 from autotune.server.anthropic_wire import Event, EventStream, error_body, to_chat
-from autotune.server.errors import _validation_message
-from autotune.server.openai import ClientGone, _close_run, _watching
+from autotune.server.shapes import ClientGone, close_run, shaped_route, watching
 
 __all__ = ["AnthropicRoute", "anthropic_error", "router"]
 
@@ -34,33 +30,16 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def anthropic_error(
-    message: str, status: int, headers: dict[str, str] | None = None
+    message: str, status: int, headers: Mapping[str, str] | None = None, _: Any = None
 ) -> JSONResponse:
     """An error response in Anthropic's shape with a real status."""
-    return JSONResponse(error_body(message, status), status_code=status, headers=headers)
+    return JSONResponse(
+        error_body(message, status), status_code=status, headers=dict(headers or {}) or None
+    )
 
 
-class AnthropicRoute(APIRoute):
-    """Answers this router's errors in Anthropic's shape (FastAPI's custom route class)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                message, _ = _validation_message(exc)
-                return anthropic_error(message, 400)
-            except BackendError as exc:
-                retry = getattr(exc, "retry_after", None)
-                headers = {"Retry-After": str(retry)} if retry is not None else None
-                return anthropic_error(str(exc), exc.status, headers)
-            except StarletteHTTPException as exc:
-                detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
-                return anthropic_error(detail, exc.status_code, dict(exc.headers or {}))
-
-        return route
+#: Answers this router's errors in Anthropic's shape.
+AnthropicRoute = shaped_route(anthropic_error, "AnthropicRoute")
 
 
 router = APIRouter(route_class=AnthropicRoute)
@@ -183,7 +162,7 @@ async def create_message(
     )
     pipeline = _pipeline(request)
     try:
-        run = await _watching(pipeline.start(inp), request, _close_run)
+        run = await watching(pipeline.start(inp), request, close_run)
     except ClientGone:
         return Response(status_code=499)
     stream = EventStream(
@@ -202,7 +181,7 @@ async def create_message(
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     try:
-        message = await _watching(_collect(run, stream), request)
+        message = await watching(_collect(run, stream), request)
     except ClientGone:
         return Response(status_code=499)
     except BackendError as exc:

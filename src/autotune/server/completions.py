@@ -25,7 +25,7 @@ from autotune.pipeline import ChatRun
 from autotune.pipeline.complete import CompletionInput, start_completion
 from autotune.server.errors import error_body
 from autotune.server.fields import ENGINE_EXTENSIONS
-from autotune.server.openai import ClientGone, _close_run, _watching
+from autotune.server.shapes import ClientGone, close_run, watching
 
 __all__ = ["FIELDS", "LegacyLogprobs", "completion_params", "router"]
 
@@ -254,7 +254,7 @@ async def create_completion(
     )
     pipeline = request.app.state.pipeline
     try:
-        run = await _watching(start_completion(pipeline, inp), request, _close_run)
+        run = await watching(start_completion(pipeline, inp), request, close_run)
     except ClientGone:
         return Response(status_code=499)
     model = body.model or run.model
@@ -268,7 +268,7 @@ async def create_completion(
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     try:
-        answer = await _watching(_collect(run, model, echo, body.logprobs is not None), request)
+        answer = await watching(_collect(run, model, echo, body.logprobs is not None), request)
     except ClientGone:
         return Response(status_code=499)
     except BackendError as exc:

@@ -10,44 +10,19 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from autotune.ground.errors import BackendError, InvalidRequest
+from autotune.ground.errors import InvalidRequest
 from autotune.pipeline.embed import Embeddings, embed
-from autotune.server.errors import _validation_message
+from autotune.server.ollama_api import OllamaRoute
 
-__all__ = ["OllamaRoute", "ollama_router", "router"]
+__all__ = ["ollama_router", "router"]
 
 router = APIRouter()
-
-
-class OllamaRoute(APIRoute):
-    """Answers errors as Ollama does: ``{"error": "..."}`` with a real status."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                return JSONResponse({"error": _validation_message(exc)[0]}, status_code=400)
-            except BackendError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=exc.status)
-            except StarletteHTTPException as exc:
-                detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
-                return JSONResponse({"error": detail}, status_code=exc.status_code)
-
-        return route
 
 
 ollama_router = APIRouter(route_class=OllamaRoute)

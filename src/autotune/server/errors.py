@@ -12,7 +12,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autotune.ground.errors import BackendError, InvalidRequest
 
-__all__ = ["error_body", "error_response", "install_error_handlers", "reject_lone_surrogates"]
+__all__ = [
+    "error_body",
+    "error_response",
+    "install_error_handlers",
+    "reject_lone_surrogates",
+    "validation_message",
+]
 
 #: A JSON escape of a UTF-16 surrogate: the only way a JSON text can carry one.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -81,7 +87,7 @@ def backend_error_response(exc: BackendError) -> JSONResponse:
     )
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "Invalid request.", None
@@ -109,7 +115,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
+        message, param = validation_message(exc)
         return error_response(message, status=400, param=param, code="invalid_request")
 
     @app.exception_handler(StarletteHTTPException)

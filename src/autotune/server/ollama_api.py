@@ -18,15 +18,12 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
 
 from autotune.backends.base import Backend
 from autotune.ground.errors import BackendError, InvalidRequest, ModelNotFound, NotSupported
@@ -52,6 +49,7 @@ from autotune.server.ollama_wire import (
     translate,
     validation_message,
 )
+from autotune.server.shapes import ClientGone, close_run, shaped_route, watching
 
 __all__ = ["OllamaRoute", "error_response", "router"]
 
@@ -63,78 +61,29 @@ _ERRORS: dict[int | str, dict[str, Any]] = {status: {} for status in (400, 404, 
 
 
 def error_response(
-    message: str, status: int, headers: Mapping[str, str] | None = None
+    message: str,
+    status: int,
+    headers: Mapping[str, str] | None = None,
+    exc: BackendError | None = None,
 ) -> JSONResponse:
-    """Ollama's error shape: ``{"error": "..."}`` with the status."""
+    """Ollama's error shape: ``{"error": "..."}`` with the status (and Ollama's own wording
+    for an unknown model, which apps look for)."""
+    if isinstance(exc, ModelNotFound):
+        message = f"model '{exc.model}' not found" + (f" ({exc.hint})" if exc.hint else "")
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _backend_error(exc: BackendError) -> JSONResponse:
-    headers = {}
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    message = str(exc)
-    if isinstance(exc, ModelNotFound):  # Ollama's wording, which apps look for
-        message = f"model '{exc.model}' not found" + (f" ({exc.hint})" if exc.hint else "")
-    status = exc.status if exc.status >= 400 else 502
-    return error_response(message, status, headers or None)
-
-
-class OllamaRoute(APIRoute):
-    """A route whose errors answer in Ollama's shape (FastAPI's "custom APIRoute class")."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                return error_response(validation_message(exc.errors()), 400)
-            except BackendError as exc:
-                return _backend_error(exc)
-            except HTTPException as exc:
-                detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
-                return error_response(detail, exc.status_code, exc.headers)
-
-        return route
+#: A route whose errors answer in Ollama's shape.
+OllamaRoute = shaped_route(
+    error_response, "OllamaRoute", lambda exc: validation_message(exc.errors())
+)
 
 
 router = APIRouter(route_class=OllamaRoute, tags=["ollama"])
 
 
-class _ClientGone(Exception):
-    """The client disconnected before its request started."""
-
-
 def _pipeline(request: Request) -> Pipeline:
     return request.app.state.pipeline
-
-
-async def _watching(
-    work: Awaitable[T], request: Request, on_gone: Callable[[T], Awaitable[None]] | None = None
-) -> T:
-    """Await ``work`` while watching the client; if it leaves, cancel the work (its queue place,
-    its load or prefill) and raise :class:`_ClientGone`."""
-    task = asyncio.ensure_future(work)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=0.1)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            task.cancel()
-            try:
-                result = await task
-            except (asyncio.CancelledError, BackendError):
-                raise _ClientGone() from None
-            if on_gone is not None:
-                await on_gone(result)
-            raise _ClientGone()
-
-
-async def _close_run(run: ChatRun) -> None:
-    await run.aclose()
 
 
 def _line(obj: dict[str, Any]) -> bytes:
@@ -251,8 +200,8 @@ async def _reply(
     """Wait for the run to start (watching the client), then stream it as NDJSON or answer
     it whole."""
     try:
-        run = await _watching(started, request, _close_run)
-    except _ClientGone:
+        run = await watching(started, request, close_run)
+    except ClientGone:
         return Response(status_code=499)
     waited = time.monotonic_ns() - arrived
     out_headers = {"X-Autotune-Plan": run.plan.summary()}
@@ -265,8 +214,8 @@ async def _reply(
             headers={**out_headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     try:
-        whole = await _watching(_whole(run, shape, arrived, waited), request)
-    except _ClientGone:
+        whole = await watching(_whole(run, shape, arrived, waited), request)
+    except ClientGone:
         return Response(status_code=499)
     return JSONResponse(whole, headers=out_headers)
 

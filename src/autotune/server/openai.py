@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Header, Request
@@ -14,45 +13,17 @@ from autotune.ground.errors import BackendError
 from autotune.pipeline import ChatInput, ChatRun, Pipeline
 from autotune.server.errors import error_body
 from autotune.server.schemas import ChatCompletionRequest, forwardable_params
+from autotune.server.shapes import ClientGone, close_run, watching
 
-__all__ = ["ClientGone", "aggregate", "router"]
+__all__ = ["aggregate", "router"]
 
 router = APIRouter()
 T = TypeVar("T")
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-class ClientGone(Exception):
-    """The client disconnected before its request started."""
-
-
 def _pipeline(request: Request) -> Pipeline:
     return request.app.state.pipeline
-
-
-async def _watching(
-    work: Awaitable[T], request: Request, on_gone: Callable[[T], Awaitable[None]] | None = None
-) -> T:
-    """Await ``work`` while watching the client: if it goes away, cancel the work (its queue
-    place, its engine generation) and raise :class:`ClientGone`."""
-    task = asyncio.ensure_future(work)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=0.1)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            task.cancel()
-            try:
-                result = await task
-            except (asyncio.CancelledError, BackendError):
-                raise ClientGone() from None
-            if on_gone is not None:
-                await on_gone(result)  # it finished just as the client left
-            raise ClientGone()
-
-
-async def _close_run(run: ChatRun) -> None:
-    await run.aclose()
 
 
 @router.post(
@@ -95,7 +66,7 @@ async def chat_completions(
         overflow=x_autotune_overflow,
     )
     try:  # waiting for a place, a load or a long prefill: a client that leaves frees it all
-        run = await _watching(_pipeline(request).start(inp), request, _close_run)
+        run = await watching(_pipeline(request).start(inp), request, close_run)
     except ClientGone:
         return Response(status_code=499)
     model_id = body.model or run.model
@@ -110,7 +81,7 @@ async def chat_completions(
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     try:
-        completion = await _watching(aggregate(run, model_id), request)
+        completion = await watching(aggregate(run, model_id), request)
     except ClientGone:
         return Response(status_code=499)
     except BackendError as exc:

@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from autotune.ground.errors import BackendError, InvalidRequest
 from autotune.pipeline import ChatInput, ChatRun, Pipeline
 from autotune.server.errors import error_body, error_response
-from autotune.server.openai import ClientGone, _close_run, _watching
 from autotune.server.responses_wire import ResponseStream, to_chat
+from autotune.server.shapes import ClientGone, close_run, watching
 from autotune.store.conversations import new_conversation_id
 from autotune.store.responses import ResponseStore
 
@@ -185,7 +185,7 @@ async def create_response(
     )
     pipeline = _pipeline(request)
     try:
-        run = await _watching(pipeline.start(inp), request, _close_run)
+        run = await watching(pipeline.start(inp), request, close_run)
     except ClientGone:
         return Response(status_code=499)
     stream = ResponseStream(
@@ -204,7 +204,7 @@ async def create_response(
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     try:
-        answer = await _watching(_collect(run, stream, responses, store), request)
+        answer = await watching(_collect(run, stream, responses, store), request)
     except ClientGone:
         return Response(status_code=499)
     except BackendError as exc:
