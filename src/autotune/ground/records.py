@@ -41,7 +41,17 @@ class RunRecord:
     ram_peak_fraction: float | None = None
     swap_delta: int | None = None
     gpu_memory_peak: int | None = None
+    #: Speculative decoding: tokens drafted and how many of them the model accepted.
+    draft_tokens: int | None = None
+    draft_accepted: int | None = None
     engine_timings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def acceptance(self) -> float | None:
+        """The share of drafted tokens accepted (None when nothing was drafted)."""
+        if not self.draft_tokens or self.draft_accepted is None:
+            return None
+        return self.draft_accepted / self.draft_tokens
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -43,6 +43,8 @@ _RUN_COLUMNS = (
     "swap_delta",
     "gpu_memory_peak",
     "engine_timings",
+    "draft_tokens",
+    "draft_accepted",
 )
 
 
