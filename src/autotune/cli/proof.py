@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from autotune.bench.proof import SCENARIOS, ProofResult
+from autotune.bench.proof import DEFAULT_SCENARIOS, SCENARIOS, ProofResult
 from autotune.cli._common import console, err_console, print_json, run
 from autotune.cli._help import PlainCommand
 from autotune.cli._tables import Column, print_table
@@ -26,6 +26,7 @@ _HEADER = [
     "prefill median ms",
     "load median ms",
     "tok/s median",
+    "drafts accepted",
     "cached",
     "context",
     "KV cache",
@@ -54,6 +55,7 @@ def result_rows(result: ProofResult) -> list[list[str]]:
                     _f(f.prefill_ms),
                     _f(f.load_ms),
                     _f(f.decode_tps),
+                    "—" if f.acceptance is None else f"{f.acceptance:.0%}",
                     "—" if f.cached_share is None else f"{f.cached_share:.0%}",
                     str(f.n_ctx or "—"),
                     format_bytes(f.kv_bytes),
@@ -116,8 +118,10 @@ def proof(
     scenario: list[str] = typer.Option(
         None,
         "--scenario",
-        metavar="NAME",
-        help=f"Only these scenarios ({', '.join(SCENARIOS)}); repeatable.",
+        "--scenarios",
+        metavar="NAME[,NAME]",
+        help=f"Only these scenarios ({', '.join(SCENARIOS)}); repeatable or comma-separated. "
+        f"Default: {', '.join(DEFAULT_SCENARIOS)}.",
     ),
     with_cold: bool = typer.Option(False, "--with-cold", help="Add a cold-start scenario."),
     with_noswap: bool = typer.Option(
@@ -139,7 +143,8 @@ def proof(
     from autotune.bench.proof import run_proof
     from autotune.runtime import open_runtime
 
-    unknown = [s for s in scenario or [] if s not in SCENARIOS]
+    scenario = [n.strip() for item in scenario or [] for n in item.split(",") if n.strip()]
+    unknown = [s for s in scenario if s not in SCENARIOS]
     if unknown:
         raise typer.BadParameter(f"unknown scenario {unknown[0]!r}; choose from {list(SCENARIOS)}")
     settings = get_settings()
