@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -310,6 +310,8 @@ async def _paired_rounds(
 
     trial.copy_tps, trial.base_copy_tps = median("spec", "copy"), median("base", "copy")
     trial.chat_tps, trial.base_chat_tps = median("spec", "chat"), median("base", "chat")
+    trial.copy_gain = _paired_gain(figures, "copy")
+    trial.chat_gain = _paired_gain(figures, "chat")
     trial.first_token_ms = median("spec", "copy", "first_token_ms")
     trial.base_first_token_ms = median("base", "copy", "first_token_ms")
     spec_samples = [f for (side, _), fs in figures.items() if side == "spec" for f in fs]
@@ -317,11 +319,31 @@ async def _paired_rounds(
     trial.accepted = int(sum(f["accepted"] for f in spec_samples))
 
 
+def _paired_gain(figures: dict[tuple[str, str], list[dict[str, float]]], kind: str) -> float | None:
+    """The median over prompts of (speed with speculation / speed without) - 1."""
+    pairs = zip(figures.get(("spec", kind), []), figures.get(("base", kind), []), strict=False)
+    ratios = [
+        s["decode_tps"] / b["decode_tps"] for s, b in pairs if s["decode_tps"] and b["decode_tps"]
+    ]
+    return statistics.median(ratios) - 1 if ratios else None
+
+
 def _rss(pid: int) -> int | None:
     try:
         return int(psutil.Process(pid).memory_info().rss)
     except psutil.Error:
         return None
+
+
+async def _bounded(trial: Awaitable[SpecTrial], candidate: SpecCandidate, left: float) -> SpecTrial:
+    """The trial, or an error once the budget's remaining seconds are spent (its engine is
+    stopped either way)."""
+    started = time.monotonic()
+    try:
+        return await asyncio.wait_for(trial, timeout=left)
+    except (asyncio.TimeoutError, TimeoutError):  # distinct classes before Python 3.11
+        error = "stopped: the time budget ran out during this trial"
+        return SpecTrial(candidate, error=error, seconds=time.monotonic() - started)
 
 
 async def sweep_speculation(
@@ -361,12 +383,16 @@ async def sweep_speculation(
                     notes.append(f"speculation: not measured within the budget: {skipped}")
                     break
                 report(f"speculation: {candidate.label()}")
-                trial = await _spec_trial(
+                trial = await _bounded(
+                    _spec_trial(
+                        candidate,
+                        base_http,
+                        base_proc.pid,
+                        _trial_spec(base_spec, candidate),
+                        rounds,
+                    ),
                     candidate,
-                    base_http,
-                    base_proc.pid,
-                    _trial_spec(base_spec, candidate),
-                    rounds,
+                    left,
                 )
                 trials.append(trial)
                 per_trial = max(per_trial, trial.seconds)

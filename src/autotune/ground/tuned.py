@@ -75,7 +75,9 @@ class SpecTrial:
     """A mode measured against no speculation, with requests interleaved on both engines.
 
     Speeds are medians of the engine's own decode tok/s; the ``base_*`` figures come from the
-    engine without speculation, asked the same prompts in the same minutes.
+    engine without speculation, asked the same prompts in the same minutes. Gains are the
+    median of each prompt's speed ratio (the two answers to one prompt run back to back, so
+    a machine that slows down between prompts moves both sides of a ratio alike).
     """
 
     candidate: SpecCandidate
@@ -83,6 +85,8 @@ class SpecTrial:
     chat_tps: float | None = None
     base_copy_tps: float | None = None
     base_chat_tps: float | None = None
+    copy_gain: float | None = None
+    chat_gain: float | None = None
     #: Median time to the first token (wall clock, prompt not cached) on each engine.
     first_token_ms: float | None = None
     base_first_token_ms: float | None = None
@@ -93,14 +97,6 @@ class SpecTrial:
     seconds: float = 0.0
     error: str | None = None
     samples: list[dict[str, float | str]] = field(default_factory=list)
-
-    @property
-    def copy_gain(self) -> float | None:
-        return _gain(self.copy_tps, self.base_copy_tps)
-
-    @property
-    def chat_gain(self) -> float | None:
-        return _gain(self.chat_tps, self.base_chat_tps)
 
     @property
     def acceptance(self) -> float | None:
@@ -118,7 +114,3 @@ class SpecChoice:
     copy_gain: float | None = None
     chat_gain: float | None = None
     acceptance: float | None = None
-
-
-def _gain(value: float | None, base: float | None) -> float | None:
-    return value / base - 1 if value and base else None
