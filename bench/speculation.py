@@ -68,6 +68,8 @@ def _summary(label: str, trials: list[SpecTrial]) -> dict[str, Any]:
             [t.base_first_token_ms for t in ok if t.base_first_token_ms]
         ),
         "acceptance": sum(t.accepted for t in ok) / drafted if drafted else None,
+        "same_answers": sum(t.same_answers for t in ok),
+        "answers": sum(t.answers for t in ok),
         "rss_bytes": max((t.rss_bytes or 0 for t in ok), default=None),
         "base_rss_bytes": max((t.base_rss_bytes or 0 for t in ok), default=None),
     }
@@ -129,6 +131,7 @@ async def main() -> None:
             "—" if s["acceptance"] is None else f"{s['acceptance']:.0%}",
             _fmt(s["first_token_ms"]),
             _fmt(s["base_first_token_ms"]),
+            f"{s['same_answers']}/{s['answers']}",
         ]
         for s in summaries
     ]
@@ -143,10 +146,15 @@ async def main() -> None:
         "drafts accepted",
         "first token ms",
         "first token ms, none",
+        "same greedy text",
     ]
     notes = [
-        "Medians with (min … max) over the repeats; gains are each trial's median against "
-        "the engine without speculation measured in the same minutes.",
+        "Medians with (min … max) over the repeats; gains are each trial's median over "
+        "prompts of the speed ratio against the engine without speculation, the two answers "
+        "to a prompt run back to back.",
+        "Same greedy text: answers identical to the engine without speculation (both compute "
+        "the prompt in full; llama.cpp's numerics depend on how tokens are batched, and "
+        "verifying drafts batches them differently).",
         f"Conditions: {conditions}.",
         f"Choice by autotune's rule (edits at least +{COPY_MIN_GAIN:.0%}, chat no worse than "
         f"-{CHAT_MAX_LOSS:.0%}) over all trials: {choice.mode} — {choice.reason}.",

@@ -228,7 +228,7 @@ def _trial_spec(base: dict[str, object], candidate: SpecCandidate | None) -> dic
 
 async def _ask_timed(
     http: httpx.AsyncClient, messages: object, max_tokens: int
-) -> dict[str, float]:
+) -> tuple[dict[str, float], str]:
     """One greedy request, its prompt computed in full (no prompt cache, so both engines do the
     same work); the engine's decode figures plus the wall-clock time to the first token (the
     time to the answer less the engine's decode time)."""
@@ -246,13 +246,15 @@ async def _ask_timed(
     )
     reply.raise_for_status()
     wall_ms = (time.perf_counter() - started) * 1000
-    t = reply.json()["timings"]
-    return {
+    data = reply.json()
+    t = data["timings"]
+    figures = {
         "decode_tps": float(t.get("predicted_per_second") or 0.0),
         "first_token_ms": max(0.0, wall_ms - float(t.get("predicted_ms") or 0.0)),
         "drafted": float(t.get("draft_n") or 0),
         "accepted": float(t.get("draft_n_accepted") or 0),
     }
+    return figures, str(data["choices"][0]["message"].get("content") or "")
 
 
 async def _spec_trial(
@@ -273,7 +275,7 @@ async def _spec_trial(
         return trial
     try:
         async with httpx.AsyncClient(base_url=url, timeout=600) as http:
-            await _ask_timed(http, [{"role": "user", "content": "Hi"}], 2)
+            await _ask_timed(http, [{"role": "user", "content": "Hi"}], 2)  # warm-up
             await _paired_rounds(trial, {"base": base_http, "spec": http}, rounds)
         trial.rss_bytes = _rss(proc.pid)
         trial.base_rss_bytes = _rss(base_pid)
@@ -293,6 +295,7 @@ async def _paired_rounds(
     copy = edit_prompts(rounds)
     chat = chat_prompts(rounds)
     figures: dict[tuple[str, str], list[dict[str, float]]] = {}
+    texts: dict[tuple[str, str, int], str] = {}
     for r in range(rounds):
         for kind, messages, tokens in (
             ("copy", copy[r], _COPY_TOKENS),
@@ -300,7 +303,7 @@ async def _paired_rounds(
         ):
             order = ("base", "spec") if r % 2 == 0 else ("spec", "base")
             for side in order:
-                got = await _ask_timed(sides[side], messages, tokens)
+                got, texts[side, kind, r] = await _ask_timed(sides[side], messages, tokens)
                 figures.setdefault((side, kind), []).append(got)
                 trial.samples.append({"side": side, "kind": kind, "round": r, **got})
 
@@ -317,6 +320,9 @@ async def _paired_rounds(
     spec_samples = [f for (side, _), fs in figures.items() if side == "spec" for f in fs]
     trial.drafted = int(sum(f["drafted"] for f in spec_samples))
     trial.accepted = int(sum(f["accepted"] for f in spec_samples))
+    pairs = [(kind, r) for kind in ("copy", "chat") for r in range(rounds)]
+    trial.answers = len(pairs)
+    trial.same_answers = sum(texts["spec", k, r] == texts["base", k, r] for k, r in pairs)
 
 
 def _paired_gain(figures: dict[tuple[str, str], list[dict[str, float]]], kind: str) -> float | None:

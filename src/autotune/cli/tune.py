@@ -294,6 +294,7 @@ _SPEC_COLUMNS = (
     Column("chat tok/s (none)", right=True),
     Column("drafts accepted", right=True),
     Column("first token ms (none)", right=True),
+    Column("same text", right=True),
     Column("RSS", right=True),
     Column(""),
 )
@@ -319,6 +320,7 @@ def _print_speculation(spec: SpecSweep) -> None:
                 _vs(t.chat_tps, t.base_chat_tps),
                 "—" if t.acceptance is None else f"{t.accepted}/{t.drafted} ({t.acceptance:.0%})",
                 _vs(t.first_token_ms, t.base_first_token_ms, "{:.0f}"),
+                f"{t.same_answers}/{t.answers}" if t.answers else "—",
                 format_bytes(t.rss_bytes),
                 t.error or ("chosen" if chosen else ""),
             ]

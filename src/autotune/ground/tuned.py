@@ -92,6 +92,9 @@ class SpecTrial:
     base_first_token_ms: float | None = None
     drafted: int = 0
     accepted: int = 0
+    #: Greedy answers compared, and how many were the same text on both engines.
+    answers: int = 0
+    same_answers: int = 0
     rss_bytes: int | None = None
     base_rss_bytes: int | None = None
     seconds: float = 0.0
