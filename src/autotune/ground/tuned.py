@@ -95,6 +95,8 @@ class SpecTrial:
     #: Greedy answers compared, and how many were the same text on both engines.
     answers: int = 0
     same_answers: int = 0
+    #: Pairs kept although other processes were busy on every try (a noisy measurement).
+    disturbed: int = 0
     rss_bytes: int | None = None
     base_rss_bytes: int | None = None
     seconds: float = 0.0
