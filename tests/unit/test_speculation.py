@@ -274,3 +274,13 @@ def test_workload_prompts_are_distinct_and_the_edit_carries_its_file() -> None:
         assert len(set(texts)) == 4
         assert make(2, offset=1)[0] == make(3)[1]
     assert "def invoice_amount_1(record):" in edit_prompts(1)[0][0]["content"]
+
+
+def test_stored_speculation_reads_plainly_in_tune_show() -> None:
+    from autotune.cli.tune import _spec_cell
+
+    assert _spec_cell(None) == "not measured"
+    assert _spec_cell({"mode": "ngram_mod", "copy_gain": 0.52}) == "ngram_mod (edits +52%)"
+    assert _spec_cell({"mode": "none", "copy_gain": 0.04}) == "none (does not pay)"
+    draft = {"mode": "draft", "draft": "qwen3:0.6b", "copy_gain": 0.3}
+    assert _spec_cell(draft) == "draft qwen3:0.6b (edits +30%)"
