@@ -78,6 +78,8 @@ class FakeReply:
     error: BackendError | None = None
     #: Raise this after the first chunk (a failure mid-stream).
     fail_midway: BackendError | None = None
+    #: More llama.cpp ``timings`` fields for the last chunk (e.g. ``draft_n``, as documented).
+    timings: dict[str, Any] = field(default_factory=dict)
 
 
 class FakeBackend(Backend):
@@ -292,7 +294,10 @@ class FakeBackend(Backend):
             prompt_ms=float(prompt - cached),
             decode_ms=float(completion),
             reloaded=reloaded,
-            raw={"usage": usage, "timings": {"prompt_n": prompt - cached, "cache_n": cached}},
+            raw={
+                "usage": usage,
+                "timings": {"prompt_n": prompt - cached, "cache_n": cached, **reply.timings},
+            },
         )
         finish = {"index": 0, "delta": {}, "finish_reason": reply.finish_reason}
         yield Chunk({**base, "choices": [finish], "usage": usage}, stats=stats)

@@ -269,3 +269,42 @@ async def test_an_estimate_the_engine_proves_short_is_corrected_before_any_byte(
     assert run.record.status == "ok" and run.stats is not None
     assert [settings.n_ctx for _, settings in fake_backend.loads] == [4096, 8192]
     assert fake_backend.requests[-1].messages[-1]["content"] == text
+
+
+async def test_measured_speculation_rides_on_the_load_and_shows_in_plan_and_telemetry(
+    tmp_path: Any,
+) -> None:
+    """A tuned model's next load carries its speculative mode; no request reloads for it; the
+    engine's draft counts (llama.cpp ``timings.draft_n`` / ``draft_n_accepted``) reach the
+    record. A model with no measurement loads exactly as before."""
+    from dataclasses import replace
+
+    from autotune.backends.registry import BackendSet
+    from autotune.ground.config import Settings
+    from autotune.ground.tuned import TunedSettings
+    from fakes.backend import LIKE_EMBEDDED
+
+    backend = FakeBackend(
+        capabilities=replace(LIKE_EMBEDDED, speculative=True), models=[MODEL, "plain"]
+    )
+    measured = TunedSettings(speculative="ngram_mod", spec_copy_gain=0.5, spec_chat_gain=0.0)
+    pipeline = Pipeline(
+        BackendSet({"fake": backend}, ["fake"]),
+        Settings(home=tmp_path / "home", backend="embedded", default_model=MODEL),
+        tuned=lambda engine, model, profile: measured if model == MODEL else None,
+    )
+    try:
+        backend.queue(FakeReply(("def f():",), timings={"draft_n": 40, "draft_n_accepted": 30}))
+        first = await ask(pipeline, "Repeat this file")
+        second = await ask(pipeline, "And again")
+        plain = await ask(pipeline, "Hi", model="plain")
+    finally:
+        await pipeline.close()
+    (model, load), (other, plain_load) = backend.loads
+    assert model == MODEL and load is not None and load.speculative == "ngram_mod"
+    assert "spec=ngram_mod" in first.plan.summary() and "spec=ngram_mod" in first.record.plan
+    assert (first.record.draft_tokens, first.record.draft_accepted) == (40, 30)
+    assert "spec=ngram_mod" in second.plan.summary() and not second.plan.reload_expected
+    assert second.record.draft_tokens is None  # this reply drafted nothing
+    assert other == "plain" and plain_load is not None and plain_load.speculative is None
+    assert "spec=" not in plain.plan.summary()

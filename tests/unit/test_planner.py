@@ -234,3 +234,102 @@ def test_the_guard_counts_on_memory_the_engine_would_free() -> None:
     memory = MemoryState(available=1_500_000_000 + 2_000_000_000, used_fraction=0.5)
     p = run(7000, memory=memory, estimator=_linear)
     assert p.refused is None and p.load is not None and p.load.n_ctx == 8192
+
+
+# --------------------------------------------------------------------------- speculation
+
+SPECULATIVE = Capabilities(
+    load_control=True,
+    kv_cache_type=True,
+    flash_attention=True,
+    context_change_reloads=True,
+    keep_alive=True,
+    speculative=True,
+)
+MEASURED = TunedSettings(
+    speculative="ngram_mod", spec_copy_gain=0.6, spec_chat_gain=-0.01, source="autotune tune, X"
+)
+
+
+def test_a_measured_speculative_mode_is_loaded_and_shown_in_the_plan() -> None:
+    p = run(1000, caps=SPECULATIVE, tuned=MEASURED)
+    assert p.load is not None and p.load.speculative == "ngram_mod" and p.load.draft_path is None
+    spec = p.last("spec")
+    assert spec is not None and spec.value == "ngram_mod"
+    assert spec.reason.startswith("measured") and "+60%" in spec.reason
+    assert "spec=ngram_mod" in p.summary()
+
+
+def test_a_model_never_measured_keeps_today_s_load_and_header() -> None:
+    for tuned in (None, TunedSettings(n_threads=2)):
+        with_caps = run(1000, caps=SPECULATIVE, tuned=tuned)
+        without = run(1000, caps=EMBEDDED, tuned=tuned)
+        assert with_caps.load == without.load and with_caps.load is not None
+        assert with_caps.load.speculative is None
+        assert with_caps.summary() == without.summary() and "spec=" not in with_caps.summary()
+
+
+def test_measured_not_to_pay_loads_without_speculation_and_says_so() -> None:
+    tuned = TunedSettings(speculative="none", spec_copy_gain=0.02, spec_chat_gain=-0.08)
+    p = run(1000, caps=SPECULATIVE, tuned=tuned)
+    assert p.load is not None and p.load.speculative is None
+    assert "spec=none" in p.summary()
+    spec = p.last("spec")
+    assert spec is not None and "does not pay" in spec.reason
+
+
+def test_an_engine_that_cannot_speculate_ignores_the_measurement() -> None:
+    p = run(1000, caps=EMBEDDED, tuned=MEASURED)
+    assert p.load is not None and p.load.speculative is None and p.last("spec") is None
+
+
+def test_a_loaded_model_keeps_its_mode_measured_later_waits_for_the_next_load() -> None:
+    current = LoadSettings(n_ctx=4096, cache_type_k="f16", cache_type_v="f16")
+    p = run(1000, caps=SPECULATIVE, tuned=MEASURED, current=current, loaded=True)
+    assert p.load == current and not p.reload_expected
+    spec = p.last("spec")
+    assert spec is not None and spec.value == "none" and "next load" in spec.reason
+    # ...and a model loaded with speculation keeps it on every later request.
+    speculating = LoadSettings(n_ctx=4096, cache_type_k="f16", cache_type_v="f16", **_NGRAM)
+    for tuned in (MEASURED, None, TunedSettings(speculative="none")):
+        p = run(1000, caps=SPECULATIVE, tuned=tuned, current=speculating, loaded=True)
+        assert p.load == speculating and not p.reload_expected
+        assert "spec=ngram_mod" in p.summary()
+
+
+_NGRAM: dict[str, str] = {"speculative": "ngram_mod"}
+DRAFTED = TunedSettings(
+    speculative="draft", draft_path="/models/small.gguf", spec_copy_gain=0.4, spec_chat_gain=0.1
+)
+
+
+def _with_draft(meta: ModelMeta, s: LoadSettings) -> int:
+    return _linear(meta, s) + (400_000_000 if s.draft_path else 0)
+
+
+def test_a_draft_model_is_loaded_by_path_and_counted_by_the_guard() -> None:
+    memory = MemoryState(available=8_000_000_000, used_fraction=0.3)
+    p = run(1000, caps=SPECULATIVE, tuned=DRAFTED, memory=memory, estimator=_with_draft)
+    assert p.load is not None
+    assert (p.load.speculative, p.load.draft_path) == ("draft", "/models/small.gguf")
+
+
+def test_a_draft_model_is_dropped_before_the_context_is_shrunk() -> None:
+    # 1 GB + 8192 × 100 kB fits in 1.9 GB, but not with the draft's 0.4 GB beside it.
+    memory = MemoryState(available=1_900_000_000, used_fraction=0.3)
+    p = run(7000, caps=SPECULATIVE, tuned=DRAFTED, memory=memory, estimator=_with_draft)
+    assert p.load is not None and p.load.n_ctx == 8192
+    assert p.load.speculative is None and p.load.draft_path is None
+    spec = p.last("spec")
+    assert spec is not None and spec.value == "none" and spec.reason.startswith("no-swap")
+    assert "spec=none" in p.summary()
+
+
+def test_no_draft_model_under_high_memory_pressure_but_n_grams_stay() -> None:
+    high = MemoryState(available=8_000_000_000, used_fraction=0.90)
+    p = run(1000, caps=SPECULATIVE, tuned=DRAFTED, memory=high)
+    assert p.load is not None and p.load.speculative is None
+    spec = p.last("spec")
+    assert spec is not None and spec.reason.startswith("pressure")
+    p = run(1000, caps=SPECULATIVE, tuned=MEASURED, memory=high)
+    assert p.load is not None and p.load.speculative == "ngram_mod"

@@ -126,6 +126,7 @@ class EmbeddedBackend(Backend):
         engine_events=True,
         # llama-server answers at most one choice per slot, and autotune runs one slot.
         max_choices=1,
+        speculative=True,
     )
 
     def __init__(

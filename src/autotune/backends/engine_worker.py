@@ -37,6 +37,16 @@ _KV_TYPES = {
     "iq4_nl": "IQ4_NL",
 }
 
+#: autotune's speculative modes → xllamacpp ``common_speculative_type`` members.
+_SPEC_TYPES = {
+    "ngram_simple": "NGRAM_SIMPLE",
+    "ngram_map_k": "NGRAM_MAP_K",
+    "ngram_map_k4v": "NGRAM_MAP_K4V",
+    "ngram_mod": "NGRAM_MOD",
+    "ngram_cache": "NGRAM_CACHE",
+    "draft": "DRAFT_SIMPLE",
+}
+
 
 def build_params(spec: dict[str, Any], api_key: str | None = None) -> Any:
     """Turn a load spec (path, alias and :class:`LoadSettings` fields) into ``CommonParams``;
@@ -88,6 +98,7 @@ def build_params(spec: dict[str, Any], api_key: str | None = None) -> Any:
         p.embedding = True
         if spec.get("pooling") is not None:
             p.pooling_type = x.llama_pooling_type(int(spec["pooling"]))
+    _speculative(p, spec, x)
     p.port = 0  # a free loopback port, chosen by the OS
     p.endpoint_metrics = True
     p.ui = False
@@ -106,6 +117,24 @@ def _read_key(path: str | None) -> str | None:
     if not key:
         raise ValueError("the API key file is empty")
     return key
+
+
+def _speculative(p: Any, spec: dict[str, Any], x: Any) -> None:
+    """Speculative decoding, a load-time setting: n-gram drafts need no second model; a draft
+    model (``draft_path``) is loaded beside the target, with the same threads."""
+    mode = spec.get("speculative")
+    if not mode or mode == "none":
+        return
+    kind = getattr(x.common_speculative_type, "COMMON_SPECULATIVE_TYPE_" + _SPEC_TYPES[mode])
+    p.speculative.types = [kind]
+    if mode == "draft":
+        if not spec.get("draft_path"):
+            raise ValueError("speculative mode 'draft' needs a draft model (draft_path)")
+        draft = p.speculative.draft
+        draft.mparams.path = spec["draft_path"]
+        if spec.get("n_threads"):
+            draft.cpuparams.n_threads = int(spec["n_threads"])
+            draft.cpuparams_batch.n_threads = int(spec["n_threads"])
 
 
 def main(argv: list[str] | None = None) -> int:

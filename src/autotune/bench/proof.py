@@ -7,6 +7,10 @@ own worker of the same model file. Requests are interleaved — raw, autotune, r
 the order alternating per run — so drift hits both sides. Timings come from the engine's
 own counters (llama.cpp ``timings``: ``prompt_ms``, ``cache_n``, ``predicted_per_second``)
 plus wall-clock time to the first content token.
+
+The ``edit``, ``quote`` and ``chat`` scenarios (chosen by name; the default run keeps the
+original four) show decoding speed: answers that copy their input, where speculative decoding
+pays, and free chat, where it must not cost — with the share of drafted tokens accepted.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import psutil
 from autotune.backends.openai_compat import once_more_if_stale
 from autotune.backends.worker_process import start_worker, stop_worker
 from autotune.bench.report import percentile
+from autotune.bench.texts import chat_prompts, edit_prompts, quote_prompts
 from autotune.ground.profiles import get_profile
 from autotune.ground.types import Chunk, ModelMeta
 from autotune.hardware.pressure import Tier
@@ -33,7 +38,15 @@ from autotune.pipeline import ChatInput, Reply
 from autotune.runtime import Runtime
 from autotune.tuning.planner import MemoryState, PlanInput, context_need, plan
 
-__all__ = ["SCENARIOS", "ProofResult", "Sample", "Scenario", "guard_table", "run_proof"]
+__all__ = [
+    "DEFAULT_SCENARIOS",
+    "SCENARIOS",
+    "ProofResult",
+    "Sample",
+    "Scenario",
+    "guard_table",
+    "run_proof",
+]
 
 Messages = list[dict[str, Any]]
 
@@ -119,12 +132,26 @@ def _sustained() -> list[Messages]:
     return [[{"role": "user", "content": f"Write two sentences about {t}."}] for t in topics]
 
 
+def _edit() -> list[Messages]:
+    return edit_prompts(3, offset=4)  # other files than `autotune tune` measures on
+
+
+def _quote() -> list[Messages]:
+    return quote_prompts(3, offset=2)
+
+
+def _chat() -> list[Messages]:
+    return chat_prompts(4, offset=5)
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
     requests: Callable[[], list[Messages]]
     max_tokens: int = 16
+    #: The verdict compares decoding speed (answers long enough for it to matter).
+    decode: bool = False
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -134,8 +161,13 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("multiturn", "6-turn conversation behind a long system prompt", _multiturn),
         Scenario("longdoc", "a ~1,000-token document, then follow-up questions", _longdoc),
         Scenario("sustained", "8 back-to-back calls on different topics", _sustained, 24),
+        Scenario("edit", "a code file with a small change; the whole file back", _edit, 192, True),
+        Scenario("quote", "a pasted document; answer by quoting it", _quote, 128, True),
+        Scenario("chat", "free chat: explanations that copy nothing", _chat, 128, True),
     )
 }
+#: What ``autotune proof`` runs when no scenario is named.
+DEFAULT_SCENARIOS = ("short", "multiturn", "longdoc", "sustained")
 
 
 @dataclass
@@ -151,6 +183,9 @@ class Sample:
     cached_tokens: int | None = None
     decode_tps: float | None = None
     completion_tokens: int | None = None
+    #: Speculative decoding: tokens drafted, and how many the model accepted.
+    drafted: int | None = None
+    accepted: int | None = None
     error: str | None = None
 
 
@@ -168,6 +203,8 @@ class SideFigures:
     n_ctx: int | None
     kv_bytes: int | None
     rss_bytes: int | None
+    #: Share of drafted tokens accepted (None: nothing drafted, speculation off).
+    acceptance: float | None = None
 
 
 @dataclass
@@ -225,12 +262,35 @@ def _figures(
         n_ctx=n_ctx,
         kv_bytes=kv,
         rss_bytes=rss,
+        acceptance=_acceptance(ok),
     )
 
 
-def verdict(raw: SideFigures, tuned: SideFigures) -> str:
+def _acceptance(samples: list[Sample]) -> float | None:
+    drafted = sum(s.drafted or 0 for s in samples)
+    return sum(s.accepted or 0 for s in samples) / drafted if drafted else None
+
+
+def _decode_verdict(raw: SideFigures, tuned: SideFigures) -> str | None:
+    """Decoding speed against the raw engine, and the drafts accepted, in words."""
+    r, t = raw.decode_tps.get("median"), tuned.decode_tps.get("median")
+    if not (r and t):
+        return None
+    ratio = t / r
+    drafts = "" if tuned.acceptance is None else f", {tuned.acceptance:.0%} of drafts accepted"
+    if abs(ratio - 1) < 0.03:
+        return f"decoding no faster ({t:.0f} vs {r:.0f} tok/s raw{drafts})"
+    if ratio > 1:
+        return f"decoding {ratio:.2f}× the raw engine's ({t:.0f} vs {r:.0f} tok/s{drafts})"
+    return f"autotune decodes {1 - ratio:.0%} slower ({t:.0f} vs {r:.0f} tok/s raw{drafts})"
+
+
+def verdict(raw: SideFigures, tuned: SideFigures, *, decode: bool = False) -> str:
     """One plain sentence, saying so where autotune is slower or no better."""
     parts = []
+    said = _decode_verdict(raw, tuned) if decode else None
+    if said:
+        parts.append(said)
     r, t = raw.ttft_ms.get("median"), tuned.ttft_ms.get("median")
     if r and t:
         change = (t - r) / r
@@ -250,7 +310,8 @@ def verdict(raw: SideFigures, tuned: SideFigures) -> str:
             parts.append(f"KV cache {-saved:.0%} larger ({tuned.n_ctx} vs {raw.n_ctx} tokens)")
     if raw.errors or tuned.errors:
         parts.append(f"errors: raw {raw.errors}, autotune {tuned.errors}")
-    return "; ".join(parts).capitalize() + "." if parts else "No figures."
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:] + "." if parts else "No figures."
 
 
 def guard_table(meta: ModelMeta, need_tokens: int = 3000) -> list[dict[str, Any]]:
@@ -357,6 +418,8 @@ def _fill(sample: Sample, timings: dict[str, Any], usage: dict[str, Any]) -> Non
     )
     sample.decode_tps = timings.get("predicted_per_second")
     sample.completion_tokens = timings.get("predicted_n")
+    sample.drafted = timings.get("draft_n")
+    sample.accepted = timings.get("draft_n_accepted")
 
 
 async def _tuned_ask(
@@ -416,7 +479,7 @@ async def run_proof(
             "The proof compares against a raw llama.cpp worker and needs the embedded engine.",
             hint="Run it with --backend embedded (a model file on disk).",
         )
-    chosen = [SCENARIOS[s] for s in (scenarios or list(SCENARIOS))]
+    chosen = [SCENARIOS[s] for s in (scenarios or DEFAULT_SCENARIOS)]
     total = runs * sum(len(s.requests()) for s in chosen) * 2 + (runs * 2 if with_cold else 0)
     done = 0
     swap_before = int(psutil.swap_memory().used)
@@ -459,6 +522,7 @@ async def run_proof(
                     raw_settings,
                     tuned_settings,
                     raw_proc.pid,
+                    decode=scenario.decode,
                 )
             )
         if with_cold:
@@ -504,6 +568,8 @@ def _result(
     raw_settings: dict[str, Any],
     tuned_settings: dict[str, Any],
     raw_pid: int | None,
+    *,
+    decode: bool = False,
 ) -> ScenarioResult:
     tuned_pid = tuned_settings.get("pid")
     raw_fig = _figures(
@@ -516,7 +582,7 @@ def _result(
         _rss(tuned_pid),
     )
     return ScenarioResult(
-        name, description, raw_fig, tuned_fig, verdict(raw_fig, tuned_fig), samples
+        name, description, raw_fig, tuned_fig, verdict(raw_fig, tuned_fig, decode=decode), samples
     )
 
 

@@ -65,7 +65,7 @@ def hard_breaks(text: str) -> str:
 
 
 def footer_text(record: Any) -> str:
-    """``TTFT 120 ms · 95.3 tok/s · ctx 312/2,048 tokens (280 cached) · reloaded``.
+    """``TTFT 120 ms · 95.3 tok/s · drafts 71% accepted · ctx 312/2,048 tokens (280 cached)``.
 
     Takes a :class:`~autotune.pipeline.RunRecord` (or anything with its fields); unknown
     values are left out rather than shown as zero.
@@ -77,6 +77,11 @@ def footer_text(record: Any) -> str:
     tps = getattr(record, "tokens_per_s", None)
     if tps is not None and (getattr(record, "completion_tokens", None) or 0) > 1:
         parts.append(f"{tps:,.1f} tok/s")
+    drafted = getattr(record, "draft_tokens", None)
+    accepted = getattr(record, "draft_accepted", None)
+    if drafted and accepted is not None:
+        # Speculative decoding: the share of drafted tokens the model kept.
+        parts.append(f"drafts {accepted / drafted:.0%} accepted")
     prompt = getattr(record, "prompt_tokens", None)
     n_ctx = getattr(record, "n_ctx", None)
     if prompt is not None or n_ctx:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from autotune.bench.proof import SCENARIOS, ProofResult
-from autotune.cli._common import console, err_console, print_json, run
+from autotune.bench.proof import DEFAULT_SCENARIOS, SCENARIOS, ProofResult
+from autotune.cli._common import console, err_console, print_json, progress_bar, run
 from autotune.cli._help import PlainCommand
 from autotune.cli._tables import Column, print_table
 from autotune.cli.proof_kv import KV_SCENARIOS, run_kv
-from autotune.ground.config import get_settings
+from autotune.ground.config import Settings, get_settings
 from autotune.ground.serialize import to_jsonable
 from autotune.ground.units import format_bytes
 
@@ -27,6 +27,7 @@ _HEADER = [
     "prefill median ms",
     "load median ms",
     "tok/s median",
+    "drafts accepted",
     "cached",
     "context",
     "KV cache",
@@ -55,6 +56,7 @@ def result_rows(result: ProofResult) -> list[list[str]]:
                     _f(f.prefill_ms),
                     _f(f.load_ms),
                     _f(f.decode_tps),
+                    "—" if f.acceptance is None else f"{f.acceptance:.0%}",
                     "—" if f.cached_share is None else f"{f.cached_share:.0%}",
                     str(f.n_ctx or "—"),
                     format_bytes(f.kv_bytes),
@@ -117,8 +119,10 @@ def proof(
     scenario: list[str] = typer.Option(
         None,
         "--scenario",
-        metavar="NAME",
-        help=f"Only these scenarios ({', '.join([*SCENARIOS, *KV_SCENARIOS])}); repeatable.",
+        "--scenarios",
+        metavar="NAME[,NAME]",
+        help=f"Only these scenarios ({', '.join([*SCENARIOS, *KV_SCENARIOS])}); repeatable or "
+        f"comma-separated. Default: {', '.join(DEFAULT_SCENARIOS)}.",
     ),
     with_kv: bool = typer.Option(
         False,
@@ -143,69 +147,75 @@ def proof(
     Runs on the embedded engine unless --backend names another; reads AUTOTUNE_THREADS and
     AUTOTUNE_MEMORY_BUDGET like the server does.
     """
+    names = _scenario_names(scenario)
+    settings = get_settings()
+    model = model or settings.default_model
+    kv_names = [n for n in names if n in KV_SCENARIOS] or (list(KV_SCENARIOS) if with_kv else [])
+    main_names = [n for n in names if n in SCENARIOS]
+    out: dict[str, Any] = {}
+    result = None
+    if main_names or not names:
+        backend = (ctx.obj or {}).get("backend") or "embedded"
+        result = run(
+            lambda: _run_main(settings, backend, model, runs, main_names, with_cold, with_noswap)
+        )
+        out = to_jsonable(result)
+        if report is not None:
+            _write_report(result, out, report)
+    if kv_names:
+        out["kv"] = run_kv(settings, model, runs, kv_names, report, quiet=json_out)
+    if json_out:
+        print_json(out)
+    elif result is not None:
+        _print_result(result)
+
+
+def _scenario_names(given: list[str] | None) -> list[str]:
+    """The scenarios asked for (repeated or comma-separated), each checked."""
+    names = [n.strip() for item in given or [] for n in item.split(",") if n.strip()]
+    known = [*SCENARIOS, *KV_SCENARIOS]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise typer.BadParameter(f"unknown scenario {unknown[0]!r}; choose from {known}")
+    return names
+
+
+async def _run_main(
+    settings: Settings,
+    backend: str,
+    model: str,
+    runs: int,
+    names: list[str],
+    with_cold: bool,
+    with_noswap: bool,
+) -> ProofResult:
     from autotune.bench.proof import run_proof
     from autotune.runtime import open_runtime
 
-    known = [*SCENARIOS, *KV_SCENARIOS]
-    unknown = [s for s in scenario or [] if s not in known]
-    if unknown:
-        raise typer.BadParameter(f"unknown scenario {unknown[0]!r}; choose from {known}")
-    settings = get_settings()
-    model = model or settings.default_model
-    kv_names = [s for s in scenario or [] if s in KV_SCENARIOS] or (
-        list(KV_SCENARIOS) if with_kv else []
-    )
-    main_names = [s for s in scenario or [] if s in SCENARIOS]
-    if kv_names and scenario and not main_names:  # only KV scenarios were asked for
-        kv_data = run_kv(settings, model, runs, kv_names, report, quiet=json_out)
-        if json_out:
-            print_json({"kv": kv_data})
-        return
-    requested = (ctx.obj or {}).get("backend") or "embedded"
+    runtime = await open_runtime(settings, backend=backend)
+    try:
+        with progress_bar("starting the raw engine…") as progress:
+            return await run_proof(
+                runtime,
+                model,
+                runs=runs,
+                scenarios=names or None,
+                with_cold=with_cold,
+                with_noswap=with_noswap,
+                progress=progress,
+            )
+    finally:
+        await runtime.aclose()
 
-    async def job() -> ProofResult:
-        runtime = await open_runtime(settings, backend=requested)
-        try:
-            with Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(),
-                console=err_console,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("starting the raw engine…", total=None)
 
-                def progress(label: str, done: int, total: int) -> None:
-                    bar.update(task, description=label, completed=done, total=total)
+def _write_report(result: ProofResult, data: dict[str, Any], report: Path) -> None:
+    from autotune.bench.charts import write_charts
 
-                return await run_proof(
-                    runtime,
-                    model,
-                    runs=runs,
-                    scenarios=main_names or None,
-                    with_cold=with_cold,
-                    with_noswap=with_noswap,
-                    progress=progress,
-                )
-        finally:
-            await runtime.aclose()
-
-    result = run(job)
-    data = to_jsonable(result)
-    if report is not None:
-        from autotune.bench.charts import write_charts
-
-        report.mkdir(parents=True, exist_ok=True)
-        (report / "proof.json").write_text(json.dumps(data, indent=2) + "\n")
-        (report / "proof.md").write_text(_markdown(result))
-        charts = write_charts(result, report)
-        err_console.print(f"report: {report / 'proof.md'}, {', '.join(str(c) for c in charts)}")
-    kv_all = run_kv(settings, model, runs, kv_names, report, quiet=json_out) if kv_names else None
-    if json_out:
-        print_json(data if kv_all is None else {**data, "kv": kv_all})
-        return
-    _print_result(result)
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "proof.json").write_text(json.dumps(data, indent=2) + "\n")
+    (report / "proof.md").write_text(_markdown(result))
+    charts = write_charts(result, report)
+    err_console.print(f"report: {report / 'proof.md'}, {', '.join(str(c) for c in charts)}")
 
 
 def _print_result(result: ProofResult) -> None:

@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
 from autotune.bench.kv_proof import KV_SCENARIOS, KvProof, run_kv_proof
-from autotune.cli._common import console, err_console, run
+from autotune.cli._common import console, err_console, progress_bar, run
 from autotune.cli._tables import Column, print_table
 from autotune.ground.config import Settings
 from autotune.ground.serialize import to_jsonable
@@ -99,19 +97,7 @@ def run_kv(
 
     async def job() -> list[KvProof]:
         second = await _second_model(settings, local.name)
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("KV scenarios…", total=None)
-
-            def progress(label: str, done: int, total: int) -> None:
-                bar.update(task, description=label, completed=done, total=total)
-
+        with progress_bar("KV scenarios…") as progress:
             return await run_kv_proof(
                 settings,
                 local.name,

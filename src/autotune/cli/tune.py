@@ -1,9 +1,15 @@
-"""``autotune tune``: measure load-time settings on this machine and store the best per profile."""
+"""``autotune tune``: measure load-time settings on this machine and store the best per profile.
+
+Two measurements: the load-time settings sweep (threads, batch, flash attention, KV type) and
+then speculative decoding (none vs each n-gram mode vs a draft model with the target's
+vocabulary, when one is on disk), on input-copying edits and on free chat.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -17,7 +23,11 @@ from autotune.ground.serialize import to_jsonable
 from autotune.ground.units import format_bytes
 
 if TYPE_CHECKING:
-    from autotune.bench.sweep import SweepResult
+    from autotune.backends.base import Backend
+    from autotune.backends.registry import BackendSet
+    from autotune.bench.sweep import SpecSweep, SweepResult
+    from autotune.ground.tuned import SpecCandidate
+    from autotune.ground.types import ModelMeta
 
 __all__ = ["register"]
 
@@ -30,24 +40,45 @@ def tune(
     budget: float = typer.Option(
         120.0, "--budget", min=10, metavar="SECONDS", help="Seconds the sweep may take."
     ),
+    speculation: bool = typer.Option(
+        True,
+        "--speculation/--no-speculation",
+        help="Also measure speculative decoding (n-gram modes, a draft model).",
+    ),
+    spec_budget: float = typer.Option(
+        120.0,
+        "--spec-budget",
+        min=10,
+        metavar="SECONDS",
+        help="Seconds the speculative decoding measurement may take.",
+    ),
+    draft: str = typer.Option(
+        None,
+        "--draft",
+        metavar="MODEL",
+        help="Also measure this draft model (it must share MODEL's vocabulary).",
+    ),
     show: bool = typer.Option(False, "--show", help="List stored results instead of measuring."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Sweep batch, threads and flash attention on this machine; the planner uses the winners.
 
-    Runs on the embedded engine; results are stored in the database under AUTOTUNE_HOME.
+    Then measures speculative decoding against none on edits and on free chat, and keeps a
+    mode only where it pays. Runs on the embedded engine; results are stored in the database
+    under AUTOTUNE_HOME.
     """
     settings = get_settings()
     if show:
         _show_stored(settings, json_out=json_out)
         return
     requested = (ctx.obj or {}).get("backend")
-    engine, name, result = run(
-        lambda: _measure(settings, model or settings.default_model, budget, requested)
+    plan = _Plan(budget, spec_budget if speculation else None, draft)
+    engine, name, result, spec = run(
+        lambda: _measure(settings, model or settings.default_model, plan, requested)
     )
     if not result.chosen:
         raise fail(f"Tuning {name} failed: {'; '.join(result.notes)}")
-    _store(settings, engine, name, result)
+    _store(settings, engine, name, result, spec)
     if json_out:
         print_json(
             {
@@ -59,18 +90,30 @@ def tune(
                 "trials": to_jsonable(result.trials),
                 "notes": result.notes,
                 "chosen": {p: to_jsonable(t) for p, t in result.chosen.items()},
+                "speculation": None if spec is None else _spec_json(spec),
             }
         )
         return
     _print_sweep(name, result)
+    if spec is not None:
+        _print_speculation(spec)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What to measure: the sweep's budget, speculation's (None: not measured), a draft."""
+
+    budget: float
+    spec_budget: float | None
+    draft: str | None
 
 
 async def _measure(
-    settings: Settings, model: str, budget: float, requested: str | None
-) -> tuple[str, str, SweepResult]:
+    settings: Settings, model: str, plan: _Plan, requested: str | None
+) -> tuple[str, str, SweepResult, SpecSweep | None]:
     """Resolve ``model`` and sweep it on an engine that lets autotune choose load settings."""
     from autotune.backends.registry import open_backends
-    from autotune.bench.sweep import sweep
+    from autotune.bench.sweep import sweep, sweep_speculation
     from autotune.hardware.profile import detect_hardware
 
     backends = await open_backends(settings, requested=requested)
@@ -84,6 +127,9 @@ async def _measure(
                 "Tuning runs on the embedded engine (--backend embedded).",
             )
         meta = await backend.model_meta(name)
+        drafts: list[SpecCandidate] = []
+        if plan.spec_budget is not None:
+            drafts = await _drafts(backends, backend, meta, plan.draft)
         hw = await asyncio.to_thread(detect_hardware)
         with Progress(
             TextColumn("[bold]{task.description}"),
@@ -97,16 +143,94 @@ async def _measure(
                 meta,
                 physical_cores=hw.physical_cores,
                 logical_cores=hw.logical_cores,
-                budget=budget,
+                budget=plan.budget,
                 progress=lambda label, frac: bar.update(task, description=label, completed=frac),
             )
-        return backend.name, name, result
+            spec = None
+            if plan.spec_budget is not None and result.chosen:
+                spec = await sweep_speculation(
+                    meta,
+                    _winner_settings(result),
+                    _spec_candidates(drafts),
+                    budget=plan.spec_budget,
+                    progress=lambda label, frac: bar.update(
+                        task, description=label, completed=frac
+                    ),
+                )
+                if not drafts:
+                    spec.notes.append(
+                        "no draft model with this model's vocabulary is on disk (--draft MODEL "
+                        "names one); n-gram modes need none"
+                    )
+        return backend.name, name, result, spec
     finally:
         await backends.aclose()
 
 
-def _store(settings: Settings, engine: str, name: str, result: SweepResult) -> None:
-    """Keep the winner of each profile, for the planner."""
+def _winner_settings(result: SweepResult) -> dict[str, object]:
+    """The load settings every speculation trial gets: the balanced winner's, f16 KV."""
+    c = result.chosen["balanced"].candidate
+    settings: dict[str, object] = {"n_ctx": 4096, "cache_type_k": "f16", "cache_type_v": "f16"}
+    for key in ("n_threads", "n_batch", "n_ubatch", "flash_attn"):
+        value = getattr(c, key)
+        if value is not None:
+            settings[key] = value
+    return settings
+
+
+def _spec_candidates(drafts: list[SpecCandidate]) -> list[SpecCandidate]:
+    from autotune.bench.sweep import SPEC_ORDER
+    from autotune.ground.tuned import SpecCandidate
+
+    return [SpecCandidate(mode) for mode in SPEC_ORDER] + drafts
+
+
+async def _drafts(
+    backends: BackendSet, backend: Backend, meta: ModelMeta, named: str | None
+) -> list[SpecCandidate]:
+    """Draft models to measure: the one named (refused unless it shares the target's
+    vocabulary), or every model on disk with the same vocabulary and at most half the size."""
+    from autotune.ground.errors import BackendError
+    from autotune.ground.tuned import SpecCandidate
+    from autotune.models.gguf import GGUFError, read_vocabulary, vocabulary_mismatch
+
+    if meta.path is None:
+        return []
+    target = await asyncio.to_thread(read_vocabulary, meta.path)
+    if named is not None:
+        draft_backend, draft_name = await backends.resolve(named)
+        draft = await draft_backend.model_meta(draft_name)
+        if draft_backend is not backend or draft.path is None:
+            raise fail(f"{draft_name} is not a model file the embedded engine can load as a draft.")
+        why = vocabulary_mismatch(target, await asyncio.to_thread(read_vocabulary, draft.path))
+        if why is not None:
+            raise fail(
+                f"{draft_name} cannot draft for {meta.name}: {why}.",
+                "A draft model must share the target's tokenizer, e.g. a small model of "
+                "the same family.",
+            )
+        return [SpecCandidate("draft", draft_name, draft.path)]
+    found = []
+    for entry in await backend.list_models():
+        if entry.name == meta.name or not entry.path or entry.path == meta.path:
+            continue
+        try:
+            other = await backend.model_meta(entry.name)
+            vocabulary = await asyncio.to_thread(read_vocabulary, entry.path)
+        except (BackendError, GGUFError):
+            continue
+        size, target_size = other.size_bytes or 0, meta.size_bytes or 0
+        small = 0 < size * 2 <= target_size
+        if small and vocabulary_mismatch(target, vocabulary) is None:
+            found.append(SpecCandidate("draft", entry.name, entry.path))
+    return found
+
+
+def _store(
+    settings: Settings, engine: str, name: str, result: SweepResult, spec: SpecSweep | None
+) -> None:
+    """Keep the winner of each profile, for the planner (speculation: the same measured
+    choice for every profile; it is a property of the model and the machine)."""
     from autotune.store.db import Database
     from autotune.store.tuning import TuningStore
 
@@ -121,6 +245,7 @@ def _store(settings: Settings, engine: str, name: str, result: SweepResult) -> N
                 result.baseline,
                 defaults_best=result.defaults_best,
                 trials=len(result.trials),
+                speculation=None if spec is None else spec.choice,
             )
     finally:
         store.db.close()
@@ -163,6 +288,68 @@ def _print_sweep(name: str, result: SweepResult) -> None:
     )
 
 
+_SPEC_COLUMNS = (
+    Column("speculation"),
+    Column("edit tok/s (none)", right=True),
+    Column("chat tok/s (none)", right=True),
+    Column("drafts accepted", right=True),
+    Column("first token ms (none)", right=True),
+    Column("same text", right=True),
+    Column("RSS", right=True),
+    Column(""),
+)
+
+
+def _vs(value: float | None, base: float | None, fmt: str = "{:.1f}") -> str:
+    if value is None:
+        return "—"
+    text = fmt.format(value) + (f" ({fmt.format(base)})" if base is not None else "")
+    return text + (f" {value / base - 1:+.0%}" if base else "")
+
+
+def _print_speculation(spec: SpecSweep) -> None:
+    rows = []
+    for t in spec.trials:
+        chosen = t.candidate.mode == spec.choice.mode and (
+            t.candidate.draft_path == spec.choice.draft_path
+        )
+        rows.append(
+            [
+                t.candidate.label(),
+                _vs(t.copy_tps, t.base_copy_tps),
+                _vs(t.chat_tps, t.base_chat_tps),
+                "—" if t.acceptance is None else f"{t.accepted}/{t.drafted} ({t.acceptance:.0%})",
+                _vs(t.first_token_ms, t.base_first_token_ms, "{:.0f}"),
+                f"{t.same_answers}/{t.answers}" if t.answers else "—",
+                format_bytes(t.rss_bytes),
+                t.error or ("chosen" if chosen else ""),
+            ]
+        )
+    title = f"speculative decoding: {len(spec.trials)} modes in {spec.elapsed:.0f}s, vs none"
+    print_table(console, _SPEC_COLUMNS, rows, title=title)
+    if spec.choice.mode == "none":
+        console.print(f"Speculative decoding stays off: {spec.choice.reason}.")
+    else:
+        console.print(f"Speculative decoding: {spec.choice.reason}; stored for every profile.")
+    for note in spec.notes:
+        console.print(f"• {note}")
+
+
+def _spec_json(spec: SpecSweep) -> dict[str, Any]:
+    trials = []
+    for t in spec.trials:
+        item = to_jsonable(t)
+        item.update(copy_gain=t.copy_gain, chat_gain=t.chat_gain, acceptance=t.acceptance)
+        trials.append(item)
+    return {
+        "elapsed": spec.elapsed,
+        "budget": spec.budget,
+        "trials": trials,
+        "choice": to_jsonable(spec.choice),
+        "notes": spec.notes,
+    }
+
+
 def _show_stored(settings: Settings, *, json_out: bool) -> None:
     from autotune.store.db import Database
     from autotune.store.tuning import TuningStore
@@ -188,6 +375,7 @@ _STORED_COLUMNS = (
     Column("vs defaults", right=True),
     Column("prefill tok/s", right=True),
     Column("decode tok/s", right=True),
+    Column("speculation"),
     Column("engine", name=True),
     Column("measured"),
 )
@@ -211,9 +399,21 @@ def _stored_cells(r: dict[str, Any]) -> list[str]:
         _gain(r),
         f"{r['prefill_tps'] or 0:.0f}",
         f"{r['decode_tps'] or 0:.1f}",
+        _spec_cell(r.get("speculation")),
         str(r["backend"]),
         time.strftime("%Y-%m-%d %H:%M", time.localtime(float(r["measured_at"]))),
     ]
+
+
+def _spec_cell(choice: dict[str, Any] | None) -> str:
+    """``ngram_mod (edits +60%)``, ``none (does not pay)`` or ``not measured``."""
+    if not choice:
+        return "not measured"
+    gain = choice.get("copy_gain")
+    if choice.get("mode") == "none":
+        return "none (does not pay)" if gain is not None else "none"
+    label = choice["mode"] if choice["mode"] != "draft" else f"draft {choice.get('draft')}"
+    return f"{label} (edits {gain:+.0%})" if gain is not None else label
 
 
 def register(app: typer.Typer) -> None:

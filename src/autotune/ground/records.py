@@ -41,12 +41,22 @@ class RunRecord:
     ram_peak_fraction: float | None = None
     swap_delta: int | None = None
     gpu_memory_peak: int | None = None
+    #: Speculative decoding: tokens drafted and how many of them the model accepted.
+    draft_tokens: int | None = None
+    draft_accepted: int | None = None
     engine_timings: dict[str, Any] = field(default_factory=dict)
     #: What happened to the conversation's KV cache: hit | restored | saved | miss (engines
     #: with slots; "hit"/"restored" only when the engine's cached-token count shows it).
     kv: str | None = None
     #: Bytes of KV files written for this request (a slot saved before it changed hands).
     kv_bytes: int | None = None
+
+    @property
+    def acceptance(self) -> float | None:
+        """The share of drafted tokens accepted (None when nothing was drafted)."""
+        if not self.draft_tokens or self.draft_accepted is None:
+            return None
+        return self.draft_accepted / self.draft_tokens
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

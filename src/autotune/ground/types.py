@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "SPECULATIVE_MODES",
     "Capabilities",
     "ChatRequest",
     "Chunk",
@@ -24,6 +25,19 @@ __all__ = [
     "PullProgress",
     "RunningModel",
 ]
+
+#: Speculative decoding modes of llama.cpp (``speculative.types``), as autotune names them:
+#: ``none``; five that draft from n-grams of the prompt and earlier output, with no second
+#: model; and ``draft``, a small model sharing the target's vocabulary.
+SPECULATIVE_MODES = (
+    "none",
+    "ngram_simple",
+    "ngram_map_k",
+    "ngram_map_k4v",
+    "ngram_mod",
+    "ngram_cache",
+    "draft",
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,8 @@ class Capabilities:
     #: The engine saves and restores slots' KV to files autotune names (llama.cpp
     #: ``/slots/{id}?action=save|restore``), and requests can be pinned to a slot.
     slots: bool = False
+    #: Speculative decoding is a load-time setting autotune can choose (embedded llama.cpp).
+    speculative: bool = False
 
 
 @dataclass
@@ -137,6 +153,11 @@ class LoadSettings:
     n_parallel: int = 1
     #: Host-RAM prompt cache of llama-server (``--cache-ram``, default 8192 MiB); 0 disables.
     cache_ram_mib: int | None = None
+    #: Speculative decoding mode (one of :data:`SPECULATIVE_MODES`); None = the engine's
+    #: default, which is none. A load-time setting in llama.cpp, like the KV type.
+    speculative: str | None = None
+    #: The draft model's GGUF file, when ``speculative == "draft"``.
+    draft_path: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}

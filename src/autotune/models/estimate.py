@@ -24,10 +24,17 @@ bundled SmolLM2-135M (n_embd 576, n_ff 1536, 9 heads) and two synthetic GGUFs bu
   All three models fit these within 0.5 %. ``ModelMeta`` carries no FFN width, so
   ``n_ff ≈ 4·n_embd`` is assumed (68·n_embd in total): SmolLM2's real 2.67× ratio makes that
   4.5 MiB too high for the bundled model, the safe side.
+
+A draft model for speculative decoding (``LoadSettings.draft_path``) is a second llama.cpp
+context in the same process, with the target's context size, batch and slots (llama-server
+gives the draft the slot's context) and an f16 KV cache (llama.cpp's default for drafts):
+:func:`load_estimate` adds its weights, KV, compute and overhead. Its metadata is the one
+thing read from disk here (once per process and file, through the GGUF metadata cache).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -42,6 +49,7 @@ __all__ = [
     "OVERHEAD_BYTES",
     "MemoryEstimate",
     "compute_buffer_bytes",
+    "draft_estimate",
     "estimate_memory",
     "kv_bytes_per_token",
     "kv_cache_bytes",
@@ -324,8 +332,9 @@ def estimate_memory(
 
 
 def load_estimate(meta: ModelMeta, settings: LoadSettings) -> int:
-    """Total bytes a load with these :class:`LoadSettings` needs (engine defaults where unset)."""
-    return estimate_memory(
+    """Total bytes a load with these :class:`LoadSettings` needs (engine defaults where unset),
+    a draft model for speculative decoding included."""
+    total = estimate_memory(
         meta,
         settings.n_ctx,
         cache_type_k=settings.cache_type_k or "f16",
@@ -335,3 +344,29 @@ def load_estimate(meta: ModelMeta, settings: LoadSettings) -> int:
         n_ubatch=settings.n_ubatch or 512,
         flash_attn=settings.flash_attn is not False,
     ).total
+    if settings.speculative == "draft" and settings.draft_path:
+        total += draft_estimate(_draft_meta(settings.draft_path), settings)
+    return total
+
+
+def draft_estimate(draft: ModelMeta, settings: LoadSettings) -> int:
+    """Bytes a draft model adds to a load with ``settings``: its own weights, an f16 KV cache
+    of the same context and slots, its compute buffer and overhead."""
+    return estimate_memory(
+        draft,
+        settings.n_ctx,
+        n_parallel=settings.n_parallel,
+        n_batch=settings.n_batch or 2048,
+        n_ubatch=settings.n_ubatch or 512,
+        flash_attn=settings.flash_attn is not False,
+    ).total
+
+
+@functools.lru_cache(maxsize=16)
+def _draft_meta(path: str) -> ModelMeta:
+    from autotune.models.gguf import GGUFError, read_gguf_meta
+
+    try:
+        return read_gguf_meta(path)
+    except GGUFError as exc:
+        raise ValueError(f"the draft model cannot be read: {exc}") from None

@@ -217,6 +217,9 @@ def _engine_figures(record: RunRecord, stats: EngineStats | None) -> None:
     record.tokens_per_s = stats.decode_tps
     record.reloaded = stats.reloaded
     record.engine_timings = dict(stats.raw)
+    timings = stats.raw.get("timings") or {}  # llama.cpp counts speculative drafts here
+    record.draft_tokens = timings.get("draft_n")
+    record.draft_accepted = timings.get("draft_n_accepted")
 
 
 def _memory_figures(record: RunRecord, sampler: Sampler) -> None:

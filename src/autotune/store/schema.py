@@ -141,6 +141,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
     (
+        5,
+        "speculation",
+        """
+        ALTER TABLE runs ADD COLUMN draft_tokens INTEGER;    -- llama.cpp timings.draft_n
+        ALTER TABLE runs ADD COLUMN draft_accepted INTEGER;  -- timings.draft_n_accepted
+        ALTER TABLE tuning ADD COLUMN speculation TEXT;      -- JSON: the measured choice
+        """,
+    ),
+    (
         6,
         "kv files",
         """

@@ -46,6 +46,8 @@ _RUN_COLUMNS = (
     "engine_timings",
     "kv",
     "kv_bytes",
+    "draft_tokens",
+    "draft_accepted",
 )
 
 

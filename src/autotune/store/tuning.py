@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import time
 from typing import Any
 
-from autotune.ground.tuned import Trial, TunedSettings
+from autotune.ground.tuned import SpecChoice, Trial, TunedSettings
 from autotune.store.db import Database
 
 __all__ = ["TuningStore"]
@@ -29,7 +31,10 @@ class TuningStore:
         *,
         defaults_best: bool,
         trials: int,
+        speculation: SpecChoice | None = None,
     ) -> None:
+        """Store one profile's winner; ``speculation`` is the measured speculative choice
+        (None: not measured, and the planner leaves speculation as it is today)."""
         c = trial.candidate
         settings = {
             "n_threads": c.n_threads,
@@ -40,7 +45,7 @@ class TuningStore:
         self.db.execute(
             "INSERT OR REPLACE INTO tuning (backend, model, profile, settings, prefill_tps,"
             " decode_tps, rss_bytes, baseline_prefill_tps, baseline_decode_tps, defaults_best,"
-            " trials, measured_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " trials, measured_at, speculation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 backend,
                 model,
@@ -54,6 +59,7 @@ class TuningStore:
                 int(defaults_best),
                 trials,
                 time.time(),
+                None if speculation is None else json.dumps(dataclasses.asdict(speculation)),
             ),
         )
         self._cache.pop((backend, model, profile), None)
@@ -64,6 +70,7 @@ class TuningStore:
             item = dict(r)
             item["settings"] = json.loads(item["settings"])
             item["defaults_best"] = bool(item["defaults_best"])
+            item["speculation"] = json.loads(item["speculation"] or "null")
             out.append(item)
         return out
 
@@ -72,7 +79,8 @@ class TuningStore:
         key = (backend, model, profile)
         if key not in self._cache:
             rows = self.db.query(
-                "SELECT settings, measured_at FROM tuning WHERE backend = ? AND model = ? AND"
+                "SELECT settings, measured_at, speculation FROM tuning WHERE backend = ? AND"
+                " model = ? AND"
                 " profile = ?",
                 key,
             )
@@ -87,5 +95,23 @@ class TuningStore:
                     n_threads=s.get("n_threads"),
                     flash_attn=s.get("flash_attn"),
                     source=f"autotune tune, {day}",
+                    **_speculation(rows[0]["speculation"]),
                 )
         return self._cache[key]
+
+
+def _speculation(stored: str | None) -> dict[str, Any]:
+    """TunedSettings fields from the stored choice; a draft model no longer on disk is
+    dropped (no speculation rather than a load that fails)."""
+    if not stored:
+        return {}
+    choice = json.loads(stored)
+    mode, draft_path = choice.get("mode"), choice.get("draft_path")
+    if mode == "draft" and not (draft_path and os.path.isfile(draft_path)):
+        return {}
+    return {
+        "speculative": mode,
+        "draft_path": draft_path if mode == "draft" else None,
+        "spec_copy_gain": choice.get("copy_gain"),
+        "spec_chat_gain": choice.get("chat_gain"),
+    }

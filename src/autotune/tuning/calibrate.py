@@ -6,6 +6,11 @@ result is scored by the geometric mean of prefill and decode speed (both matter 
 first token and to reading speed); peak memory breaks near-ties. A change must beat the
 defaults by more than the measurement noise to be kept, so "the defaults are already best"
 is a real outcome, not a rounding artefact.
+
+Speculative decoding is judged on its own (:func:`choose_speculation`): a mode is chosen only
+when it speeds up work that copies its input by a clear margin *and* leaves free chat no more
+than 3 % slower, each measured against no speculation in the same minutes. Otherwise the
+choice is "none", with the figures that say why.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import math
 from collections.abc import Iterator
 from dataclasses import replace
 
-from autotune.ground.tuned import Candidate, Trial
+from autotune.ground.tuned import Candidate, SpecChoice, SpecTrial, Trial
 
 __all__ = [
+    "CHAT_MAX_LOSS",
+    "COPY_MIN_GAIN",
     "NOISE",
     "best",
+    "choose_speculation",
     "dimensions",
     "is_better",
     "score",
@@ -26,6 +34,10 @@ __all__ = [
 
 #: A result must be this much faster (fraction) to count as better than another.
 NOISE = 0.03
+#: Speculation must decode input-copying work this much faster (fraction) to be chosen...
+COPY_MIN_GAIN = 0.10
+#: ...and may make free chat at most this much slower.
+CHAT_MAX_LOSS = 0.03
 
 
 def score(trial: Trial) -> float:
@@ -76,3 +88,42 @@ def dimensions(
 
 def apply(candidate: Candidate, change: dict[str, object]) -> Candidate:
     return replace(candidate, **change)  # type: ignore[arg-type]
+
+
+def choose_speculation(trials: list[SpecTrial]) -> SpecChoice:
+    """The mode with the largest gain on copying work among those that keep free chat within
+    :data:`CHAT_MAX_LOSS`, if that gain reaches :data:`COPY_MIN_GAIN`; else "none"."""
+    measured = [t for t in trials if t.error is None and t.copy_gain is not None]
+    if not measured:
+        return SpecChoice("none", "not measured: no speculative mode ran to the end")
+    eligible = [
+        t
+        for t in measured
+        if (t.copy_gain or 0) >= COPY_MIN_GAIN
+        and (t.chat_gain is None or t.chat_gain >= -CHAT_MAX_LOSS)
+    ]
+    if eligible:
+        win = max(eligible, key=lambda t: t.copy_gain or 0)
+        return SpecChoice(
+            win.candidate.mode,
+            f"{win.candidate.label()}: copying work {_pct(win.copy_gain)}, "
+            f"free chat {_pct(win.chat_gain)}",
+            win.candidate.draft,
+            win.candidate.draft_path,
+            win.copy_gain,
+            win.chat_gain,
+            win.acceptance,
+        )
+    top = max(measured, key=lambda t: t.copy_gain or 0)
+    return SpecChoice(
+        "none",
+        f"does not pay on this machine: the best, {top.candidate.label()}, decoded copying "
+        f"work {_pct(top.copy_gain)} and free chat {_pct(top.chat_gain)} (needs at least "
+        f"+{COPY_MIN_GAIN:.0%} and no worse than -{CHAT_MAX_LOSS:.0%})",
+        copy_gain=top.copy_gain,
+        chat_gain=top.chat_gain,
+    )
+
+
+def _pct(gain: float | None) -> str:
+    return "unmeasured" if gain is None else f"{gain:+.0%}"

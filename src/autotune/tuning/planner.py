@@ -10,6 +10,10 @@ It obeys the engine facts in BACKENDS.md, not the folklore:
   server environment variables: they are applied where autotune performs the load and only
   *advised* (``env_advice``) where it does not. They are never sent as request options.
 * Memory pressure and the no-swap guard shape the *next* load; a loaded model is left alone.
+* Speculative decoding is a load-time setting on llama.cpp too: the mode ``autotune tune``
+  measured best is applied where autotune performs the load (never a reload for it); a model
+  never measured keeps the engine's default (none). A draft model is dropped before the
+  context is shrunk or the request refused for memory.
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ class Plan:
 
     def summary(self) -> str:
         """A one-line header value: what is applied, e.g. ``profile=balanced; ctx=4096; kv=f16``."""
-        parts = [f"profile={self.profile}", *self._load_parts()]
+        parts = [f"profile={self.profile}", *self._load_parts(), *self._spec_parts()]
         if "temperature" in self.params:
             parts.append(f"temperature={self.params['temperature']:g}")
         if self.keep_alive is not None:
@@ -142,6 +146,14 @@ class Plan:
         if load.n_batch:
             parts.append(f"batch={load.n_batch}/{load.n_ubatch}")
         return parts
+
+    def _spec_parts(self) -> list[str]:
+        """``spec=<mode>`` when the load speculates; ``spec=none`` when it was measured not to
+        pay (or dropped); nothing for a model never measured."""
+        if self.load is not None and self.load.speculative:
+            return [f"spec={self.load.speculative}"]
+        spec = self.last("spec")
+        return [f"spec={spec.value}"] if spec is not None else []
 
     def _decision_parts(self) -> list[str]:
         parts = []
@@ -295,12 +307,14 @@ def _load(
                 f"kept: profile {inp.profile.name} wants {wanted}, "
                 "applied at the next load to avoid a reload",
             )
+        _kept_speculation(inp, current, decide)
         return current, None
     factor, force_q8, small_batch = _PRESSURE_RULES[tier]
     n_ctx = _pressure_shrink(inp, ctx, factor, tier, decide)
     load = _load_settings(inp, n_ctx, force_q8, small_batch, tier, decide, decide.env_advice)
     refused = None
     if inp.estimator and inp.meta and inp.memory and not inp.capabilities.remote:
+        load = _drop_draft_if_short(inp, load, decide)
         load, refused = _guard(inp, load, decide)
     if current is not None and inp.loaded and refused is None and load.n_ctx <= current.n_ctx:
         # Memory allows no more than what is loaded: keep it, a reload would gain nothing.
@@ -364,6 +378,8 @@ def _load_settings(
         why = f"admission: {inp.concurrency} requests run at once, each on its own slot"
         decide("slots", inp.concurrency, why)
         settings = replace(settings, n_parallel=inp.concurrency)
+    if inp.capabilities.speculative:
+        settings = _speculation(inp, settings, tier, decide)
     return settings
 
 
@@ -432,6 +448,60 @@ def _threads(
     return replace(settings, n_threads=threads)
 
 
+def _speculation(
+    inp: PlanInput, settings: LoadSettings, tier: Tier, decide: Callable[[str, Any, str], None]
+) -> LoadSettings:
+    """The speculative mode ``autotune tune`` measured best; unmeasured models keep none."""
+    tuned = inp.tuned
+    if tuned is None or tuned.speculative is None:
+        return settings  # never measured: the engine's default, as before
+    gains = _spec_gains(tuned)
+    if tuned.speculative == "none":
+        decide("spec", "none", f"measured: does not pay here ({gains}); {tuned.source}")
+        return settings
+    if tuned.speculative == "draft" and tier in (Tier.HIGH, Tier.CRITICAL):
+        decide("spec", "none", f"pressure: RAM {tier.label}, no room for a draft model")
+        return settings
+    decide("spec", tuned.speculative, f"measured: {gains}; {tuned.source}")
+    draft = tuned.draft_path if tuned.speculative == "draft" else None
+    return replace(settings, speculative=tuned.speculative, draft_path=draft)
+
+
+def _spec_gains(tuned: TunedSettings) -> str:
+    def pct(gain: float | None) -> str:
+        return "unmeasured" if gain is None else f"{gain:+.0%}"
+
+    return f"edits/quotes decode {pct(tuned.spec_copy_gain)}, chat {pct(tuned.spec_chat_gain)}"
+
+
+def _kept_speculation(
+    inp: PlanInput, current: LoadSettings, decide: Callable[[str, Any, str], None]
+) -> None:
+    """A loaded model keeps its speculative mode; a newly measured one waits for the next load."""
+    tuned = inp.tuned
+    if not inp.capabilities.speculative or tuned is None or tuned.speculative is None:
+        return
+    wanted = None if tuned.speculative == "none" else tuned.speculative
+    if wanted != current.speculative:
+        decide(
+            "spec",
+            current.speculative or "none",
+            f"kept: measured {tuned.speculative}, applied at the next load to avoid a reload",
+        )
+
+
+def _drop_draft_if_short(
+    inp: PlanInput, load: LoadSettings, decide: Callable[[str, Any, str], None]
+) -> LoadSettings:
+    """Speed is worth less than context: a draft model that does not fit beside this context
+    is left out before the guard would shrink the context or refuse."""
+    assert inp.estimator and inp.meta
+    if not load.draft_path or inp.estimator(inp.meta, load) <= _available(inp):
+        return load
+    decide("spec", "none", "no-swap: the draft model does not fit beside this context")
+    return replace(load, speculative=None, draft_path=None)
+
+
 def _advise_env(
     inp: PlanInput,
     force_q8: bool,
@@ -457,11 +527,7 @@ def _guard(
 ) -> tuple[LoadSettings, str | None]:
     """No-swap guard: shrink the context until weights + KV + overhead fit, or refuse."""
     assert inp.estimator and inp.meta and inp.memory
-    available = inp.memory.available
-    if inp.loaded and inp.current is not None:
-        available += inp.estimator(inp.meta, inp.current)  # a reload frees the old instance
-    if inp.memory.cap is not None:
-        available = min(available, inp.memory.cap)
+    available = _available(inp)
     needed = inp.estimator(inp.meta, load)
     if needed <= available:
         return load, None
@@ -489,3 +555,14 @@ def _guard(
         f"{format_bytes(available)} available",
     )
     return replace(load, n_ctx=best), None
+
+
+def _available(inp: PlanInput) -> int:
+    """Bytes a new load may use: free memory (plus what a reload frees), within the budget."""
+    assert inp.estimator and inp.meta and inp.memory
+    available = inp.memory.available
+    if inp.loaded and inp.current is not None:
+        available += inp.estimator(inp.meta, inp.current)  # a reload frees the old instance
+    if inp.memory.cap is not None:
+        available = min(available, inp.memory.cap)
+    return available

@@ -100,6 +100,11 @@
 
   const num = (v, digits = 0) => (isNum(v) ? v.toFixed(digits) : "–");
   const isCacheHit = (r) => isNum(r.cached_tokens) && r.cached_tokens > 0;
+  // Speculative decoding: the share of drafted tokens the model accepted (null: no drafts).
+  const acceptance = (r) =>
+    isNum(r.draft_tokens) && r.draft_tokens > 0 && isNum(r.draft_accepted)
+      ? r.draft_accepted / r.draft_tokens : null;
+  const pct = (v) => (isNum(v) ? Math.round(v * 100) + "%" : "–");
 
   // A tick step of 1, 2, 2.5 or 5 × 10^k that splits [0, max] into at most `count` parts.
   function niceStep(max, count) {
@@ -334,6 +339,9 @@
       row("started", clock(r.started_at)),
       row("TTFT", ms(r.ttft_ms)),
       row("tokens/s", num(r.tokens_per_s, 1)),
+      acceptance(r) !== null
+        ? row("drafts accepted", num(r.draft_accepted) + " of " + num(r.draft_tokens) + " (" + pct(acceptance(r)) + ")")
+        : null,
       row("prompt (cached)", num(r.prompt_tokens) + " (" + num(r.cached_tokens) + ")"),
       row("completion", num(r.completion_tokens)),
       row("total", ms(r.total_ms)),
@@ -379,6 +387,8 @@
           el("td", { class: "num" }, num(r.prompt_tokens) + " (" + num(r.cached_tokens) + ")"),
           el("td", { class: "num" }, num(r.completion_tokens)),
           el("td", { class: "num" }, num(r.tokens_per_s, 1)),
+          el("td", { class: "num drafts", title: acceptance(r) === null ? "no speculative drafts"
+            : r.draft_accepted + " of " + r.draft_tokens + " drafted tokens accepted" }, pct(acceptance(r))),
           el("td", { class: "num" }, num(r.n_ctx)),
           flags);
       })
@@ -389,15 +399,20 @@
     const ttfts = state.requests.map((r) => r.ttft_ms).filter(isNum).sort((a, b) => a - b);
     const hits = state.requests.filter(isCacheHit).length;
     const reloads = state.requests.filter((r) => r.reloaded === true).length;
+    const drafted = state.requests.filter((r) => acceptance(r) !== null);
+    const draftTotal = drafted.reduce((sum, r) => sum + r.draft_tokens, 0);
+    const accepted = drafted.reduce((sum, r) => sum + r.draft_accepted, 0);
     $("requests-summary").textContent = n
       ? n + " recent · median TTFT " + ms(ttfts[Math.floor(ttfts.length / 2)]) + " · " + hits +
-        " cache hits · " + reloads + " reloads"
+        " cache hits · " + reloads + " reloads" +
+        (draftTotal ? " · drafts " + pct(accepted / draftTotal) + " accepted" : "")
       : "";
   }
 
   function settingsText(s) {
     if (!s || typeof s !== "object") return "";
-    const keep = ["n_ctx", "n_parallel", "n_threads", "cache_type_k", "cache_type_v", "flash_attn", "n_batch"];
+    const keep = ["n_ctx", "n_parallel", "n_threads", "cache_type_k", "cache_type_v", "flash_attn", "n_batch",
+      "speculative"];
     return Object.entries(s)
       .filter(([k, v]) => keep.includes(k) && v !== null && v !== undefined)
       .map(([k, v]) => k + "=" + v)
