@@ -181,6 +181,48 @@ def test_a_chat_request_shows_up_in_the_live_dashboard(tmp_path: Path, browser: 
 
 @pytest.mark.engine
 @needs_chromium
+def test_a_restored_conversation_is_marked_and_its_file_listed(
+    tmp_path: Path, browser: WebDriver
+) -> None:
+    """No host-RAM prompt cache: a conversation that lost its slot comes back from its file,
+    and the dashboard marks that request and lists the file with its restores."""
+    with BackgroundServer(create_app(_settings(tmp_path, prompt_cache_mib=0))) as server:
+        browser.get(server.url + "/dashboard")
+        _wait(browser, "status ok", lambda d: d.find_element(By.ID, "status-pill").text == "OK")
+        for conversation in ("a", "b", "a"):
+            reply = httpx.post(
+                server.url + "/v1/chat/completions",
+                json={
+                    "model": "gemma3:270m",
+                    "max_tokens": 2,
+                    "messages": [{"role": "user", "content": f"Conversation {conversation}."}],
+                },
+                headers={"X-Conversation-Id": conversation},
+                timeout=120,
+            )
+            assert reply.status_code == 200, reply.text
+        restored = httpx.get(server.url + "/api/requests?limit=1", timeout=30).json()
+        (last,) = restored["requests"]
+        assert last["kv"] == "restored"
+        point = f'#chart-ttft .point[data-request-id="{last["id"]}"]'
+        _wait(
+            browser,
+            "the restored request's point",
+            lambda d: d.find_elements(By.CSS_SELECTOR, point),
+        )
+        assert "restored" in browser.find_element(By.CSS_SELECTOR, point).get_attribute("class")
+        row = f'#requests-table tr[data-request-id="{last["id"]}"]'
+        assert "restored" in browser.find_element(By.CSS_SELECTOR, row).text
+        _wait(
+            browser,
+            "the saved KV files",
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, "#kv-table tbody tr")) == 2,
+        )
+        assert "files" in browser.find_element(By.ID, "kv-note").text
+
+
+@pytest.mark.engine
+@needs_chromium
 def test_a_keyed_server_s_dashboard_takes_the_key_from_the_url_or_the_form(
     tmp_path: Path, browser: WebDriver
 ) -> None:

@@ -100,6 +100,8 @@
 
   const num = (v, digits = 0) => (isNum(v) ? v.toFixed(digits) : "–");
   const isCacheHit = (r) => isNum(r.cached_tokens) && r.cached_tokens > 0;
+  // The conversation's KV came back from a file on disk (autotune's KV-cache manager).
+  const isRestored = (r) => r.kv === "restored";
   // Speculative decoding: the share of drafted tokens the model accepted (null: no drafts).
   const acceptance = (r) =>
     isNum(r.draft_tokens) && r.draft_tokens > 0 && isNum(r.draft_accepted)
@@ -308,12 +310,14 @@
       const xx = x(r.started_at);
       const g = svg("g", {
         class: "point" + (isCacheHit(r) ? " cache-hit" : "") + (r.reloaded ? " reload" : "") +
+          (isRestored(r) ? " restored" : "") +
           (r.status !== "ok" ? " failed" : ""),
         "data-request-id": r.id,
       });
       if (isNum(v)) {
         const yy = y(v);
         if (isCacheHit(r)) g.append(svg("circle", { class: "cache-ring", cx: xx, cy: yy, r: 7 }));
+        if (isRestored(r)) g.append(svg("rect", { class: "restore-mark", x: xx - 9, y: yy - 9, width: 18, height: 18 }));
         g.append(svg("circle", { class: "dot", cx: xx, cy: yy, r: 4, fill: r.status === "ok" ? color : cssVar("--red") }));
       } else {
         const yy = m.t + ih;
@@ -331,7 +335,8 @@
   function showTooltip(ev, r) {
     const tip = $("tooltip");
     const row = (k, v) => el("div", { class: "row" }, el("span", {}, k), el("span", {}, v));
-    const flags = [isCacheHit(r) ? "cache hit" : null, r.reloaded ? "reload" : null].filter(Boolean);
+    const flags = [isCacheHit(r) ? "cache hit" : null, isRestored(r) ? "KV restored from disk" : null,
+      r.reloaded ? "reload" : null].filter(Boolean);
     tip.replaceChildren(
       el("div", {}, el("b", {}, r.id)),
       row("model", r.model + " (" + r.backend + ")"),
@@ -372,6 +377,7 @@
       ...reqs.map((r) => {
         const flags = el("td", {},
           isCacheHit(r) ? el("span", { class: "flag flag-cache", title: r.cached_tokens + " prompt tokens reused" }, "cache") : null,
+          isRestored(r) ? el("span", { class: "flag flag-restored", title: "the conversation's KV was restored from disk" }, "restored") : null,
           r.reloaded ? el("span", { class: "flag flag-reload", title: "the model was (re)loaded for this request" }, "reload") : null);
         const isNew = !first && !state.seenIds.has(r.id);
         return el("tr", { "data-request-id": r.id, class: isNew ? "new-row" : null, title: r.plan || null },
@@ -399,12 +405,13 @@
     const ttfts = state.requests.map((r) => r.ttft_ms).filter(isNum).sort((a, b) => a - b);
     const hits = state.requests.filter(isCacheHit).length;
     const reloads = state.requests.filter((r) => r.reloaded === true).length;
+    const restores = state.requests.filter(isRestored).length;
     const drafted = state.requests.filter((r) => acceptance(r) !== null);
     const draftTotal = drafted.reduce((sum, r) => sum + r.draft_tokens, 0);
     const accepted = drafted.reduce((sum, r) => sum + r.draft_accepted, 0);
     $("requests-summary").textContent = n
       ? n + " recent · median TTFT " + ms(ttfts[Math.floor(ttfts.length / 2)]) + " · " + hits +
-        " cache hits · " + reloads + " reloads" +
+        " cache hits · " + restores + " restored from disk · " + reloads + " reloads" +
         (draftTotal ? " · drafts " + pct(accepted / draftTotal) + " accepted" : "")
       : "";
   }
@@ -471,6 +478,24 @@
     $("events-note").textContent = events.length ? events.length + " recent" : "";
   }
 
+  function renderKv(kv) {
+    const files = Array.isArray(kv.files) ? kv.files : [];
+    $("kv-note").textContent = kv.enabled
+      ? files.length + " files · " + bytes(kv.bytes) + " of " + bytes(kv.budget)
+      : "off (no engine with slots, or AUTOTUNE_KV_DISK_BUDGET=0)";
+    $("kv-table").querySelector("tbody").replaceChildren(
+      ...files.slice(0, TABLE_ROWS).map((f) =>
+        el("tr", {},
+          el("td", { class: "mono" }, f.conversation_id),
+          el("td", {}, f.model),
+          el("td", { class: "num" }, num(f.tokens)),
+          el("td", { class: "num" }, bytes(f.bytes)),
+          el("td", { class: "num" }, num(f.hits)),
+          el("td", {}, ago(f.last_used))))
+    );
+    $("kv-empty").hidden = files.length > 0;
+  }
+
   function renderEventsMissing() {
     $("events").replaceChildren();
     $("events-empty").hidden = false;
@@ -500,13 +525,14 @@
   async function poll() {
     state.polls += 1;
     const askEvents = !state.eventsMissing || state.polls % EVENTS_RETRY_POLLS === 0;
-    const [health, reqs, models, events] = await Promise.allSettled([
+    const [health, reqs, models, events, kv] = await Promise.allSettled([
       getJson("health"),
       getJson("api/requests?limit=" + CHART_REQUESTS),
       getJson("api/running_models"),
       askEvents ? getJson("api/events?limit=50") : Promise.resolve(null),
+      getJson("api/kv"),
     ]);
-    const results = [health, reqs, models, events];
+    const results = [health, reqs, models, events, kv];
     if (results.some((r) => r.status === "rejected" && r.reason instanceof AuthError)) {
       showAuth(Boolean(apiKey()));
       $("forget-key").hidden = !apiKey();
@@ -545,6 +571,8 @@
       } else failures.push("events");
     }
 
+    if (kv.status === "fulfilled") renderKv(kv.value);
+    else failures.push("saved KV caches");
     $("error-note").textContent = failures.length ? "could not read: " + failures.join(", ") : "";
     $("updated").textContent = "updated " + clock(Date.now() / 1000);
     document.body.dataset.polls = String(state.polls);
