@@ -144,12 +144,14 @@ class FakeBackend(Backend):
             raise NotSupported("this fake does not report load settings")
         return self._loaded.get(model)
 
-    async def load(self, model: str, settings: LoadSettings | None = None) -> None:
+    async def load(self, model: str, settings: LoadSettings | None = None) -> bool:
         wanted = settings or LoadSettings(n_ctx=4096)
-        if self._loaded.get(model) != wanted:  # like the embedded engine: same settings, no-op
-            if self.before_unload is not None and model in self._loaded:
-                await self.before_unload(model)
-            self._load(model, wanted)
+        if self._loaded.get(model) == wanted:  # like the embedded engine: same settings, no-op
+            return False
+        if self.before_unload is not None and model in self._loaded:
+            await self.before_unload(model)
+        self._load(model, wanted)
+        return True
 
     async def unload(self, model: str) -> None:
         if self.before_unload is not None and model in self._loaded:

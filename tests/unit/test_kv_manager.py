@@ -99,6 +99,10 @@ async def test_a_conversation_resumes_from_disk_after_a_restart(rig: Rig) -> Non
     assert third.stats.prompt_tokens - third.stats.cached_tokens <= 0.05 * third.stats.prompt_tokens
     assert "kv_cache=restore" in third.plan.summary()
     assert first.record.kv == "miss"
+    # The pipeline loads ahead of the stream on an engine with slots: the request that
+    # paid for the load still says so, and the next one does not.
+    assert (first.record.reloaded, second.record.reloaded) == (True, False)
+    assert third.record.reloaded is True
     await rig.stop(pipeline, engine)
 
 

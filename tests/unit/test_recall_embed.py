@@ -7,6 +7,7 @@ to it is the real :class:`OllamaBackend`.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -105,3 +106,16 @@ def test_importing_recall_loads_no_model_library() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_offline_embedder_leaves_the_hub_reachable_for_pulls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Loading the bundled MiniLM must not switch huggingface_hub offline for the whole
+    process: under ``serve`` the same process answers ``/api/pull`` (it once failed every
+    pull with OfflineModeIsEnabled after the first recall)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert MiniLMEmbedder().embed(["a pump reported readings"]).shape == (1, 384)
+    assert "HF_HUB_OFFLINE" not in os.environ
+    assert "TRANSFORMERS_OFFLINE" not in os.environ

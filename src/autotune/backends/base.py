@@ -72,7 +72,9 @@ class Backend(ABC):
     async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
         raise NotSupported(f"{self.name} has no embeddings endpoint.")
 
-    async def load(self, model: str, settings: LoadSettings | None = None) -> None:
+    async def load(self, model: str, settings: LoadSettings | None = None) -> bool:
+        """Load ``model`` (with ``settings``, where autotune chooses them); True when this
+        call started a load, False when the model was already loaded that way."""
         raise NotSupported(f"{self.name} does not let autotune load models.")
 
     async def unload(self, model: str) -> None:

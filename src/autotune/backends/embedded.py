@@ -83,14 +83,6 @@ class _Worker:
     api_key: str | None = field(default=None, repr=False)
     #: Unique per started worker: slot contents belong to one generation.
     generation: int = 0
-    #: No request has streamed from this worker yet: the first one reports the load as its
-    #: own, even when the pipeline loaded ahead of it (KV slots, exact token counts).
-    fresh: bool = True
-
-    def take_load(self, loaded_now: bool) -> bool:
-        """Whether the request starting now paid for this worker's load."""
-        reloaded, self.fresh = loaded_now or self.fresh, False
-        return reloaded
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -280,12 +272,11 @@ class EmbeddedBackend(Backend):
             raise UnsupportedOption(
                 "tools", "The embedded engine", f"{worker.name}'s chat template has no tool support"
             )
-        reloaded = worker.take_load(loaded_now)
         worker.in_flight += 1
         try:
             async for chunk in worker.client.stream_chat(request):
                 if chunk.stats is not None:
-                    chunk.stats.reloaded = reloaded
+                    chunk.stats.reloaded = loaded_now
                 yield chunk
         finally:
             worker.in_flight -= 1
@@ -302,12 +293,11 @@ class EmbeddedBackend(Backend):
     async def stream_completion(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
         """A text completion (or fill-in-the-middle) on the worker, loaded as planned."""
         worker, loaded_now = await self._ensure(request.model, request.load, request.keep_alive)
-        reloaded = worker.take_load(loaded_now)
         worker.in_flight += 1
         try:
             async for chunk in worker.client.stream_completion(request):
                 if chunk.stats is not None:
-                    chunk.stats.reloaded = reloaded
+                    chunk.stats.reloaded = loaded_now
                 yield chunk
         finally:
             worker.in_flight -= 1
@@ -321,8 +311,8 @@ class EmbeddedBackend(Backend):
 
     # ------------------------------------------------------------------ load / unload
 
-    async def load(self, model: str, settings: LoadSettings | None = None) -> None:
-        await self._ensure(model, settings, None)
+    async def load(self, model: str, settings: LoadSettings | None = None) -> bool:
+        return (await self._ensure(model, settings, None))[1]
 
     async def unload(self, model: str) -> None:
         async with self._get_lock():

@@ -600,13 +600,14 @@ class OpenAICompatBackend(Backend):
 
     # ---------------------------------------------------------------- load control (LM Studio)
 
-    async def load(self, model: str, settings: LoadSettings | None = None) -> None:
+    async def load(self, model: str, settings: LoadSettings | None = None) -> bool:
         await self.probe()
         if not self.capabilities.load_control:
             raise NotSupported(f"{self.engine} is loaded by whoever started it, not by autotune.")
         async with self._load_lock:
             if await self._lmstudio_load(model, settings, force=True) is None:
                 raise NotSupported(f"{self.engine} is too old to load models through its API.")
+        return True
 
     async def unload(self, model: str) -> None:
         await self.probe()

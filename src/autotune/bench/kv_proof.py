@@ -70,6 +70,8 @@ class KvSample:
     prefilled: int | None = None
     cached: int | None = None
     error: str | None = None
+    #: ``time.perf_counter()`` at the first content token.
+    first_at: float | None = None
 
 
 @dataclass
@@ -127,7 +129,8 @@ class _Raw:
                 return sample
             async for line in response.aiter_lines():
                 if line.startswith("data: {") and reply.add(Chunk(json.loads(line[6:]))):
-                    sample.ttft_ms = sample.ttft_ms or (time.perf_counter() - start) * 1000
+                    sample.first_at = sample.first_at or time.perf_counter()
+                    sample.ttft_ms = (sample.first_at - start) * 1000
         _timings(sample, reply.extra.get("timings"))
         return sample
 
@@ -177,8 +180,9 @@ class _Tuned:
                 )
             )
             async for _ in run:
-                if run.reply.text and sample.ttft_ms is None:
-                    sample.ttft_ms = (time.perf_counter() - start) * 1000
+                if run.reply.text and sample.first_at is None:
+                    sample.first_at = time.perf_counter()
+                    sample.ttft_ms = (sample.first_at - start) * 1000
         except Exception as exc:  # a failure is a figure too
             sample.error = f"{type(exc).__name__}: {exc}"
             return sample
@@ -268,9 +272,30 @@ async def _resume(ctx: _Context, raw: _Raw, tuned: _Tuned, runs: int) -> None:
             "resume",
             measured=False,
         )
-        await raw.start()  # the engine restarted: llama-server and autotune serve alike
-        await tuned.start()
-        await _turn(ctx, raw, tuned, conv, "Which units reported 'check'?", run + 1, "resume")
+        await _after_restart(ctx, raw, tuned, conv, "Which units reported 'check'?", run + 1)
+
+
+async def _after_restart(
+    ctx: _Context, raw: _Raw, tuned: _Tuned, conv: _Conversation, text: str, turn: int
+) -> None:
+    """Both engines stop; each side's wait runs from its restart to the first token (raw:
+    llama-server starts and loads the model; autotune: the runtime opens, and the request
+    loads the model and restores the conversation's KV)."""
+    await raw.stop()
+    await tuned.stop()
+    for side in (0, 1) if turn % 2 == 0 else (1, 0):
+        began = time.perf_counter()
+        if side == 0:
+            await raw.start()
+            sample = await raw.ask("resume", turn, conv.raw_turn(text))
+        else:
+            await tuned.start()
+            sample = await tuned.ask("resume", turn, conv.name, text)
+        if sample.first_at is not None:
+            sample.ttft_ms = (sample.first_at - began) * 1000
+        ctx.samples.append(sample)
+        ctx.tick(f"resume: turn {turn}")
+    conv.answered()
 
 
 async def _switch(
@@ -306,11 +331,16 @@ async def _grow(ctx: _Context, raw: _Raw, tuned: _Tuned, runs: int) -> None:
             ctx.tick("grow: turn 0")
         conv.answered()
         more = f"Log part two.\n{_document(1300, f'valve {run}')}\nAcknowledge."
-        await raw.start(n_ctx=4096)  # a raw user must relaunch llama-server with a bigger -c
+        # A raw user must relaunch llama-server with a bigger -c; autotune reloads to the next
+        # bucket inside the request. Both waits run from that moment to the first token.
+        began = time.perf_counter()
+        await raw.start(n_ctx=4096)
         samples = [
             await raw.ask("grow", run + 1, conv.raw_turn(more)),
             await tuned.ask("grow", run + 1, conv.name, more, profile="balanced"),
         ]
+        if samples[0].first_at is not None:
+            samples[0].ttft_ms = (samples[0].first_at - began) * 1000
         ctx.samples += samples
         ctx.tick("grow: turn 1")
         ctx.tick("grow: turn 1")
@@ -370,7 +400,7 @@ _RUNNERS: dict[str, Callable[..., Awaitable[None]]] = {
 }
 
 _DESCRIPTIONS = {
-    "resume": "a ~4,000-token conversation, the engine restarted, then one more turn",
+    "resume": "a ~4,000-token conversation; the engine restarts; one more turn, timed from restart",
     "switch": "4 conversations of ~1,000 tokens taking turns; llama.cpp's default RAM cache",
     "switch-bounded": f"the same, both sides' host-RAM prompt cache at {BOUNDED_CACHE_MIB} MiB",
     "grow": "a conversation that outgrows a 2,048-token context (raw: relaunched at 4,096)",

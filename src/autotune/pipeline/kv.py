@@ -180,12 +180,10 @@ class KvManager:
     async def pin(
         self, backend: Backend, model: str, plan: Plan, conversation: str | None
     ) -> Ticket | None:
-        """The act step for engines with slots: load as planned (so the slots are the ones
-        the request will meet), reserve a slot, save and restore; the plan records it."""
+        """The act step for engines with slots, run after the plan's load (so the slots are
+        the ones the request will meet): reserve a slot, save and restore; the plan records it."""
         if not backend.capabilities.slots:
             return None
-        if plan.load is not None:
-            await backend.load(model, plan.load)
         ticket = await self.reserve(backend, model, conversation)
         if ticket is None:
             return None

@@ -27,8 +27,8 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 from autotune.backends.base import Backend
@@ -38,20 +38,19 @@ from autotune.context.window import ContextWindow
 from autotune.ground.config import Settings
 from autotune.ground.errors import (
     BackendError,
-    InvalidRequest,
     ModelNotFound,
     StorageError,
     UpstreamError,
     error_summary,
 )
-from autotune.ground.profiles import Profile, get_profile
 from autotune.ground.records import RunRecord
-from autotune.ground.types import ChatRequest, Chunk
+from autotune.ground.types import ChatRequest, LoadSettings
 from autotune.hardware.sampler import Sampler
 from autotune.pipeline.admission import AdmissionQueue
 from autotune.pipeline.conversation import CompactionMemory, ConversationView, read_conversation
-from autotune.pipeline.decide import OVERFLOW_POLICIES, Decided, RequestFacts, decide
+from autotune.pipeline.decide import Decided, RequestFacts, decide
 from autotune.pipeline.gather import Gatherer, TunedLookup
+from autotune.pipeline.inputs import ChatInput, Opener, validate
 from autotune.pipeline.kv import KvManager
 from autotune.pipeline.run import ChatRun, Turn
 from autotune.pipeline.state import EngineState
@@ -60,38 +59,10 @@ from autotune.store.conversations import ConversationStore
 __all__ = ["ChatInput", "ChatRun", "Observer", "Opener", "Pipeline", "TunedLookup"]
 
 Observer = Callable[[RunRecord], Awaitable[None] | None]
-#: Opens the engine stream of a planned request; the default is ``backend.stream_chat``
-#: (the completions entry point opens ``backend.stream_completion`` instead).
-Opener = Callable[[Backend, ChatRequest], AsyncIterator[Chunk]]
 #: Above this many messages a context fit (0.1-0.4 s) runs off the event loop.
 _FIT_IN_THREAD = 40
 #: llama.cpp's answer to a prompt over its context (HTTP 400 exceed_context_size_error).
 _ENGINE_CONTEXT_FULL = re.compile(r"exceeds the available context size", re.IGNORECASE)
-
-
-@dataclass
-class ChatInput:
-    """One chat request as a client put it."""
-
-    messages: list[dict[str, Any]]
-    model: str | None = None
-    #: OpenAI fields other than model/messages/stream (never None values).
-    params: dict[str, Any] = field(default_factory=dict)
-    profile: str | None = None
-    conversation_id: str | None = None
-    #: Store this turn in the conversation (defaults to: a conversation id was given).
-    persist: bool | None = None
-    source: str = "api"
-    #: What to do when the newest message cannot fit: "refuse" (400) or "truncate-oldest".
-    overflow: str | None = None
-    #: How to open the engine stream once planned (None: a chat stream).
-    opener: Opener | None = None
-    #: The least context the client asks for (Ollama's ``num_ctx``): a floor on the planner's
-    #: need, still through the sticky buckets and the profile's cap — never a reload per request.
-    min_context: int | None = None
-    #: Seconds the model stays loaded after this request (negative: forever; 0: unload when
-    #: idle); None keeps AUTOTUNE_KEEP_ALIVE.
-    keep_alive: float | None = None
 
 
 class Pipeline:
@@ -154,7 +125,7 @@ class Pipeline:
 
     async def start(self, inp: ChatInput) -> ChatRun:
         """Everything up to the engine's first chunk; raises BackendError with a real status."""
-        profile, overflow = self._validate(inp)
+        profile, overflow = validate(inp, self.settings.profile)
         asked = inp.model or self.settings.default_model
         backend, name = await self.backends.resolve(asked)
         view = await read_conversation(self.store, inp.conversation_id, inp.messages)
@@ -182,7 +153,7 @@ class Pipeline:
                 keep_alive=inp.keep_alive,
             )
             for attempt in (1, 2):
-                decided = await self._decide(backend, name, facts, view.conversation_id)
+                decided = await self._decide(backend, name, facts, view.conversation_id, record)
                 try:
                     return await self._act(backend, name, inp, view, decided, record, started)
                 except UpstreamError as exc:
@@ -202,24 +173,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------ steps
 
-    def _validate(self, inp: ChatInput) -> tuple[Profile, str]:
-        if not inp.messages:
-            raise InvalidRequest("messages must hold at least one message.", param="messages")
-        try:
-            profile = get_profile(inp.profile or self.settings.profile)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param="X-Autotune-Profile") from None
-        overflow = (inp.overflow or "refuse").strip().lower()
-        if overflow not in OVERFLOW_POLICIES:
-            raise InvalidRequest(
-                f"Unknown overflow policy {inp.overflow!r}; choose one of "
-                f"{', '.join(OVERFLOW_POLICIES)}.",
-                param="X-Autotune-Overflow",
-            )
-        return profile, overflow
-
     async def _decide(
-        self, backend: Backend, model: str, facts: RequestFacts, conversation_id: str | None
+        self,
+        backend: Backend,
+        model: str,
+        facts: RequestFacts,
+        conversation_id: str | None,
+        record: RunRecord,
     ) -> Decided:
         """Gather the snapshot and decide; once more after loading if counts were estimates."""
         key = self.compactions.key(backend.name, model, conversation_id, facts.messages)
@@ -235,8 +195,7 @@ class Pipeline:
                 break
             # The estimate said "too long"; the engine can count exactly once the model is
             # loaded: load it (as the plan would), then count and decide again.
-            self.state.remember_load(backend, model, decided.plan.load)
-            await backend.load(model, decided.plan.load)
+            await self._load(backend, model, decided.plan.load, record)
         self.compactions.put(key, decided.compaction)
         return decided
 
@@ -253,7 +212,9 @@ class Pipeline:
         plan = decided.plan
         params = {**plan.params, **inp.params}  # the client's own values win
         ticket = None
-        if self.kv is not None:
+        if self.kv is not None and backend.capabilities.slots:
+            if plan.load is not None:  # first, so the slots pinned are the ones it will meet
+                await self._load(backend, model, plan.load, record)
             ticket = await self.kv.pin(backend, model, plan, view.conversation_id)
             if ticket is not None and ticket.plan.slot is not None:
                 params["id_slot"] = ticket.plan.slot  # llama.cpp: run on this slot
@@ -321,6 +282,14 @@ class Pipeline:
             started=started,
             turn=turn,
         )
+
+    async def _load(
+        self, backend: Backend, model: str, settings: LoadSettings, record: RunRecord
+    ) -> None:
+        """Load ahead of the engine stream; the record keeps that this request paid for it."""
+        self.state.remember_load(backend, model, settings)
+        if await backend.load(model, settings):
+            record.reloaded = True
 
     async def _set_priority(self, backend: Backend, model: str, nice: int, reloaded: bool) -> None:
         """The engine process's OS priority, once per load rather than on every request."""

@@ -215,7 +215,7 @@ def _engine_figures(record: RunRecord, stats: EngineStats | None) -> None:
         stats.load_ms,
     )
     record.tokens_per_s = stats.decode_tps
-    record.reloaded = stats.reloaded
+    record.reloaded = True if record.reloaded else stats.reloaded  # a load ahead counts too
     record.engine_timings = dict(stats.raw)
     timings = stats.raw.get("timings") or {}  # llama.cpp counts speculative drafts here
     record.draft_tokens = timings.get("draft_n")

