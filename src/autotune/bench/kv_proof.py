@@ -70,8 +70,6 @@ class KvSample:
     prefilled: int | None = None
     cached: int | None = None
     error: str | None = None
-    #: ``time.perf_counter()`` at the first content token.
-    first_at: float | None = None
 
 
 @dataclass
@@ -114,12 +112,15 @@ class _Raw:
             await asyncio.to_thread(stop_worker, self.proc)
             self.proc = None
 
-    async def ask(self, scenario: str, turn: int, messages: Messages) -> KvSample:
+    async def ask(
+        self, scenario: str, turn: int, messages: Messages, since: float | None = None
+    ) -> KvSample:
+        """One turn; its wait runs from ``since`` (a restart) when given, else from now."""
         assert self.http is not None
         sample = KvSample("raw", scenario, turn)
         body = {"model": self.name, "messages": messages, "max_tokens": 8, "temperature": 0}
         reply = Reply()
-        start = time.perf_counter()
+        start = since or time.perf_counter()
         async with self.http.stream(
             "POST", "/v1/chat/completions", json={**body, "stream": True}
         ) as response:
@@ -129,8 +130,7 @@ class _Raw:
                 return sample
             async for line in response.aiter_lines():
                 if line.startswith("data: {") and reply.add(Chunk(json.loads(line[6:]))):
-                    sample.first_at = sample.first_at or time.perf_counter()
-                    sample.ttft_ms = (sample.first_at - start) * 1000
+                    sample.ttft_ms = sample.ttft_ms or (time.perf_counter() - start) * 1000
         _timings(sample, reply.extra.get("timings"))
         return sample
 
@@ -163,12 +163,19 @@ class _Tuned:
         return self.written + (kv.bytes_written if kv is not None else 0)
 
     async def ask(
-        self, scenario: str, turn: int, conversation: str, text: str, **extra: Any
+        self,
+        scenario: str,
+        turn: int,
+        conversation: str,
+        text: str,
+        since: float | None = None,
+        **extra: Any,
     ) -> KvSample:
+        """One turn; its wait runs from ``since`` (a restart) when given, else from now."""
         assert self.runtime is not None
         self.asks += 1
         sample = KvSample("autotune", scenario, turn)
-        start = time.perf_counter()
+        start = since or time.perf_counter()
         try:
             run = await self.runtime.pipeline.start(
                 ChatInput(
@@ -180,9 +187,8 @@ class _Tuned:
                 )
             )
             async for _ in run:
-                if run.reply.text and sample.first_at is None:
-                    sample.first_at = time.perf_counter()
-                    sample.ttft_ms = (sample.first_at - start) * 1000
+                if run.reply.text and sample.ttft_ms is None:
+                    sample.ttft_ms = (time.perf_counter() - start) * 1000
         except Exception as exc:  # a failure is a figure too
             sample.error = f"{type(exc).__name__}: {exc}"
             return sample
@@ -287,12 +293,10 @@ async def _after_restart(
         began = time.perf_counter()
         if side == 0:
             await raw.start()
-            sample = await raw.ask("resume", turn, conv.raw_turn(text))
+            sample = await raw.ask("resume", turn, conv.raw_turn(text), since=began)
         else:
             await tuned.start()
-            sample = await tuned.ask("resume", turn, conv.name, text)
-        if sample.first_at is not None:
-            sample.ttft_ms = (sample.first_at - began) * 1000
+            sample = await tuned.ask("resume", turn, conv.name, text, since=began)
         ctx.samples.append(sample)
         ctx.tick(f"resume: turn {turn}")
     conv.answered()
@@ -317,31 +321,22 @@ async def _switch(
 
 
 async def _grow(ctx: _Context, raw: _Raw, tuned: _Tuned, runs: int) -> None:
+    """Both sides with the same settings: a first part that fits 2,048 tokens, then a second
+    that does not. A raw user must relaunch llama-server with a bigger -c; autotune reloads
+    to the next bucket inside the request. Both waits run from that moment."""
     for run in range(runs):
         conv = _Conversation(f"grow-{run}")
         await raw.start(n_ctx=2048)
         await tuned.start()
-        first = f"Log part one.\n{_document(1100, f'pump {run}')}\nAcknowledge."
-        order = [("raw", first), ("autotune", first)]
-        for side, text in order:
-            if side == "raw":
-                await raw.ask("grow", 0, conv.raw_turn(text))
-            else:
-                await tuned.ask("grow", 0, conv.name, text, profile="fast")
-            ctx.tick("grow: turn 0")
-        conv.answered()
-        more = f"Log part two.\n{_document(1300, f'valve {run}')}\nAcknowledge."
-        # A raw user must relaunch llama-server with a bigger -c; autotune reloads to the next
-        # bucket inside the request. Both waits run from that moment to the first token.
+        first = f"Log part one.\n{_document(800, f'pump {run}')}\nAcknowledge."
+        await _turn(ctx, raw, tuned, conv, first, 0, "grow", measured=False)
+        more = f"Log part two.\n{_document(1100, f'valve {run}')}\nAcknowledge."
         began = time.perf_counter()
         await raw.start(n_ctx=4096)
-        samples = [
-            await raw.ask("grow", run + 1, conv.raw_turn(more)),
-            await tuned.ask("grow", run + 1, conv.name, more, profile="balanced"),
-        ]
-        if samples[0].first_at is not None:
-            samples[0].ttft_ms = (samples[0].first_at - began) * 1000
-        ctx.samples += samples
+        ctx.samples.append(await raw.ask("grow", run + 1, conv.raw_turn(more), since=began))
+        # The same request on both sides: a 4,096-token context (Ollama's num_ctx), so
+        # autotune keeps the whole history rather than compacting it into 2,048.
+        ctx.samples.append(await tuned.ask("grow", run + 1, conv.name, more, min_context=4096))
         ctx.tick("grow: turn 1")
         ctx.tick("grow: turn 1")
         conv.answered()

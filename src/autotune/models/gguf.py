@@ -1,9 +1,11 @@
 """Reads the architecture facts of a GGUF file into a :class:`ModelMeta`, with an on-disk cache.
 
-``gguf.GGUFReader`` parses every tokenizer array eagerly: 1.7 s for the bundled 49k-vocab
-model on this machine, several seconds for 150k-vocab models. Results are therefore cached
-in ``<home>/cache/gguf-meta.json``, keyed by the resolved path and checked against the
-file's size and mtime, so listing many models stays fast after the first look.
+The header is read by :mod:`autotune.models.gguf_header`, which only counts the tokenizer's
+arrays: tens of milliseconds even for a 262k vocabulary (``gguf.GGUFReader``, which decodes
+them, took 1.9 s for the bundled SmolLM2 and 8.8 s for Gemma-3-270M). Results are still
+cached in ``<home>/cache/gguf-meta.json``, keyed by the resolved path and checked against
+the file's size and mtime: a listing of many models then opens no model file at all, and a
+split model's other shards are not read again.
 
 Sliding-window (SWA) layers are worked out the way llama.cpp does it (``llama_hparams::
 set_swa_pattern`` and each architecture's loader), from the keys the file actually has:
@@ -30,16 +32,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import mmap
 import os
 import re
-import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autotune.ground.types import ModelMeta
+from autotune.models.gguf_header import GGUF_MAGIC, Header, HeaderError, read_header
 
 __all__ = [
     "GGUF_MAGIC",
@@ -53,8 +54,6 @@ __all__ = [
     "split_parts",
     "vocabulary_mismatch",
 ]
-
-GGUF_MAGIC = b"GGUF"
 
 #: Architecture → (period, dense_first, default window or None), from llama.cpp's loaders
 #: (``hparams.set_swa_pattern(period[, dense_first])`` in ``llama-model.cpp``).
@@ -92,104 +91,47 @@ def is_gguf(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-#: Byte sizes of the fixed-size GGUF value types (``gguf.GGUFValueType``: 0–7, 10–12).
-_VALUE_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY = 8, 9
-
-
 def check_gguf(path: str | os.PathLike[str]) -> str | None:
     """None when the file is a complete GGUF, else a short reason (never raises).
 
-    Walks the header the way a loader would, without decoding values: magic, version,
-    metadata lengths, the tensor table, and whether the file is long enough for every
+    Reads the header the way a loader would (magic, version, metadata, the tensor table,
+    tokenizer arrays only counted) and checks that the file is long enough for every
     tensor's data. About 10 ms for a 49k-vocab model, so discovery can afford it.
     """
     try:
-        size = os.path.getsize(path)
-        if size == 0:
-            return "empty file"
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-            if head != GGUF_MAGIC:
-                return f"not a GGUF file (starts with {head!r})"
-            if size < 24:
-                return f"truncated: {size} bytes, shorter than a GGUF header"
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                return _walk(mm, size)
+        _checked_header(path)
+    except HeaderError as exc:
+        return str(exc)
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}"
-    except (struct.error, ValueError, LookupError, OverflowError, MemoryError, RecursionError):
-        return "truncated or corrupt: the header does not parse within the file"
+    return None
 
 
-def _walk(mm: mmap.mmap, size: int) -> str | None:
-    (version,) = struct.unpack_from("<I", mm, 4)
-    order = "<" if version < 0x10000 else ">"  # a big-endian file shows a byte-swapped version
-    (version,) = struct.unpack_from(order + "I", mm, 4)
-    if version < 2:
-        return f"GGUF version {version} is no longer supported by llama.cpp"
-    u32 = struct.Struct(order + "I").unpack_from
-    u64 = struct.Struct(order + "Q").unpack_from
-    (n_tensors,) = u64(mm, 8)
-    (n_kv,) = u64(mm, 16)
-    off = 24
-    alignment = 32
+def _checked_header(path: str | os.PathLike[str]) -> Header:
+    """The header of a complete GGUF file; :class:`HeaderError` names what is wrong."""
+    size = os.path.getsize(path)
+    header = read_header(path)
+    data_end = _data_end(header)
+    if header.data_start + data_end > size:
+        raise HeaderError(
+            f"truncated: tensor data needs {header.data_start + data_end:,} bytes, "
+            f"file has {size:,}"
+        )
+    return header
 
-    def skip_value(kind: int, off: int) -> int:
-        if kind == _STRING:
-            return off + 8 + u64(mm, off)[0]
-        if kind == _ARRAY:
-            item = u32(mm, off)[0]
-            count = u64(mm, off + 4)[0]
-            off += 12
-            if item in _VALUE_SIZES:
-                return off + count * _VALUE_SIZES[item]
-            for _ in range(count):
-                off = skip_value(item, off)
-                if off > size:
-                    break
-            return off
-        return off + _VALUE_SIZES[kind]
 
-    for _ in range(n_kv):
-        (key_len,) = u64(mm, off)
-        key = mm[off + 8 : off + 8 + key_len]
-        off += 8 + key_len
-        (kind,) = u32(mm, off)
-        off += 4
-        if key == b"general.alignment" and kind == 4:
-            (alignment,) = u32(mm, off)
-        off = skip_value(kind, off)
-        if off > size:
-            return "truncated: the metadata runs past the end of the file"
+def _data_end(header: Header) -> int:
+    """Where the last tensor's data ends, counted from the start of the tensor data."""
     import gguf  # deferred: pulls in numpy
 
     data_end = 0
-    for _ in range(n_tensors):
-        (name_len,) = u64(mm, off)
-        off += 8 + name_len
-        (n_dims,) = u32(mm, off)
-        if n_dims > 8:  # ggml tensors have at most 4 dimensions
-            return f"corrupt tensor table ({n_dims} dimensions)"
-        dims = struct.unpack_from(f"{order}{n_dims}Q", mm, off + 4)
-        off += 4 + 8 * n_dims
-        (kind,) = u32(mm, off)
-        (offset,) = u64(mm, off + 4)
-        off += 12
+    for tensor in header.tensors:
         try:
-            block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
+            block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(tensor.type)]
         except (KeyError, ValueError):
             continue  # a tensor type newer than this gguf package: its size is unknown
-        elements = 1
-        for dim in dims:
-            elements *= dim
-        data_end = max(data_end, offset + elements // block * type_size)
-    if off > size:
-        return "truncated: the tensor table runs past the end of the file"
-    data_start = off + (-off % (alignment or 32))
-    if data_start + data_end > size:
-        return f"truncated: tensor data needs {data_start + data_end:,} bytes, file has {size:,}"
-    return None
+        data_end = max(data_end, tensor.offset + tensor.n_elements // block * type_size)
+    return data_end
 
 
 def split_parts(path: str | os.PathLike[str]) -> tuple[int, int] | None:
@@ -224,10 +166,13 @@ def read_gguf_meta(
         if cached is not None:  # only complete files are cached, and this one is unchanged
             return dataclasses.replace(cached, name=name, path=str(path))
 
-    problem = check_gguf(real)
-    if problem is not None:
-        raise GGUFError(f"{display}: {problem}.")
-    meta = _parse(real, display)
+    try:
+        header = _checked_header(real)
+    except HeaderError as exc:
+        raise GGUFError(f"{display}: {exc}.") from None
+    except OSError as exc:
+        raise GGUFError(f"{display}: cannot read: {exc.strerror or exc}.") from None
+    meta = _parse(header, real, display)
     meta = dataclasses.replace(meta, name=name, path=str(path))
     if use_cache:
         _cache_put(key, stat.st_size, stat.st_mtime_ns, meta)
@@ -252,31 +197,18 @@ def _check_magic(path: Path, display: str) -> None:
         raise GGUFError(f"{display}: not a GGUF file (starts with {head!r}, expected b'GGUF').")
 
 
-def _open_reader(path: Path, display: str) -> Any:
-    import gguf  # deferred: importing gguf pulls in numpy and costs ~0.2 s
-
+def _open_header(path: Path, display: str) -> Header:
     try:
-        return gguf.GGUFReader(path)
-    except Exception as exc:  # the reader raises struct/numpy/value errors on bad bytes
-        raise GGUFError(
-            f"{display}: unreadable GGUF file ({type(exc).__name__}: {_one_line(exc)})."
-        ) from None
+        return read_header(path)
+    except HeaderError as exc:
+        raise GGUFError(f"{display}: {exc}.") from None
+    except OSError as exc:
+        raise GGUFError(f"{display}: cannot read the file ({_one_line(exc)}).") from None
 
 
-def _field(reader: Any, key: str) -> Any:
-    """A scalar, string or list value of ``key``, or None when the key is absent."""
-    field = reader.fields.get(key)
-    if field is None:
-        return None
-    value = field.contents()
-    if isinstance(value, list):
-        return [v.item() if hasattr(v, "item") else v for v in value]
-    return value.item() if hasattr(value, "item") else value
-
-
-def _array_len(reader: Any, key: str) -> int | None:
-    field = reader.fields.get(key)
-    return None if field is None else len(field.data)
+def _field(header: Header, key: str) -> Any:
+    """A scalar, string or (short) list value of ``key``, or None when the key is absent."""
+    return header.fields.get(key)
 
 
 def _as_int(value: Any) -> int | None:
@@ -305,18 +237,18 @@ def _swa_pattern(n_layer: int, period: int, dense_first: bool) -> list[bool]:
 
 
 def _sliding_window(
-    reader: Any, arch: str, n_layer: int | None
+    header: Header, arch: str, n_layer: int | None
 ) -> tuple[int | None, list[bool] | None]:
     """The window and per-layer SWA flags, following the rules in the module docstring."""
     known = SWA_PATTERNS.get(arch)
-    window = _as_int(_field(reader, f"{arch}.attention.sliding_window"))
+    window = _as_int(_field(header, f"{arch}.attention.sliding_window"))
     if window is None and known is not None:
         window = known[2]
     if not window or not n_layer:
         return None, None
     if arch == "exaone4" and n_layer != 64:
         return None, None
-    pattern = _field(reader, f"{arch}.attention.sliding_window_pattern")
+    pattern = _field(header, f"{arch}.attention.sliding_window_pattern")
     if isinstance(pattern, list):
         flags = [bool(v) for v in pattern]
         flags = (flags + [False] * n_layer)[:n_layer]
@@ -331,10 +263,10 @@ def _sliding_window(
     return window, flags
 
 
-def _quantization(reader: Any) -> str | None:
+def _quantization(header: Header) -> str | None:
     import gguf
 
-    file_type = _as_int(_field(reader, "general.file_type"))
+    file_type = _as_int(_field(header, "general.file_type"))
     if file_type is not None:
         try:
             name = gguf.LlamaFileType(file_type).name
@@ -343,10 +275,20 @@ def _quantization(reader: Any) -> str | None:
         return name.removeprefix("MOSTLY_").removeprefix("ALL_")
     # No file type recorded: name the tensor type that holds most of the matrix weights.
     weights: Counter[str] = Counter()
-    for tensor in reader.tensors:
-        if len(tensor.shape) >= 2:
-            weights[tensor.tensor_type.name] += int(tensor.n_elements)
+    for tensor in header.tensors:
+        if len(tensor.dims) >= 2:
+            weights[_type_name(tensor.type)] += tensor.n_elements
     return weights.most_common(1)[0][0] if weights else None
+
+
+def _type_name(kind: int) -> str:
+    """A ggml tensor type's name (``Q4_K``), or ``type N`` for one newer than this gguf."""
+    import gguf
+
+    try:
+        return str(gguf.GGMLQuantizationType(kind).name)
+    except ValueError:
+        return f"type {kind}"
 
 
 def _shard_paths(path: Path, display: str) -> list[Path]:
@@ -366,38 +308,35 @@ def _shard_paths(path: Path, display: str) -> list[Path]:
     return shards
 
 
-def _parse(path: Path, display: str) -> ModelMeta:
-    reader = _open_reader(path, display)
+def _parse(header: Header, path: Path, display: str) -> ModelMeta:
     try:
-        return _meta_from_reader(reader, path, display)
+        return _meta_from_header(header, path, display)
     except GGUFError:
         raise
     except Exception as exc:
         raise GGUFError(
             f"{display}: unreadable GGUF metadata ({type(exc).__name__}: {_one_line(exc)})."
         ) from None
-    finally:
-        del reader
 
 
-def _meta_from_reader(reader: Any, path: Path, display: str) -> ModelMeta:
-    arch = _field(reader, "general.architecture")
+def _meta_from_header(header: Header, path: Path, display: str) -> ModelMeta:
+    arch = _field(header, "general.architecture")
     arch = arch if isinstance(arch, str) else None
     a = arch or ""
 
-    n_layer = _as_int(_field(reader, f"{a}.block_count"))
-    head_count, head_count_kv = _head_counts(reader, a, n_layer)
-    embedding_length = _as_int(_field(reader, f"{a}.embedding_length"))
+    n_layer = _as_int(_field(header, f"{a}.block_count"))
+    head_count, head_count_kv = _head_counts(header, a, n_layer)
+    embedding_length = _as_int(_field(header, f"{a}.embedding_length"))
     default_head_dim = embedding_length // head_count if embedding_length and head_count else None
-    key_length = _as_int(_field(reader, f"{a}.attention.key_length")) or default_head_dim
-    value_length = _as_int(_field(reader, f"{a}.attention.value_length")) or default_head_dim
-    window, swa_layers = _sliding_window(reader, a, n_layer)
+    key_length = _as_int(_field(header, f"{a}.attention.key_length")) or default_head_dim
+    value_length = _as_int(_field(header, f"{a}.attention.value_length")) or default_head_dim
+    window, swa_layers = _sliding_window(header, a, n_layer)
 
     shards = _shard_paths(path, display)
     size_bytes = sum(p.stat().st_size for p in shards)
-    parameter_count = _parameter_count(reader, shards)
-    vocab_size = _as_int(_field(reader, f"{a}.vocab_size")) or _array_len(
-        reader, "tokenizer.ggml.tokens"
+    parameter_count = _parameter_count(header, shards)
+    vocab_size = _as_int(_field(header, f"{a}.vocab_size")) or header.array_lengths.get(
+        "tokenizer.ggml.tokens"
     )
     return ModelMeta(
         name=path.stem,
@@ -411,11 +350,11 @@ def _meta_from_reader(reader: Any, path: Path, display: str) -> ModelMeta:
         value_length=value_length,
         sliding_window=window,
         swa_layers=swa_layers,
-        context_length=_as_int(_field(reader, f"{a}.context_length")),
+        context_length=_as_int(_field(header, f"{a}.context_length")),
         vocab_size=vocab_size,
-        expert_count=_as_int(_field(reader, f"{a}.expert_count")) or None,
-        expert_used_count=_as_int(_field(reader, f"{a}.expert_used_count")) or None,
-        quantization=_quantization(reader),
+        expert_count=_as_int(_field(header, f"{a}.expert_count")) or None,
+        expert_used_count=_as_int(_field(header, f"{a}.expert_used_count")) or None,
+        quantization=_quantization(header),
         size_bytes=size_bytes,
         path=str(path),
         family=arch,
@@ -423,11 +362,11 @@ def _meta_from_reader(reader: Any, path: Path, display: str) -> ModelMeta:
 
 
 def _head_counts(
-    reader: Any, arch: str, n_layer: int | None
+    header: Header, arch: str, n_layer: int | None
 ) -> tuple[int | None, int | list[int] | None]:
     """The model-wide attention head count, and the KV heads (one number, or per layer)."""
-    head_count_raw = _per_layer(_field(reader, f"{arch}.attention.head_count"), n_layer)
-    head_count_kv = _per_layer(_field(reader, f"{arch}.attention.head_count_kv"), n_layer)
+    head_count_raw = _per_layer(_field(header, f"{arch}.attention.head_count"), n_layer)
+    head_count_kv = _per_layer(_field(header, f"{arch}.attention.head_count_kv"), n_layer)
     # The model-wide head count is the largest per-layer value (OpenELM varies it by layer).
     if isinstance(head_count_raw, list):
         head_count = max(head_count_raw) if head_count_raw else None
@@ -435,16 +374,16 @@ def _head_counts(
         head_count = head_count_raw
     if head_count_kv is None:
         head_count_kv = head_count_raw  # llama.cpp: n_head_kv defaults to n_head
-    return head_count, _without_cacheless_layers(reader, arch, n_layer, head_count_kv)
+    return head_count, _without_cacheless_layers(header, arch, n_layer, head_count_kv)
 
 
 def _without_cacheless_layers(
-    reader: Any, arch: str, n_layer: int | None, head_count_kv: int | list[int] | None
+    header: Header, arch: str, n_layer: int | None, head_count_kv: int | list[int] | None
 ) -> int | list[int] | None:
     """KV heads with 0 for the layers that keep no KV cache of their own (recurrent layers
     between full-attention ones, layers that share an earlier layer's KV)."""
-    full_every = _as_int(_field(reader, f"{arch}.full_attention_interval"))
-    shared_kv = _as_int(_field(reader, f"{arch}.attention.shared_kv_layers"))
+    full_every = _as_int(_field(header, f"{arch}.full_attention_interval"))
+    shared_kv = _as_int(_field(header, f"{arch}.attention.shared_kv_layers"))
     if not (n_layer and head_count_kv is not None and (full_every or shared_kv)):
         return head_count_kv
     per_layer = (
@@ -457,16 +396,14 @@ def _without_cacheless_layers(
     return per_layer
 
 
-def _parameter_count(reader: Any, shards: list[Path]) -> int:
+def _parameter_count(header: Header, shards: list[Path]) -> int:
     """``general.parameter_count``, else the elements of every tensor in every shard."""
-    recorded = _as_int(_field(reader, "general.parameter_count"))
+    recorded = _as_int(_field(header, "general.parameter_count"))
     if recorded is not None:
         return recorded
-    total = sum(int(t.n_elements) for t in reader.tensors)
+    total = sum(t.n_elements for t in header.tensors)
     for shard in shards[1:]:
-        other = _open_reader(shard, str(shard))
-        total += sum(int(t.n_elements) for t in other.tensors)
-        del other
+        total += sum(t.n_elements for t in _open_header(shard, str(shard)).tensors)
     return total
 
 
@@ -548,14 +485,7 @@ def _cache_put(key: str, size: int, mtime_ns: int, meta: ModelMeta) -> None:
 VOCAB_MAX_SIZE_DIFFERENCE = 128
 VOCAB_CHECK_START_ID = 5
 
-_TOKENIZER_KEYS = {
-    b"tokenizer.ggml.model": "model",
-    b"tokenizer.ggml.tokens": "tokens",
-    b"tokenizer.ggml.bos_token_id": "bos",
-    b"tokenizer.ggml.eos_token_id": "eos",
-    b"tokenizer.ggml.add_bos_token": "add_bos",
-    b"tokenizer.ggml.add_eos_token": "add_eos",
-}
+_TOKENS = "tokenizer.ggml.tokens"
 
 
 @dataclass(frozen=True)
@@ -584,73 +514,34 @@ def read_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
     display = str(path)
     _check_magic(Path(path), display)
     try:
-        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            found = _tokenizer_values(mm, len(mm))
+        fields = read_header(path, keep_strings=(_TOKENS,)).fields
     except OSError as exc:
         raise GGUFError(f"{display}: cannot read the file ({_one_line(exc)}).") from None
-    except (struct.error, ValueError, LookupError, OverflowError, MemoryError):
-        raise GGUFError(f"{display}: truncated or corrupt GGUF header.") from None
-    tokens = found.get("tokens")
-    model = found.get("model")
+    except HeaderError as exc:
+        raise GGUFError(f"{display}: {exc}.") from None
+    tokens = fields.get(_TOKENS)
+    model = fields.get("tokenizer.ggml.model")
     return Vocabulary(
-        model=model.decode("utf-8", "replace") if isinstance(model, bytes) else None,
-        tokens=tuple(tokens) if isinstance(tokens, list) else (),
-        bos=found.get("bos"),
-        eos=found.get("eos"),
-        add_bos=None if found.get("add_bos") is None else bool(found["add_bos"]),
-        add_eos=None if found.get("add_eos") is None else bool(found["add_eos"]),
+        model=model if isinstance(model, str) else None,
+        tokens=tuple(tokens) if isinstance(tokens, list) and _all_bytes(tokens) else (),
+        bos=_token_id(fields.get("tokenizer.ggml.bos_token_id")),
+        eos=_token_id(fields.get("tokenizer.ggml.eos_token_id")),
+        add_bos=_flag(fields.get("tokenizer.ggml.add_bos_token")),
+        add_eos=_flag(fields.get("tokenizer.ggml.add_eos_token")),
     )
 
 
-def _tokenizer_values(mm: mmap.mmap, size: int) -> dict[str, Any]:
-    """The tokenizer keys' values from the metadata header (strings as bytes)."""
-    (version,) = struct.unpack_from("<I", mm, 4)
-    order = "<" if version < 0x10000 else ">"
-    u32 = struct.Struct(order + "I").unpack_from
-    u64 = struct.Struct(order + "Q").unpack_from
-    scalars = {4: order + "I", 5: order + "i", 7: "B", 10: order + "Q", 11: order + "q"}
-    (n_kv,) = u64(mm, 16)
-    off = 24
-    found: dict[str, Any] = {}
+def _all_bytes(items: list[Any]) -> bool:
+    """Whether a GGUF array holds strings read as bytes (its items all have one type)."""
+    return not items or isinstance(items[0], bytes)
 
-    def string(off: int) -> tuple[bytes, int]:
-        (n,) = u64(mm, off)
-        if off + 8 + n > size:
-            raise ValueError("string past the end of the file")
-        return bytes(mm[off + 8 : off + 8 + n]), off + 8 + n
 
-    def skip(kind: int, off: int) -> int:
-        if kind == _STRING:
-            return string(off)[1]
-        if kind == _ARRAY:
-            item, count = u32(mm, off)[0], u64(mm, off + 4)[0]
-            off += 12
-            if item in _VALUE_SIZES:
-                return off + count * _VALUE_SIZES[item]
-            for _ in range(count):
-                off = skip(item, off)
-            return off
-        return off + _VALUE_SIZES[kind]
+def _token_id(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    for _ in range(n_kv):
-        key, off = string(off)
-        (kind,) = u32(mm, off)
-        off += 4
-        name = _TOKENIZER_KEYS.get(key)
-        if name == "tokens" and kind == _ARRAY and u32(mm, off)[0] == _STRING:
-            count, off = u64(mm, off + 4)[0], off + 12
-            items = []
-            for _ in range(count):
-                text, off = string(off)
-                items.append(text)
-            found[name] = items
-            continue
-        if name == "model" and kind == _STRING:
-            found[name] = string(off)[0]
-        elif name is not None and kind in scalars:
-            found[name] = struct.unpack_from(scalars[kind], mm, off)[0]
-        off = skip(kind, off)
-    return found
+
+def _flag(value: Any) -> bool | None:
+    return bool(value) if isinstance(value, (bool, int)) else None
 
 
 def vocabulary_mismatch(target: Vocabulary, draft: Vocabulary) -> str | None:

@@ -3,7 +3,8 @@
 llama.cpp (and Ollama, which lists such models with the "embedding" capability) reads
 ``<arch>.pooling_type`` to know how to pool token vectors into one: encoder models (BERT,
 nomic-bert …) and decoder-based embedding models (Qwen3-Embedding: ``last``) declare it;
-chat models do not. The read is cached per file (path, size and modification time).
+chat models do not. Only the header is read (:mod:`autotune.models.gguf_header`, milliseconds),
+and the answer is cached per file (path, size and modification time).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+
+from autotune.models.gguf_header import HeaderError, read_header
 
 __all__ = ["POOLING_NAMES", "pooling_type"]
 
@@ -31,12 +34,14 @@ def pooling_type(path: str | os.PathLike[str]) -> int | None:
 
 @functools.lru_cache(maxsize=64)
 def _read(path: str, size: int, mtime_ns: int) -> int | None:
-    import gguf  # deferred: importing gguf pulls in numpy
-
     try:
-        reader = gguf.GGUFReader(path)
-        arch = reader.fields["general.architecture"].contents()
-        field = reader.fields.get(f"{arch}.pooling_type")
-        return None if field is None else int(field.contents())
-    except Exception:  # the reader raises struct/numpy/value errors on bad bytes
+        fields = read_header(path).fields
+    except (HeaderError, OSError):
+        return None
+    value = fields.get(f"{fields.get('general.architecture')}.pooling_type")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
         return None
