@@ -70,6 +70,14 @@ class KvSample:
     prefilled: int | None = None
     cached: int | None = None
     error: str | None = None
+    #: From the (re)start of the engine to the first token: the restart and the TTFT.
+    restart_ms: float | None = None
+
+    def restarted(self, began: float, asked: float) -> KvSample:
+        """Note the restart that began at ``began``; the request was sent at ``asked``."""
+        if self.ttft_ms is not None:
+            self.restart_ms = (asked - began) * 1000 + self.ttft_ms
+        return self
 
 
 @dataclass
@@ -112,15 +120,12 @@ class _Raw:
             await asyncio.to_thread(stop_worker, self.proc)
             self.proc = None
 
-    async def ask(
-        self, scenario: str, turn: int, messages: Messages, since: float | None = None
-    ) -> KvSample:
-        """One turn; its wait runs from ``since`` (a restart) when given, else from now."""
+    async def ask(self, scenario: str, turn: int, messages: Messages) -> KvSample:
         assert self.http is not None
         sample = KvSample("raw", scenario, turn)
         body = {"model": self.name, "messages": messages, "max_tokens": 8, "temperature": 0}
         reply = Reply()
-        start = since or time.perf_counter()
+        start = time.perf_counter()
         async with self.http.stream(
             "POST", "/v1/chat/completions", json={**body, "stream": True}
         ) as response:
@@ -163,19 +168,12 @@ class _Tuned:
         return self.written + (kv.bytes_written if kv is not None else 0)
 
     async def ask(
-        self,
-        scenario: str,
-        turn: int,
-        conversation: str,
-        text: str,
-        since: float | None = None,
-        **extra: Any,
+        self, scenario: str, turn: int, conversation: str, text: str, **extra: Any
     ) -> KvSample:
-        """One turn; its wait runs from ``since`` (a restart) when given, else from now."""
         assert self.runtime is not None
         self.asks += 1
         sample = KvSample("autotune", scenario, turn)
-        start = since or time.perf_counter()
+        start = time.perf_counter()
         try:
             run = await self.runtime.pipeline.start(
                 ChatInput(
@@ -284,20 +282,22 @@ async def _resume(ctx: _Context, raw: _Raw, tuned: _Tuned, runs: int) -> None:
 async def _after_restart(
     ctx: _Context, raw: _Raw, tuned: _Tuned, conv: _Conversation, text: str, turn: int
 ) -> None:
-    """Both engines stop; each side's wait runs from its restart to the first token (raw:
-    llama-server starts and loads the model; autotune: the runtime opens, and the request
-    loads the model and restores the conversation's KV)."""
+    """Both engines stop, then each side restarts and asks. TTFT runs from the request (raw:
+    llama-server has loaded the model at its start; autotune loads it inside the request,
+    and restores the conversation's KV); ``restart_ms`` also counts the restart."""
     await raw.stop()
     await tuned.stop()
     for side in (0, 1) if turn % 2 == 0 else (1, 0):
         began = time.perf_counter()
         if side == 0:
             await raw.start()
-            sample = await raw.ask("resume", turn, conv.raw_turn(text), since=began)
+            asked = time.perf_counter()
+            sample = await raw.ask("resume", turn, conv.raw_turn(text))
         else:
             await tuned.start()
-            sample = await tuned.ask("resume", turn, conv.name, text, since=began)
-        ctx.samples.append(sample)
+            asked = time.perf_counter()
+            sample = await tuned.ask("resume", turn, conv.name, text)
+        ctx.samples.append(sample.restarted(began, asked))
         ctx.tick(f"resume: turn {turn}")
     conv.answered()
 
@@ -333,10 +333,15 @@ async def _grow(ctx: _Context, raw: _Raw, tuned: _Tuned, runs: int) -> None:
         more = f"Log part two.\n{_document(1100, f'valve {run}')}\nAcknowledge."
         began = time.perf_counter()
         await raw.start(n_ctx=4096)
-        ctx.samples.append(await raw.ask("grow", run + 1, conv.raw_turn(more), since=began))
+        asked = time.perf_counter()
+        sample = await raw.ask("grow", run + 1, conv.raw_turn(more))
+        ctx.samples.append(sample.restarted(began, asked))
         # The same request on both sides: a 4,096-token context (Ollama's num_ctx), so
-        # autotune keeps the whole history rather than compacting it into 2,048.
-        ctx.samples.append(await tuned.ask("grow", run + 1, conv.name, more, min_context=4096))
+        # autotune keeps the whole history rather than compacting it into 2,048. Its
+        # reload happens inside the request: its TTFT is its restart too.
+        asked = time.perf_counter()
+        sample = await tuned.ask("grow", run + 1, conv.name, more, min_context=4096)
+        ctx.samples.append(sample.restarted(asked, asked))
         ctx.tick("grow: turn 1")
         ctx.tick("grow: turn 1")
         conv.answered()
@@ -408,6 +413,7 @@ _TURNS = {"resume": 2, "switch": 4, "switch-bounded": 4, "grow": 2, "swap-model"
 def _side(samples: list[KvSample]) -> dict[str, Any]:
     ok = [s for s in samples if s.error is None]
     ttft = [s.ttft_ms for s in ok if s.ttft_ms is not None]
+    restart = [s.restart_ms for s in ok if s.restart_ms is not None]
     return {
         "turns": len(samples),
         "errors": len(samples) - len(ok),
@@ -415,6 +421,7 @@ def _side(samples: list[KvSample]) -> dict[str, Any]:
         "ttft_p90_ms": percentile(ttft, 90) if ttft else None,
         "prefilled_median": percentile([float(s.prefilled or 0) for s in ok], 50) if ok else None,
         "prompt_median": percentile([float(s.prompt_tokens or 0) for s in ok], 50) if ok else None,
+        "restart_to_token_median_ms": percentile(restart, 50) if restart else None,
     }
 
 

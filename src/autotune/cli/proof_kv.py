@@ -20,6 +20,7 @@ _HEADER = [
     "side",
     "TTFT median ms",
     "TTFT p90 ms",
+    "restart → token ms",
     "prefilled median",
     "prompt median",
     "disk / turn",
@@ -41,6 +42,7 @@ def kv_rows(results: list[KvProof]) -> list[list[str]]:
                     side,
                     _ms(figures["ttft_median_ms"]),
                     _ms(figures["ttft_p90_ms"]),
+                    _ms(figures.get("restart_to_token_median_ms")),
                     _ms(figures["prefilled_median"]),
                     _ms(figures["prompt_median"]),
                     format_bytes(r.disk_bytes_per_turn) if side == "autotune" else "—",
@@ -55,8 +57,10 @@ def kv_markdown(results: list[KvProof], model: str, runs: int) -> str:
         f"# autotune proof, KV scenarios: {model}",
         "",
         f"{runs} runs; raw llama.cpp (its own defaults) and autotune interleaved turn by turn. "
-        "Prefilled = the engine's `timings.prompt_n`; disk / turn = KV files autotune wrote, "
-        "per turn.",
+        "TTFT runs from the request (raw llama-server loads its model at start; autotune "
+        "loads it inside the request); restart → token adds the restart itself, where the "
+        "scenario restarts. Prefilled = the engine's `timings.prompt_n`; disk / turn = KV "
+        "files autotune wrote, per turn.",
         "",
         "| " + " | ".join(_HEADER) + " |",
         "|" + "---|" * len(_HEADER),
