@@ -102,6 +102,7 @@ async def test_a_conversation_resumes_from_disk_after_a_restart(rig: Rig) -> Non
     # The pipeline loads ahead of the stream on an engine with slots: the request that
     # paid for the load still says so, and the next one does not.
     assert (first.record.reloaded, second.record.reloaded) == (True, False)
+    assert first.record.load_ms is not None and second.record.load_ms is None
     assert third.record.reloaded is True
     await rig.stop(pipeline, engine)
 

@@ -34,6 +34,13 @@ def test_the_verdict_says_where_autotune_loses() -> None:
     assert _verdict("x", {"ttft_median_ms": 100.0}, {"ttft_median_ms": 102.0}).startswith("Parity")
     assert "slower" in _verdict("x", {"ttft_median_ms": 100.0}, {"ttft_median_ms": 150.0})
     assert _verdict("x", {"ttft_median_ms": None}, {"ttft_median_ms": 1.0}) == "No figures."
+    with_load = _verdict(
+        "x", {"ttft_median_ms": 5000.0}, {"ttft_median_ms": 600.0, "load_median_ms": 500.0}
+    )
+    assert (
+        with_load.startswith("First token 8.3× sooner")
+        and "50× with autotune's 500 ms" in with_load
+    )
 
 
 def test_the_table_has_both_sides_and_the_bytes_written() -> None:

@@ -83,6 +83,8 @@ class _Worker:
     api_key: str | None = field(default=None, repr=False)
     #: Unique per started worker: slot contents belong to one generation.
     generation: int = 0
+    #: How long the start took, from launching the process to the model answering.
+    load_ms: float | None = None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -277,6 +279,7 @@ class EmbeddedBackend(Backend):
             async for chunk in worker.client.stream_chat(request):
                 if chunk.stats is not None:
                     chunk.stats.reloaded = loaded_now
+                    chunk.stats.load_ms = worker.load_ms if loaded_now else None
                 yield chunk
         finally:
             worker.in_flight -= 1
@@ -298,6 +301,7 @@ class EmbeddedBackend(Backend):
             async for chunk in worker.client.stream_completion(request):
                 if chunk.stats is not None:
                     chunk.stats.reloaded = loaded_now
+                    chunk.stats.load_ms = worker.load_ms if loaded_now else None
                 yield chunk
         finally:
             worker.in_flight -= 1
@@ -404,7 +408,9 @@ class EmbeddedBackend(Backend):
             cache = self.prompt_cache_mib
         if cache is None:
             cache = await self._prompt_cache_mib(estimate)
+        began = time.monotonic()
         worker = await self._start(meta, wanted, estimate + cache * MiB, keep_alive, cache)
+        worker.load_ms = (time.monotonic() - began) * 1000
         worker.generation = next(self._generations)
         self._workers[name] = worker
         self.loads[name] += 1
@@ -414,6 +420,7 @@ class EmbeddedBackend(Backend):
             reason=reason,
             n_ctx=wanted.n_ctx,
             estimate=estimate,
+            load_ms=round(worker.load_ms),
         )
         self._ensure_reaper()
         return worker

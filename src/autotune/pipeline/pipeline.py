@@ -288,8 +288,9 @@ class Pipeline:
     ) -> None:
         """Load ahead of the engine stream; the record keeps that this request paid for it."""
         self.state.remember_load(backend, model, settings)
+        began = time.monotonic()
         if await backend.load(model, settings):
-            record.reloaded = True
+            record.reloaded, record.load_ms = True, (time.monotonic() - began) * 1000
 
     async def _set_priority(self, backend: Backend, model: str, nice: int, reloaded: bool) -> None:
         """The engine process's OS priority, once per load rather than on every request."""

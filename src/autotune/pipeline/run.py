@@ -209,11 +209,9 @@ def _engine_figures(record: RunRecord, stats: EngineStats | None) -> None:
     record.prompt_tokens = stats.prompt_tokens
     record.cached_tokens = stats.cached_tokens
     record.completion_tokens = stats.completion_tokens
-    record.prompt_ms, record.decode_ms, record.load_ms = (
-        stats.prompt_ms,
-        stats.decode_ms,
-        stats.load_ms,
-    )
+    record.prompt_ms, record.decode_ms = stats.prompt_ms, stats.decode_ms
+    if stats.load_ms is not None:  # else a load the pipeline ran ahead may have set it
+        record.load_ms = stats.load_ms
     record.tokens_per_s = stats.decode_tps
     record.reloaded = True if record.reloaded else stats.reloaded  # a load ahead counts too
     record.engine_timings = dict(stats.raw)
