@@ -1,4 +1,6 @@
-"""GGUF metadata: the bundled model, small GGUFs written with ``gguf.GGUFWriter``, broken files."""
+"""GGUF metadata: the bundled model, small GGUFs written with ``gguf.GGUFWriter``, broken files.
+
+The header reader is checked against ``gguf.GGUFReader``, the reference it replaces."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 
 from autotune.ground.config import get_settings
 from autotune.models.gguf import GGUFError, check_gguf, is_gguf, read_gguf_meta, split_parts
+from autotune.models.gguf_header import read_header
 
 
 @pytest.fixture(autouse=True)
@@ -105,6 +108,99 @@ def test_is_gguf(bundled_gguf: Path, tmp_path: Path) -> None:
 def test_check_gguf_accepts_complete_files(bundled_gguf: Path, tmp_path: Path) -> None:
     assert check_gguf(bundled_gguf) is None
     assert check_gguf(write_gguf(tmp_path / "tiny.gguf", kv=BASE)) is None
+
+
+# --------------------------------------------------------------------------- the header reader
+
+
+def test_header_matches_gguf_reader_on_the_bundled_model(bundled_gguf: Path) -> None:
+    """Every key GGUFReader decodes, with the same value; long arrays with the same length."""
+    reader = gguf.GGUFReader(bundled_gguf)
+    header = read_header(bundled_gguf)
+    long_arrays = []
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):  # the reader's own entries for the fixed header
+            continue
+        if field.types[0] == gguf.GGUFValueType.ARRAY:
+            assert header.array_lengths[key] == len(field.data), key
+            if len(field.data) > 4096:
+                long_arrays.append(key)
+                assert key not in header.fields
+                continue
+        assert header.fields[key] == field.contents(), key
+    assert sorted(long_arrays) == [
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.tokens",
+    ]
+    assert len(header.fields) + len(long_arrays) == len(reader.fields) - 3
+    assert header.version == reader.fields["GGUF.version"].contents() == 3
+    assert header.data_start == reader.data_offset
+    assert [(t.name, t.dims, t.type, t.n_elements) for t in header.tensors] == [
+        (t.name, tuple(t.shape.tolist()), int(t.tensor_type), t.n_elements) for t in reader.tensors
+    ]
+    assert [header.data_start + t.offset for t in header.tensors] == [
+        t.data_offset for t in reader.tensors
+    ]
+
+
+def test_header_counts_long_arrays_and_decodes_the_strings_asked_for(tmp_path: Path) -> None:
+    words = [f"w{i}" for i in range(50)]
+    kv = {**BASE, "tokenizer.ggml.tokens": words, "x.ids": list(range(5000)), "x.on": [True]}
+    path = write_gguf(tmp_path / "t.gguf", kv=kv)
+    header = read_header(path, max_array=10)
+    assert header.array_lengths == {"tokenizer.ggml.tokens": 50, "x.ids": 5000, "x.on": 1}
+    assert "tokenizer.ggml.tokens" not in header.fields and "x.ids" not in header.fields
+    assert header.fields["x.on"] == [True]
+    assert header.fields["llama.block_count"] == 4
+    assert header.fields["general.architecture"] == "llama"
+    kept = read_header(path, max_array=10, keep_strings={"tokenizer.ggml.tokens"})
+    assert kept.fields["tokenizer.ggml.tokens"] == [w.encode() for w in words]
+    assert "x.ids" not in read_header(path).fields  # 5,000 is over the default limit too
+
+
+def test_big_endian_header_reads_like_little_endian(tmp_path: Path) -> None:
+    kv = {**BASE, "{arch}.attention.head_count_kv": [1, 2, 1, 2], "x.rope": 0.5, "x.n": 2**40}
+    little = read_header(write_gguf(tmp_path / "le.gguf", kv=kv))
+    big_path = tmp_path / "be.gguf"
+    writer = gguf.GGUFWriter(big_path, "llama", endianess=gguf.GGUFEndian.BIG)
+    writer.add_file_type(1)
+    for key, value in little.fields.items():
+        if key not in ("general.architecture", "general.file_type"):
+            kind = gguf.GGUFValueType.get_type(value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                kind = gguf.GGUFValueType.UINT64 if value >= 2**32 else gguf.GGUFValueType.UINT32
+            writer.add_key_value(key, value, kind)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 64), np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    big = read_header(big_path)
+    assert big.fields == little.fields
+    assert big.tensors == little.tensors
+    assert check_gguf(big_path) is None
+    assert read_gguf_meta(big_path).head_count_kv == [1, 2, 1, 2]
+
+
+def test_header_problems_are_named(tmp_path: Path) -> None:
+    tiny = write_gguf(tmp_path / "v.gguf", kv={**BASE, "x.a": 1, "x.b": 2})
+    data = tiny.read_bytes()
+    (tmp_path / "v1.gguf").write_bytes(data[:4] + (1).to_bytes(4, "little") + data[8:])
+    assert check_gguf(tmp_path / "v1.gguf") == "GGUF version 1 is no longer supported by llama.cpp"
+    name = b"token_embd.weight"
+    at = data.index(name) + len(name)  # the tensor's dimension count
+    corrupt = tmp_path / "dims.gguf"
+    corrupt.write_bytes(data[:at] + (9).to_bytes(4, "little") + data[at + 4 :])
+    assert check_gguf(corrupt) == "corrupt tensor table (9 dimensions)"
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: at + 6])
+    assert check_gguf(cut) == "truncated: the tensor table runs past the end of the file"
+    twice = tmp_path / "twice.gguf"
+    twice.write_bytes(data.replace(b"x.b", b"x.a"))
+    assert check_gguf(twice) == "duplicate metadata key 'x.a'"
+    with pytest.raises(GGUFError, match="duplicate metadata key"):
+        read_gguf_meta(twice)
 
 
 # --------------------------------------------------------------------------- broken files
