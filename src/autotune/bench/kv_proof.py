@@ -112,7 +112,12 @@ class _Raw:
         self.proc, url = await asyncio.to_thread(
             start_worker, {"path": self.path, "alias": self.name, **self.spec}
         )
-        self.http = httpx.AsyncClient(base_url=url, timeout=900)
+        # A fresh connection per request: llama-server drops kept-alive connections after
+        # streamed replies without a word (the next request then fails with "Server
+        # disconnected"; docs/ENGINES.md). autotune's own client retries; this one need not.
+        self.http = httpx.AsyncClient(
+            base_url=url, timeout=900, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     async def stop(self) -> None:
         if self.http is not None:
