@@ -175,12 +175,24 @@ def measure(client: httpx.Client, via: str, direct: str, n: int) -> dict[str, li
 
 
 def engine_scenario(client: httpx.Client, n: int) -> dict[str, list[float]]:
+    """autotune's own worker (its port takes a key only autotune holds) against a raw
+    llama.cpp worker started with the same model and the settings autotune loaded."""
+    from autotune.backends.worker_process import start_worker, stop_worker
+    from autotune.models.bundled import bundled_model_path
+
     with _serve({"AUTOTUNE_BACKEND": "embedded"}) as base:
         _wait_healthy(client, base)
         ttft_ms(client, base + "/v1/chat/completions")  # loads the model
         (model,) = client.get(base + "/api/running_models").json()["models"]
-        engine = model["settings"]["url"]
-        return measure(client, base + "/v1/chat/completions", engine + "/v1/chat/completions", n)
+        loaded = model["settings"]
+        spec: dict[str, object] = {"path": str(bundled_model_path()), "alias": BODY["model"]}
+        spec.update({k: loaded[k] for k in ("n_ctx", "n_threads", "n_batch") if loaded.get(k)})
+        raw, engine = start_worker(spec)
+        try:
+            via, direct = base + "/v1/chat/completions", engine + "/v1/chat/completions"
+            return measure(client, via, direct, n)
+        finally:
+            stop_worker(raw)
 
 
 def instant_scenario(client: httpx.Client, n: int) -> dict[str, list[float]]:

@@ -10,7 +10,7 @@ Each scenario runs the same conversations on both sides, interleaved turn by tur
 * **autotune**: autotune's own pipeline with conversation ids and its KV-cache manager;
   "restarting" closes the runtime (its slots are saved) and opens a new one on the same home.
 
-Scenarios: ``resume`` (a ~4,000-token conversation, the engine restarted, one more turn),
+Scenarios: ``resume`` (a ~5,000-token conversation, the engine restarted, one more turn),
 ``switch`` (4 conversations of ~1,000 tokens taking turns on one model, llama.cpp's default
 host-RAM cache: parity expected), ``switch-bounded`` (the same with that cache bounded below
 their total), ``grow`` (a conversation that outgrows its context: raw restarts with the
@@ -408,7 +408,7 @@ _RUNNERS: dict[str, Callable[..., Awaitable[None]]] = {
 }
 
 _DESCRIPTIONS = {
-    "resume": "a ~4,000-token conversation; the engine restarts; one more turn, timed from restart",
+    "resume": "a ~5,000-token conversation; the engine restarts; one more turn",
     "switch": "4 conversations of ~1,000 tokens taking turns; llama.cpp's default RAM cache",
     "switch-bounded": f"the same, both sides' host-RAM prompt cache at {BOUNDED_CACHE_MIB} MiB",
     "grow": "a conversation that outgrows a 2,048-token context (raw: relaunched at 4,096)",
