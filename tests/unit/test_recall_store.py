@@ -327,3 +327,22 @@ async def test_async_paths_match_the_sync_ones(zoo: RecallManager) -> None:
     assert [h.conversation_id for h in await zoo.asearch("feline", limit=1)] == ["cat"]
     memories = await zoo.amemories_for("my feline vomits hairballs", threshold=0.5)
     assert [h.conversation_id for h in memories] == ["cat"]
+
+
+async def test_with_nothing_else_to_recall_the_query_is_never_embedded(db: Database) -> None:
+    """A first chat must not wait for the embedding model (~5 s of torch) to recall nothing."""
+
+    class Refusing(HashingEmbedder):
+        def embed(self, texts: list[str]) -> np.ndarray:
+            raise AssertionError(f"embedded {texts!r} with nothing to recall")
+
+    store = ConversationStore(db)
+    store.create(id="now")
+    store.append("now", [{"role": "user", "content": "my cat vomits hairballs"}])
+    manager = RecallManager(db, Refusing())
+    assert manager.memories_for("my cat vomits hairballs") == []
+    assert await manager.amemories_for("my cat", exclude=["now"]) == []
+    # Once another conversation has vectors, the query is embedded (and refused here).
+    manager.store.put_vectors(Refusing.name, [1], np.ones((1, 8), dtype=np.float32))
+    with pytest.raises(AssertionError, match="nothing to recall"):
+        manager.memories_for("my cat", exclude=["other"])

@@ -353,9 +353,10 @@ class RecallManager:
         to ``text``, best first; conversations in ``exclude`` (the current one) are skipped.
         Empty without an embedder: BM25 scores have no absolute scale to threshold on.
         """
-        if self.embedder is None or not text.strip():
+        skip = tuple(exclude)
+        if not self._anything_to_recall(text, skip):
             return []
-        return self._memories(text, self._embed_query(text), threshold, limit, exclude)
+        return self._memories(text, self._embed_query(text), threshold, limit, skip)
 
     async def amemories_for(
         self,
@@ -366,9 +367,17 @@ class RecallManager:
         exclude: Iterable[str] = (),
     ) -> list[Hit]:
         """:meth:`memories_for` for async callers."""
-        if self.embedder is None or not text.strip():
+        skip = tuple(exclude)
+        if not self._anything_to_recall(text, skip):
             return []
-        return self._memories(text, await self._aembed_query(text), threshold, limit, exclude)
+        return self._memories(text, await self._aembed_query(text), threshold, limit, skip)
+
+    def _anything_to_recall(self, text: str, exclude: tuple[str, ...]) -> bool:
+        """False when no other conversation has a vector yet: then the query is not embedded,
+        so a first chat never waits for the embedding model to load (~5 s here, torch)."""
+        if self.embedder is None or not text.strip():
+            return False
+        return self.store.has_vectors(self.embedder.name, exclude=exclude)
 
     def recent_conversations(self, limit: int = 10) -> list[ConversationSummary]:
         """The most recently updated conversations with how each began."""

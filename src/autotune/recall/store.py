@@ -179,6 +179,16 @@ class RecallStore:
         )
         return int(rows[0][0])
 
+    def has_vectors(self, model: str, *, exclude: Sequence[str] = ()) -> bool:
+        """Whether any message outside the ``exclude`` conversations has a vector of ``model``."""
+        outside = f" AND m.conversation_id NOT IN ({','.join('?' for _ in exclude)})"
+        rows = self.db.query(
+            "SELECT 1 FROM message_vectors v JOIN messages m ON m.id = v.message_id"
+            f" WHERE v.model = ?{outside if exclude else ''} LIMIT 1",
+            (model, *exclude),
+        )
+        return bool(rows)
+
     def put_vectors(self, model: str, ids: Sequence[int], vectors: np.ndarray) -> int:
         """Store (or replace) one L2-normalised float32 vector per message id; returns how many."""
         matrix = _normalised(vectors)
