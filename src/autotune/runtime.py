@@ -167,7 +167,7 @@ async def open_runtime(
             settings.max_concurrent,
             max(e.capabilities.concurrency for e in engines.backends.values()),
         )
-    recall = RecallManager(db, default_embedder())
+    recall = RecallManager(db, default_embedder() if settings.recall else None)
     runtime = Runtime(settings, engines, db, store, telemetry, tuning, pipeline, hardware, recall)
     if index_turns:
         pipeline.after_store.append(runtime.index_new_turns)

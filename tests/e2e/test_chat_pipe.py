@@ -33,6 +33,7 @@ def autotune(*args: str, stdin: str = "", timeout: float = 55) -> subprocess.Com
         "AUTOTUNE_BACKEND": "embedded",
         "AUTOTUNE_MEMORY_BUDGET": "2GiB",
         "AUTOTUNE_THREADS": "1",
+        "AUTOTUNE_RECALL": "false",  # recall has its own tests (test_chat_memory.py)
     }
     return subprocess.run(
         [sys.executable, "-m", "autotune", *args],

@@ -86,6 +86,7 @@ def terminal(tmp_path: Path) -> Iterator[Callable[..., tuple[Terminal, Path]]]:
             "AUTOTUNE_BACKEND": "embedded",
             "AUTOTUNE_MEMORY_BUDGET": "2GiB",
             "AUTOTUNE_THREADS": "1",
+            "AUTOTUNE_RECALL": "false",  # recall has its own tests (test_chat_memory.py)
         }
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         cli = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "autotune", *args))

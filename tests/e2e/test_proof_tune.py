@@ -19,7 +19,13 @@ pytestmark = pytest.mark.engine
 
 
 def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AUTOTUNE_BACKEND": "embedded", "NO_COLOR": "1"}
+    # Recall (its ~5 s model load) is not what these test: test_chat_memory.py does.
+    env = {
+        **os.environ,
+        "AUTOTUNE_BACKEND": "embedded",
+        "AUTOTUNE_RECALL": "false",
+        "NO_COLOR": "1",
+    }
     return subprocess.run(
         [sys.executable, "-m", "autotune", *args],
         env=env,

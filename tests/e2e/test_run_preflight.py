@@ -21,6 +21,7 @@ def env(budget: str) -> dict[str, str]:
         "AUTOTUNE_BACKEND": "embedded",
         "AUTOTUNE_MEMORY_BUDGET": budget,
         "AUTOTUNE_THREADS": "1",  # two cores shared with other test runs
+        "AUTOTUNE_RECALL": "false",  # recall has its own tests (test_chat_memory.py)
         "NO_COLOR": "1",
     }
 

@@ -67,6 +67,8 @@ class ServeProcess:
             "AUTOTUNE_BACKEND": "embedded",
             "AUTOTUNE_PORT": str(self.port),
             "AUTOTUNE_MEMORY_BUDGET": "4GiB",
+            # Recall's model load (~5 s of CPU beside the engine) is not what these test.
+            "AUTOTUNE_RECALL": "false",
             **env,
         }
         self.proc: subprocess.Popen[str] | None = None

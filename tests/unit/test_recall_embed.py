@@ -119,3 +119,16 @@ def test_the_offline_embedder_leaves_the_hub_reachable_for_pulls(
     assert MiniLMEmbedder().embed(["a pump reported readings"]).shape == (1, 384)
     assert "HF_HUB_OFFLINE" not in os.environ
     assert "TRANSFORMERS_OFFLINE" not in os.environ
+
+
+async def test_recall_off_keeps_full_text_search_and_never_loads_the_model(tmp_path: Path) -> None:
+    from autotune.ground.config import Settings
+    from autotune.runtime import open_runtime
+
+    settings = Settings(home=tmp_path / "home", backend="embedded", recall=False)
+    runtime = await open_runtime(settings, start_sampler=False)
+    try:
+        assert runtime.recall is not None and runtime.recall.embedder is None
+        assert runtime.recall.memories_for("my cat vomits hairballs") == []
+    finally:
+        await runtime.aclose()

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         "it is free (apps set up for Ollama then work unchanged).",
     )
     ollama_port: int = Field(11434, description="The port `serve --ollama` also listens on.")
+    recall: bool = Field(
+        True,
+        description="Embed stored turns with the offline MiniLM model for semantic search, and "
+        "add relevant notes from earlier conversations at a chat's start; false keeps "
+        "full-text search only (and never loads the model).",
+    )
     pass_unknown_fields: bool = Field(
         False,
         description="Send request fields outside OpenAI's schema on to the engine instead of "
