@@ -274,16 +274,8 @@ class EmbeddedBackend(Backend):
             raise UnsupportedOption(
                 "tools", "The embedded engine", f"{worker.name}'s chat template has no tool support"
             )
-        worker.in_flight += 1
-        try:
-            async for chunk in worker.client.stream_chat(request):
-                if chunk.stats is not None:
-                    chunk.stats.reloaded = loaded_now
-                    chunk.stats.load_ms = worker.load_ms if loaded_now else None
-                yield chunk
-        finally:
-            worker.in_flight -= 1
-            worker.last_used = time.monotonic()
+        async for chunk in _served(worker, loaded_now, worker.client.stream_chat(request)):
+            yield chunk
 
     async def tokenize(self, model: str, text: str) -> list[int]:
         """Tokens from the loaded model's own tokenizer; never loads a model just to count."""
@@ -296,16 +288,8 @@ class EmbeddedBackend(Backend):
     async def stream_completion(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
         """A text completion (or fill-in-the-middle) on the worker, loaded as planned."""
         worker, loaded_now = await self._ensure(request.model, request.load, request.keep_alive)
-        worker.in_flight += 1
-        try:
-            async for chunk in worker.client.stream_completion(request):
-                if chunk.stats is not None:
-                    chunk.stats.reloaded = loaded_now
-                    chunk.stats.load_ms = worker.load_ms if loaded_now else None
-                yield chunk
-        finally:
-            worker.in_flight -= 1
-            worker.last_used = time.monotonic()
+        async for chunk in _served(worker, loaded_now, worker.client.stream_completion(request)):
+            yield chunk
 
     async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
         """Vectors from an embedding GGUF, on a worker started for embeddings (a chat model
@@ -584,6 +568,23 @@ class EmbeddedBackend(Backend):
         del self.events[:-200]
         if self.on_event is not None:
             self.on_event(event)
+
+
+async def _served(
+    worker: _Worker, loaded_now: bool, chunks: AsyncIterator[Chunk]
+) -> AsyncIterator[Chunk]:
+    """A worker's stream, counted as in flight while it runs; its stats say whether this
+    request loaded the model, and how long the load took."""
+    worker.in_flight += 1
+    try:
+        async for chunk in chunks:
+            if chunk.stats is not None:
+                chunk.stats.reloaded = loaded_now
+                chunk.stats.load_ms = worker.load_ms if loaded_now else None
+            yield chunk
+    finally:
+        worker.in_flight -= 1
+        worker.last_used = time.monotonic()
 
 
 @contextlib.contextmanager
