@@ -25,6 +25,7 @@ from typing import Any
 
 from autotune.ground.errors import InvalidRequest
 from autotune.ground.types import EngineStats
+from autotune.server.fields import unknown_field
 
 __all__ = [
     "FIELDS",
@@ -326,12 +327,7 @@ def _check_fields(body: Mapping[str, Any], pass_unknown: bool) -> dict[str, Any]
             if pass_unknown:
                 extra[name] = value
                 continue
-            raise InvalidRequest(
-                f"Unknown parameter {name!r}. Set AUTOTUNE_PASS_UNKNOWN_FIELDS=1 to send fields "
-                "outside Anthropic's schema to an engine that understands them.",
-                param=name,
-                code="unknown_parameter",
-            )
+            raise unknown_field(name, "Anthropic")
         if rule[0] == "refuse":
             raise InvalidRequest(f"{name!r} is not supported: {rule[1]}.", param=name)
     return extra

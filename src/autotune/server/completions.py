@@ -24,7 +24,7 @@ from autotune.ground.errors import BackendError, InvalidRequest
 from autotune.pipeline import ChatRun
 from autotune.pipeline.complete import CompletionInput, start_completion
 from autotune.server.errors import error_body
-from autotune.server.fields import ENGINE_EXTENSIONS
+from autotune.server.fields import ENGINE_EXTENSIONS, unknown_field
 from autotune.server.shapes import ClientGone, close_run, watching
 
 __all__ = ["FIELDS", "LegacyLogprobs", "completion_params", "router"]
@@ -89,12 +89,7 @@ def completion_params(body: Mapping[str, Any], *, pass_unknown: bool = False) ->
             if name in ENGINE_EXTENSIONS or pass_unknown:
                 params[name] = value
                 continue
-            raise InvalidRequest(
-                f"Unknown parameter {name!r}. Set AUTOTUNE_PASS_UNKNOWN_FIELDS=1 to send fields "
-                "outside OpenAI's schema to an engine that understands them.",
-                param=name,
-                code="unknown_parameter",
-            )
+            raise unknown_field(name)
         if rule[0] == "forward":
             params[name] = value
     best_of = body.get("best_of")

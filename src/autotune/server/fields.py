@@ -20,7 +20,7 @@ from typing import Any
 
 from autotune.ground.errors import InvalidRequest
 
-__all__ = ["ENGINE_EXTENSIONS", "FIELDS", "Rule", "check_fields"]
+__all__ = ["ENGINE_EXTENSIONS", "FIELDS", "Rule", "check_fields", "unknown_field"]
 
 Check = Callable[[Any, Mapping[str, Any]], str | None]
 
@@ -151,6 +151,16 @@ ENGINE_EXTENSIONS = frozenset(
 )
 
 
+def unknown_field(name: str, schema: str = "OpenAI") -> InvalidRequest:
+    """The 400 for a field outside the API's schema, naming the setting that passes it on."""
+    return InvalidRequest(
+        f"Unknown parameter {name!r}. Set AUTOTUNE_PASS_UNKNOWN_FIELDS=1 to send fields "
+        f"outside {schema}'s schema to an engine that understands them.",
+        param=name,
+        code="unknown_parameter",
+    )
+
+
 def check_fields(body: Mapping[str, Any], *, pass_unknown: bool = False) -> dict[str, Any]:
     """The fields to forward; raises :class:`InvalidRequest` naming a field autotune refuses.
 
@@ -163,12 +173,7 @@ def check_fields(body: Mapping[str, Any], *, pass_unknown: bool = False) -> dict
             if name in ENGINE_EXTENSIONS or pass_unknown:
                 forward[name] = value
                 continue
-            raise InvalidRequest(
-                f"Unknown parameter {name!r}. Set AUTOTUNE_PASS_UNKNOWN_FIELDS=1 to send fields "
-                "outside OpenAI's schema to an engine that understands them.",
-                param=name,
-                code="unknown_parameter",
-            )
+            raise unknown_field(name)
         if rule.action == "refuse":
             raise InvalidRequest(f"{name!r} is not supported: {rule.why}.", param=name)
         problem = rule.check(value, body) if rule.check else None
