@@ -13,9 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.text import Text
-
 from autotune.chat.commands import format_conversation_list, help_lines, parse_recall
+from autotune.chat.progress import show_pull
 from autotune.ground.engines import engine as engine_spec
 from autotune.ground.errors import BackendError
 from autotune.ground.profiles import get_profile
@@ -322,31 +321,7 @@ async def _show_progress(chat: Chat, steps: AsyncIterator[Any]) -> None:
             done = f" {step.completed}/{step.total}" if step.total else ""
             chat.info(f"{step.status}{done}")
         return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TransferSpeedColumn,
-    )
-
-    tasks: dict[str, Any] = {}
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=chat.console,
-        transient=False,
-    ) as progress:
-        async for step in steps:
-            if step.total:
-                key = step.status
-                if key not in tasks:
-                    tasks[key] = progress.add_task(step.status[:40], total=step.total)
-                progress.update(tasks[key], completed=step.completed or 0, total=step.total)
-            else:
-                progress.console.print(Text(step.status, style="dim"))
+    await show_pull(steps, chat.console)
 
 
 #: Every slash command's handler, by the name :func:`~autotune.chat.commands.parse_command`

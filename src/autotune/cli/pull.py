@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 
+from autotune.chat.progress import show_pull
 from autotune.cli._common import console, err_console, print_json, run
 from autotune.cli._help import PlainCommand
 from autotune.ground.config import get_settings
@@ -49,42 +50,13 @@ def pull(
         style = "green" if plan.fit.verdict.value == "fits comfortably" else "yellow"
         out.print(f"On this machine: [{style}]{plan.fit.text}[/]")
     judge(plan, force=force)
-    run(lambda: _download(hub, plan, out))
+    run(lambda: show_pull(hub.pull(plan), out))
     paths = hub.local_paths(plan)
     if json_out:
         print_json(_result(name, plan, paths))
         return
     out.print(f"Pulled {name} ({paths[0]}).")
     out.print(f"  Chat with it: autotune chat --model {name}")
-
-
-async def _download(hub: Any, plan: Any, out: Any) -> None:
-    """The download with a Rich progress bar per file."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    tasks: dict[str, Any] = {}
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=out,
-    ) as progress:
-        async for step in hub.pull(plan):
-            if step.total:
-                if step.status not in tasks:
-                    tasks[step.status] = progress.add_task(step.status, total=step.total)
-                progress.update(tasks[step.status], completed=step.completed or 0)
-            elif step.status != "success":
-                progress.console.print(step.status)
 
 
 def _result(name: str, plan: Any, paths: list[Any]) -> dict[str, Any]:
