@@ -285,6 +285,14 @@ class EmbeddedBackend(Backend):
             raise NotSupported(f"{meta.name} is not loaded; its tokenizer is not at hand.")
         return await worker.client.tokenize(meta.name, text)
 
+    async def tokenize_prompt(self, request: ChatRequest, raw: str | None = None) -> list[int]:
+        """A prompt's tokens from the loaded worker (never loads a model just for this)."""
+        meta = await self.model_meta(request.model)
+        worker = self._workers.get(meta.name)
+        if worker is None or not worker.alive():
+            raise NotSupported(f"{meta.name} is not loaded; its tokenizer is not at hand.")
+        return await worker.client.tokenize_prompt(request, raw)
+
     async def stream_completion(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
         """A text completion (or fill-in-the-middle) on the worker, loaded as planned."""
         worker, loaded_now = await self._ensure(request.model, request.load, request.keep_alive)
@@ -301,6 +309,20 @@ class EmbeddedBackend(Backend):
 
     async def load(self, model: str, settings: LoadSettings | None = None) -> bool:
         return (await self._ensure(model, settings, None))[1]
+
+    async def preload(self, model: str, settings: LoadSettings) -> bool:
+        """Load ``model`` if it fits the budget beside the loaded models (nothing is unloaded
+        for it); a request arriving meanwhile waits for this load, as for any other."""
+        meta = await self.model_meta(model)
+        async with self._get_lock():
+            await self._reap_dead()
+            if meta.name in self._workers:
+                return False
+            loaded = self.resident_bytes() + self.embedders.resident_bytes()
+            if loaded + self._estimator(meta, settings) > await self._budget_bytes():
+                return False
+            await self._load(meta, settings, None, None)
+            return True
 
     async def unload(self, model: str) -> None:
         async with self._get_lock():
@@ -405,6 +427,7 @@ class EmbeddedBackend(Backend):
             n_ctx=wanted.n_ctx,
             estimate=estimate,
             load_ms=round(worker.load_ms),
+            settings=wanted.as_dict(),
         )
         self._ensure_reaper()
         return worker
