@@ -334,6 +334,15 @@ class RouterBackend(Backend):
         for upstream in self.upstreams:
             for model in sorted(upstream.models or ()):
                 names.setdefault(model, None)
+        unknown = [u.name for u in self.upstreams if u.models is None]
+        if not names and unknown:
+            # Nothing to list because the engines did not answer: that is a 503, not "no
+            # such model" (a vLLM still starting refuses connections).
+            raise EngineUnavailable(
+                f"The router's upstreams have not listed their models yet: {', '.join(unknown)} "
+                "not reachable.",
+                hint=self.start_hint,
+            )
         return [ModelEntry(name=n, backend=self.name) for n in names]
 
     async def running_models(self) -> list[RunningModel]:
