@@ -137,9 +137,13 @@ class Upstream:
     failovers_from: int = 0
     #: A llama-server's slots, from ``/props`` (``None`` until read).
     slots: int | None = None
+    #: Its running-model listing as last read (``None``: nobody asked yet), and when.
+    running: list[RunningModel] | None = None
+    running_at: float = 0.0
     #: ``(monotonic seconds, load)`` readings of the recent window, oldest first.
     readings: deque[tuple[float, EngineLoad]] = dataclasses.field(default_factory=deque)
     _discovery: asyncio.Task[None] | None = None
+    _listing: asyncio.Future[None] | None = None
 
     @property
     def name(self) -> str:
@@ -346,20 +350,37 @@ class RouterBackend(Backend):
         return [ModelEntry(name=n, backend=self.name) for n in names]
 
     async def running_models(self) -> list[RunningModel]:
+        """What each upstream holds, as its last listing said. A listing older than
+        ``metrics_interval`` is read again in the background while the old one is returned,
+        so a request's plan (the pipeline asks every couple of seconds, concurrent requests
+        all at once) waits for no listing but the very first."""
+
         async def one(upstream: Upstream) -> list[RunningModel]:
             if upstream.down or not upstream.backend.capabilities.running_models:
                 return []
-            try:
-                running = await upstream.backend.running_models()
-            except BackendError:
-                return []
-            for entry in running:
-                entry.backend = self.name
-                entry.settings = {**entry.settings, "upstream": upstream.name}
-            return running
+            if upstream.running is None:
+                await self._read_running(upstream)
+            elif time.monotonic() - upstream.running_at > self.config.metrics_interval:
+                self._refresh_running_soon(upstream)
+            return list(upstream.running or ())
 
         lists = await asyncio.gather(*(one(u) for u in self.upstreams))
         return [r for rs in lists for r in rs]
+
+    def _refresh_running_soon(self, upstream: Upstream) -> None:
+        task = upstream._listing
+        if task is None or task.done():
+            upstream._listing = asyncio.ensure_future(self._read_running(upstream))
+
+    async def _read_running(self, upstream: Upstream) -> None:
+        try:
+            running = await upstream.backend.running_models()
+        except BackendError:
+            running = []
+        for entry in running:
+            entry.backend = self.name
+            entry.settings = {**entry.settings, "upstream": upstream.name}
+        upstream.running, upstream.running_at = running, time.monotonic()
 
     async def model_meta(self, model: str) -> ModelMeta:
         await self._discover_all(force=False)
@@ -785,6 +806,9 @@ class RouterBackend(Backend):
 
     async def aclose(self) -> None:
         self._closed = True
+        for upstream in self.upstreams:
+            if upstream._listing is not None and not upstream._listing.done():
+                upstream._listing.cancel()
         monitor, self._monitor = self._monitor, None
         if monitor is not None and not monitor.done():
             monitor.cancel()
