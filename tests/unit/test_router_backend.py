@@ -466,3 +466,13 @@ async def test_rates_are_over_the_recent_readings(hosts: list[tuple[Swappable, s
         assert now["tokens_per_second"] > 0
     finally:
         await router.aclose()
+
+
+def test_ps_prints_counts_as_integers_and_zero_as_zero() -> None:
+    from autotune.cli.models import _upstream_row
+
+    state = {"name": "vllm", "state": "up", "in_flight": 0, "limit": 256, "running": 0}
+    state |= {"waiting": 2, "kv_usage": 0.0, "prefix_hit_rate": None, "tokens_per_second": 0.0}
+    state |= {"served": 12, "failed": 0, "kind": "vllm", "url": "http://127.0.0.1:8000"}
+    row = _upstream_row(state)
+    assert row[2:10] == ["0/256", "0", "2", "0%", "—", "0.0", "12", "0"]
