@@ -536,7 +536,14 @@ class RouterBackend(Backend):
         """An upstream with room for this request (its in-flight count taken); waits in the
         router while every upstream of the model is at its limit."""
         self._ensure_monitor()
-        await self._discover_all(force=False)
+        # Only a list never read is waited for; the monitor reads stale ones again.
+        unread = [
+            u
+            for u in self.upstreams
+            if u.config.models is None and u.discovered is None and not u.down
+        ]
+        if unread:
+            await asyncio.gather(*(self._discover(u, force=False) for u in unread))
         while True:
             choice = self._choose(attempt.model, attempt.key, attempt.tried)
             if choice is not None:
