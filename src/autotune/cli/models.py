@@ -216,44 +216,65 @@ def _ls_json(r: _Row) -> dict[str, Any]:
     }
 
 
-async def _served_models() -> tuple[list[RunningModel], str | None]:
-    """Models a running ``autotune serve`` holds in its embedded engine."""
+@dataclass
+class _Serve:
+    """What a running ``autotune serve`` says: loaded models, and its router's upstreams."""
+
+    url: str
+    answered: bool = False
+    models: list[RunningModel] = field(default_factory=list)
+    upstreams: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _served_model(item: dict[str, Any], port: int) -> RunningModel:
+    fields: dict[str, Any] = {
+        k: item.get(k) for k in RunningModel.__dataclass_fields__ if k in item
+    }
+    model = RunningModel(**fields)
+    via = f"autotune serve :{port}"
+    model.backend = via if item.get("backend") == "embedded" else f"{model.backend} ({via})"
+    return model
+
+
+async def _ask_serve() -> _Serve:
+    """Models a running ``autotune serve`` holds (its embedded engine, its router's upstreams)
+    and its router's upstreams as the serve sees them (``/health``)."""
     settings = get_settings()
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    url = f"http://{host}:{settings.port}/api/running_models"
+    served = _Serve(f"http://{host}:{settings.port}")
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
     try:
         async with httpx.AsyncClient(timeout=settings.probe_timeout + 0.7) as client:
-            reply = await client.get(url, headers=headers)
-        data = reply.json()
+            running = await client.get(served.url + "/api/running_models", headers=headers)
+            health = await client.get(served.url + "/health", headers=headers, timeout=10)
+        models, states = running.json(), health.json()
     except (httpx.HTTPError, ValueError):
-        return [], None
-    if reply.status_code != 200 or not isinstance(data, dict):
-        return [], None
-    out = []
-    for item in data.get("models", []):
-        if isinstance(item, dict) and item.get("backend") == "embedded":
-            fields: dict[str, Any] = {
-                k: item.get(k) for k in RunningModel.__dataclass_fields__ if k in item
-            }
-            model = RunningModel(**fields)
-            model.backend = f"autotune serve :{settings.port}"
-            out.append(model)
-    return out, url
+        return served
+    if running.status_code != 200 or not isinstance(models, dict) or not isinstance(states, dict):
+        return served
+    served.answered = True
+    for item in models.get("models", []):
+        if isinstance(item, dict) and item.get("backend") in ("embedded", "router"):
+            served.models.append(_served_model(item, settings.port))
+    for backend, upstreams in (states.get("upstreams") or {}).items():
+        served.upstreams.extend({"backend": backend, **u} for u in upstreams or [])
+    return served
 
 
 async def _running(
-    backends: BackendSet, *, explicit: bool, upstreams: list[dict[str, Any]]
-) -> tuple[list[RunningModel], dict[str, str]]:
-    """Models each engine holds in memory (and each router upstream's state, into
-    ``upstreams``); an engine that fails is reported, unless the user named it."""
+    backends: BackendSet, *, explicit: bool
+) -> tuple[list[RunningModel], dict[str, str], list[str]]:
+    """Models each engine holds in memory; an engine that fails is reported, unless the user
+    named it. A router is not asked here: it lives in ``autotune serve`` (its names are
+    returned, to be shown from the serve)."""
     found: list[RunningModel] = []
     errors: dict[str, str] = {}
+    routers: list[str] = []
     for name in backends.order:
         backend = backends.backends[name]
         if backend.upstream_states() is not None:
-            await backend.health()  # reads each upstream's state now
-            upstreams.extend({"backend": name, **u} for u in backend.upstream_states() or [])
+            routers.append(name)
+            continue
         if name == "embedded" or not backend.capabilities.running_models:
             continue  # this process's embedded engine has loaded nothing
         try:
@@ -262,7 +283,7 @@ async def _running(
             if explicit:
                 raise  # the engine the user named must answer
             errors[name] = str(exc)
-    return found, errors
+    return found, errors, routers
 
 
 def ps(
@@ -272,29 +293,34 @@ def ps(
     """Show models loaded in memory across engines, including a running autotune serve.
 
     A running server is found at AUTOTUNE_HOST and AUTOTUNE_PORT (with AUTOTUNE_API_KEY when
-    it has one); engines at AUTOTUNE_OLLAMA_URL, AUTOTUNE_LMSTUDIO_URL, AUTOTUNE_LLAMACPP_URL,
-    AUTOTUNE_OPENAI_URL or the engines of AUTOTUNE_ROUTER_CONFIG.
+    it has one); engines at AUTOTUNE_OLLAMA_URL, AUTOTUNE_LMSTUDIO_URL, AUTOTUNE_LLAMACPP_URL
+    or AUTOTUNE_OPENAI_URL. The router (AUTOTUNE_ROUTER_CONFIG) is shown as the running serve
+    sees it: its upstreams, their load and their counters.
     """
-    upstreams: list[dict[str, Any]] = []
 
-    async def job() -> tuple[list[RunningModel], dict[str, str]]:
+    async def job() -> tuple[list[RunningModel], dict[str, str], _Serve]:
         requested = (ctx.obj or {}).get("backend")
         backends = await open_backends(requested=requested)
         try:
-            found, errors = await _running(
-                backends, explicit=requested not in (None, "auto"), upstreams=upstreams
+            found, errors, routers = await _running(
+                backends, explicit=requested not in (None, "auto")
             )
         finally:
             await backends.aclose()
-        served, _ = await _served_models()
-        return found + served, errors
+        served = await _ask_serve()
+        if routers and not served.answered:
+            errors["router"] = (
+                f"no autotune serve answers at {served.url}; the router runs inside it "
+                "(start `autotune serve`, or set AUTOTUNE_HOST/AUTOTUNE_PORT to where it runs)"
+            )
+        return found + served.models, errors, served
 
-    models, errors = run(job)
+    models, errors, served = run(job)
     if json_out:
-        print_json({"models": to_jsonable(models), "errors": errors, "upstreams": upstreams})
+        print_json({"models": to_jsonable(models), "errors": errors, "upstreams": served.upstreams})
         return
-    if upstreams:
-        _print_upstreams(upstreams)
+    if served.upstreams:
+        _print_upstreams(served.upstreams)
     if models:
         _print_running(models)
     else:
@@ -306,10 +332,12 @@ def ps(
 _UPSTREAM_COLUMNS = (
     Column("name", name=True),
     Column("state"),
+    Column("in flight", right=True),
     Column("running", right=True),
     Column("waiting", right=True),
     Column("KV used", right=True),
     Column("cache hits", right=True),
+    Column("tok/s", right=True),
     Column("served", right=True),
     Column("failed", right=True),
     Column("kind"),
@@ -321,23 +349,41 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.0%}"
 
 
-def _print_upstreams(upstreams: list[dict[str, Any]]) -> None:
-    rows = [
-        [
-            u["name"],
-            "[green]up[/]" if u["state"] == "up" else "[red]down[/]",
-            str(u["running"] or "—"),
-            str(u["waiting"] or "—"),
-            _pct(u["kv_usage"]),
-            _pct(u["prefix_hit_rate"]),
-            str(u["served"]),
-            str(u["failed"]),
-            u["kind"],
-            u["url"],
-        ]
-        for u in upstreams
+def _count(value: float | None) -> str:
+    """A count as a whole number; 0 is 0, only an unknown count is "—"."""
+    return "—" if value is None else str(round(value))
+
+
+def _rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _upstream_row(u: dict[str, Any]) -> list[str]:
+    limit = u.get("limit")
+    return [
+        u["name"],
+        "[green]up[/]" if u["state"] == "up" else "[red]down[/]",
+        f"{_count(u.get('in_flight'))}/{limit}" if limit else _count(u.get("in_flight")),
+        _count(u.get("running")),
+        _count(u.get("waiting")),
+        _pct(u.get("kv_usage")),
+        _pct(u.get("prefix_hit_rate")),
+        _rate(u.get("tokens_per_second")),
+        _count(u.get("served")),
+        _count(u.get("failed")),
+        u["kind"],
+        u["url"],
     ]
-    print_table(console, _UPSTREAM_COLUMNS, rows, title="Router upstreams")
+
+
+def _print_upstreams(upstreams: list[dict[str, Any]]) -> None:
+    rows = [_upstream_row(u) for u in upstreams]
+    print_table(
+        console, _UPSTREAM_COLUMNS, rows, title="Router upstreams (as autotune serve sees them)"
+    )
+    windows = [float(u["rate_seconds"]) for u in upstreams if u.get("rate_seconds")]
+    if windows:
+        console.print(f"[dim]cache hits and tok/s: the last {max(windows):.0f} s of readings[/]")
 
 
 _RUNNING_COLUMNS = (
