@@ -18,6 +18,7 @@ import aiohttp
 import httpx
 
 from autotune.backends.base import Backend
+from autotune.backends.llamacpp_tools import forced_call_params, relay_forced_call
 from autotune.ground.config import Settings
 from autotune.ground.engines import COMPAT_KINDS, EngineSpec, engine
 from autotune.ground.errors import (
@@ -695,8 +696,10 @@ class OpenAICompatBackend(Backend):
         # Without load control, launch-time settings belong to whoever started the server.
         root = await self._url_for(request.model)
         body = self._chat_body(request)
+        # llama.cpp lets text come before a required call: ask for the call as a schema.
+        forced = forced_call_params(body) if self.kind == "llamacpp" else None
         try:
-            reply = await self._open_stream(root + "/v1/chat/completions", body)
+            reply = await self._open_stream(root + "/v1/chat/completions", forced or body)
         except _AIO_TRANSPORT as exc:
             raise self.unavailable(transport_detail(exc)) from None
         try:
@@ -707,7 +710,8 @@ class OpenAICompatBackend(Backend):
                 raise UpstreamError(
                     502, f"expected an event stream, got {content_type or 'nothing'}", self.engine
                 )
-            async for chunk in self._relay(sse_events(reply.content), loaded):
+            chunks = self._relay(sse_events(reply.content), loaded)
+            async for chunk in relay_forced_call(chunks) if forced else chunks:
                 yield chunk
         except _AIO_TRANSPORT as exc:
             raise self.unavailable(transport_detail(exc)) from None
