@@ -2,10 +2,10 @@
 embeddings and completions (with fill-in-the-middle), on the real embedded engine over real
 HTTP on 127.0.0.1.
 
-Neither test model's chat template supports tools (llama.cpp ``/props``
-``chat_template_caps.supports_tools`` is false for SmolLM2-135M and Gemma-3-270M), so tools
-are tested for a clear refusal here; the tool round trip's translation is unit-tested in
-tests/unit/test_anthropic_wire.py and test_responses_wire.py. Neither model has
+SmolLM2-135M's chat template does not render tools (llama.cpp ``/props``
+``chat_template_caps.supports_tools`` is false), so tools are tested for a clear refusal here;
+tool round trips on the real engine run on the tool-capable test model in
+tests/integration/test_tools_engine.py. Neither model has
 fill-in-the-middle tokens either: the 400 is tested on SmolLM2, and FIM forwarding on a copy
 of SmolLM2's GGUF whose metadata declares three of its special tokens as FIM tokens (the
 model is not trained for infill, so only the mechanics are checked). The embedding GGUF is
