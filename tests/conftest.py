@@ -84,6 +84,15 @@ def tool_models_dir() -> Path:
 
 
 @pytest.fixture
+def tool_model_env(monkeypatch: pytest.MonkeyPatch, tool_models_dir: Path) -> Path:
+    """AUTOTUNE_MODELS_DIR at the tool model's folder for this test (every test starts with a
+    clean environment, so a module's server finds the model only while this is in use)."""
+    monkeypatch.setenv("AUTOTUNE_MODELS_DIR", str(tool_models_dir))
+    get_settings.cache_clear()
+    return tool_models_dir
+
+
+@pytest.fixture
 def fake_backend() -> FakeBackend:
     """A scripted in-process engine: ``fake_backend.queue("reply")``, then ``.requests``."""
     return FakeBackend()

@@ -23,12 +23,12 @@ import ollama
 import openai
 import pytest
 
-from autotune.ground.config import Settings, get_settings
+from autotune.ground.config import Settings
 from autotune.server.app import create_app
 from autotune.server.runner import BackgroundServer
 from tool_model import TOOL_MODEL
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("tool_model_env")]
 
 MODEL = TOOL_MODEL
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -51,13 +51,6 @@ ADD = {
 }
 QUESTION = "What is the weather in Paris?"
 RESULT = "Sunny, 21 degrees."
-
-
-@pytest.fixture(autouse=True)
-def _tool_models(monkeypatch: pytest.MonkeyPatch, tool_models_dir: Path) -> None:
-    """The folder holding the tool model, for every test (each test starts with a clean env)."""
-    monkeypatch.setenv("AUTOTUNE_MODELS_DIR", str(tool_models_dir))
-    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")
