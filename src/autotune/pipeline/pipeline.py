@@ -46,7 +46,7 @@ from autotune.ground.errors import (
 from autotune.ground.records import RunRecord
 from autotune.ground.types import ChatRequest, LoadSettings
 from autotune.hardware.sampler import Sampler
-from autotune.pipeline.admission import AdmissionQueue
+from autotune.pipeline.admission import AdmissionQueue, Place, is_background
 from autotune.pipeline.conversation import CompactionMemory, ConversationView, read_conversation
 from autotune.pipeline.decide import Decided, RequestFacts, decide
 from autotune.pipeline.gather import Gatherer, TunedLookup
@@ -140,7 +140,8 @@ class Pipeline:
         if self.sampler.history:
             record.ram_before = self.sampler.latest.ram_total - self.sampler.latest.ram_available
         queued_at = time.monotonic()
-        await self.queue.acquire()
+        background = is_background(inp.streamed, inp.params)
+        place = await self.queue.acquire(background)
         record.queue_ms = (time.monotonic() - queued_at) * 1000
         started = time.monotonic()
         try:
@@ -151,11 +152,14 @@ class Pipeline:
                 overflow,
                 min_context=inp.min_context,
                 keep_alive=inp.keep_alive,
+                background=background,
             )
             for attempt in (1, 2):
                 decided = await self._decide(backend, name, facts, view.conversation_id, record)
                 try:
-                    return await self._act(backend, name, inp, view, decided, record, started)
+                    run = await self._act(backend, name, inp, view, decided, record, started)
+                    run.place = place
+                    return run
                 except UpstreamError as exc:
                     # The engine counted more tokens than the estimate that sized its
                     # context; it is loaded now, so the next gather counts exactly.
@@ -163,7 +167,7 @@ class Pipeline:
                         raise
             raise AssertionError("unreachable")
         except BaseException as exc:
-            self.queue.release(time.monotonic() - started)
+            self.queue.release(time.monotonic() - started, place)
             self._failed(record, exc, asked)
             raise
 
@@ -312,8 +316,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------ what runs call
 
-    def release(self, seconds: float) -> None:
-        self.queue.release(seconds)
+    def release(self, seconds: float, place: Place | None = None) -> None:
+        self.queue.release(seconds, place)
 
     async def commit(self, turn: Turn, reply: dict[str, Any]) -> None:
         """Store a finished turn (creating its conversation on the first one)."""

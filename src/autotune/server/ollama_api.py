@@ -190,6 +190,7 @@ async def _answer(
         overflow=headers.overflow,
         min_context=translated.min_context,
         keep_alive=translated.keep_alive,
+        streamed=streaming,
     )
     return await _reply(request, _pipeline(request).start(inp), shape, streaming, arrived)
 
@@ -217,6 +218,7 @@ async def _reply(
         whole = await watching(_whole(run, shape, arrived, waited), request)
     except ClientGone:
         return Response(status_code=499)
+    out_headers["X-Autotune-Plan"] = run.plan.summary()  # a runaway stopped, a task yielded
     return JSONResponse(whole, headers=out_headers)
 
 

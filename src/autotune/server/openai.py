@@ -64,6 +64,7 @@ async def chat_completions(
         profile=x_autotune_profile,
         conversation_id=x_conversation_id,
         overflow=x_autotune_overflow,
+        streamed=bool(body.stream),
     )
     try:  # waiting for a place, a load or a long prefill: a client that leaves frees it all
         run = await watching(_pipeline(request).start(inp), request, close_run)
@@ -87,6 +88,7 @@ async def chat_completions(
     except BackendError as exc:
         status = exc.status if exc.status >= 400 else 502
         return JSONResponse(error_body(str(exc), status=status, code=exc.code), status, headers)
+    headers["X-Autotune-Plan"] = run.plan.summary()  # what the run added (a runaway stopped)
     return JSONResponse(completion, headers=headers)
 
 
