@@ -25,6 +25,8 @@ from autotune.server.runner import BackgroundServer
 pytestmark = pytest.mark.engine
 
 GEMMA = "gemma3:270m"
+#: Long words: the loop reaches the guard's 2,048 characters in ~530 tokens (~800 for short ones).
+PROMPT = "Repeat after me: internationalization, internationalization,"
 
 
 def test_a_background_task_yields_to_the_persons_turn(tmp_path: Path) -> None:
@@ -41,7 +43,7 @@ def test_a_background_task_yields_to_the_persons_turn(tmp_path: Path) -> None:
                 json={
                     "model": GEMMA,
                     "stream": False,
-                    "messages": [{"role": "user", "content": "Repeat after me: the sea, the sea,"}],
+                    "messages": [{"role": "user", "content": PROMPT}],
                     "options": {"temperature": 0},
                 },
             )

@@ -21,6 +21,8 @@ from autotune.server.runner import BackgroundServer
 pytestmark = pytest.mark.engine
 
 GEMMA = "gemma3:270m"
+#: Long words: the loop reaches the guard's 2,048 characters in ~530 tokens (~800 for short ones).
+PROMPT = "Repeat after me: internationalization, internationalization,"
 
 
 def test_a_looping_reply_without_a_limit_is_stopped(tmp_path: Path) -> None:
@@ -32,7 +34,7 @@ def test_a_looping_reply_without_a_limit_is_stopped(tmp_path: Path) -> None:
             server.url + "/v1/chat/completions",
             json={
                 "model": GEMMA,
-                "messages": [{"role": "user", "content": "Repeat after me: the sea, the sea,"}],
+                "messages": [{"role": "user", "content": PROMPT}],
                 "temperature": 0,
             },
             timeout=600,
