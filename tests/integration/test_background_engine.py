@@ -25,7 +25,7 @@ from autotune.server.runner import BackgroundServer
 pytestmark = pytest.mark.engine
 
 GEMMA = "gemma3:270m"
-#: Long words: the loop reaches the guard's 2,048 characters in ~530 tokens (~800 for short ones).
+#: Left alone, the loop reaches the runaway guard's 2,048 characters after ~530 tokens.
 PROMPT = "Repeat after me: internationalization, internationalization,"
 
 

@@ -4,7 +4,9 @@ Gemma-3-270M (a base model; its GGUF has no chat template, so llama.cpp formats 
 ChatML) asked to repeat a phrase writes the whole turn again and again — ``<|im_end|>``,
 ``<|im_start|>user``, the phrase — with nothing to end it but the context. The request sets no
 token limit, as Open WebUI's background tasks do; autotune stops the reply once the same text
-has come back over 2,048 characters (pipeline/runaway.py), long before the context is full.
+has come back over AUTOTUNE_RUNAWAY_CHARS characters (pipeline/runaway.py; 512 here, to keep
+the test short: Gemma-3-270M decodes only ~12 tokens/s over 500 tokens on this machine), long
+before the context is full.
 """
 
 from __future__ import annotations
@@ -21,13 +23,17 @@ from autotune.server.runner import BackgroundServer
 pytestmark = pytest.mark.engine
 
 GEMMA = "gemma3:270m"
-#: Long words: the loop reaches the guard's 2,048 characters in ~530 tokens (~800 for short ones).
+#: Long words: more characters a token, so the loop reaches the span in fewer tokens.
 PROMPT = "Repeat after me: internationalization, internationalization,"
 
 
 def test_a_looping_reply_without_a_limit_is_stopped(tmp_path: Path) -> None:
     settings = Settings(
-        home=tmp_path / "home", backend="embedded", memory_budget=4 * 1024**3, recall=False
+        home=tmp_path / "home",
+        backend="embedded",
+        memory_budget=4 * 1024**3,
+        recall=False,
+        runaway_chars=512,  # the default 2,048 takes ~530 tokens here; the rule is the same
     )
     with BackgroundServer(create_app(settings)) as server:
         reply = httpx.post(
@@ -46,6 +52,6 @@ def test_a_looping_reply_without_a_limit_is_stopped(tmp_path: Path) -> None:
         plan = reply.headers["X-Autotune-Plan"]
         assert "runaway=stopped" in plan, plan
         text = choice["message"]["content"]
-        assert 2048 <= len(text) < 6000  # stopped soon after the span, far from the context
+        assert 512 <= len(text) < 2048  # stopped soon after the span, far from the context
         (record,) = httpx.get(server.url + "/api/requests", timeout=30).json()["requests"]
         assert "runaway=stopped" in record["plan"]  # telemetry keeps it too

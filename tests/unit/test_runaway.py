@@ -86,3 +86,16 @@ async def test_a_reply_with_a_limit_is_left_to_its_limit(
         pass
     assert "runaway" not in run.plan.summary()
     assert run.finish_reason == "stop" and run.text == BLOCK * 100
+
+
+async def test_the_guard_can_be_turned_off(
+    fake_pipeline: Pipeline, fake_backend: FakeBackend
+) -> None:
+    fake_pipeline.settings = fake_pipeline.settings.model_copy(update={"runaway_chars": 0})
+    fake_backend.queue(FakeReply(pieces=[BLOCK] * 100))
+    run = await fake_pipeline.start(
+        ChatInput(messages=[{"role": "user", "content": "Weather?"}], model=MODEL)
+    )
+    async for _ in run:
+        pass
+    assert "runaway" not in run.plan.summary() and run.text == BLOCK * 100

@@ -51,9 +51,7 @@ _CUT_MARK = "[… autotune cut {n} tokens from the start of this message to fit 
 #: What a background request (not streamed, no token limit) is told.
 BACKGROUND = "not streamed, no token limit: waits behind people's turns and yields its place"
 #: Why a reply without a token limit is watched (pipeline/runaway.py does the watching).
-RUNAWAY_WATCH = (
-    f"no token limit: a reply that repeats one text over {MIN_SPAN:,} characters is stopped"
-)
+RUNAWAY_WATCH = "no token limit: a reply that repeats one text over {chars:,} characters is stopped"
 
 
 @dataclass(frozen=True)
@@ -70,6 +68,8 @@ class RequestFacts:
     keep_alive: float | None = None
     #: Background work (not streamed, no token limit): admitted after people's turns.
     background: bool = False
+    #: Characters of repetition that stop a reply with no token limit (0: never).
+    runaway_chars: int = MIN_SPAN
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,9 @@ def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> D
     )
     if the_plan.refused:
         raise InsufficientMemory(the_plan.refused)
-    if max_tokens is None or max_tokens <= 0:
-        the_plan.decisions.append(Decision("runaway", "watch", RUNAWAY_WATCH))
+    if (max_tokens is None or max_tokens <= 0) and req.runaway_chars > 0:
+        why = RUNAWAY_WATCH.format(chars=req.runaway_chars)
+        the_plan.decisions.append(Decision("runaway", "watch", why))
     if req.background:
         the_plan.decisions.append(Decision("priority", "background", BACKGROUND))
     limit = the_plan.context_limit or snap.engine_context

@@ -153,12 +153,15 @@ class Pipeline:
                 min_context=inp.min_context,
                 keep_alive=inp.keep_alive,
                 background=background,
+                runaway_chars=self.settings.runaway_chars,
             )
             for attempt in (1, 2):
                 decided = await self._decide(backend, name, facts, view.conversation_id, record)
                 try:
                     run = await self._act(backend, name, inp, view, decided, record, started)
                     run.place = place
+                    if run.plan.last("runaway") is not None:
+                        run.watch_runaway(facts.runaway_chars)
                     return run
                 except UpstreamError as exc:
                     # The engine counted more tokens than the estimate that sized its

@@ -91,8 +91,8 @@ class ChatRun:
         self._last_text = ""
         #: The slot reserved for this run (engines with slots), released when it finishes.
         self.kv_ticket: Ticket | None = None
-        #: Watches a reply the plan gave no token limit for the same text over and over.
-        self._guard = RepetitionGuard() if plan.last("runaway") is not None else None
+        #: Watches a reply with no token limit for the same text over and over.
+        self._guard: RepetitionGuard | None = None
         #: The admission place this run holds (a background one may be asked to yield).
         self.place: Place | None = None
 
@@ -174,6 +174,10 @@ class ChatRun:
         async for _ in self:
             if self._last_text:
                 yield self._last_text
+
+    def watch_runaway(self, min_span: int) -> None:
+        """Stop the reply once ``min_span`` characters of it are one text repeated."""
+        self._guard = RepetitionGuard(min_span)
 
     def _stop_reason(self) -> Decision | None:
         """Why the reply must end now: it repeats itself, or a person's turn waits for the

@@ -3,27 +3,34 @@
 A request that sets no token limit can make a small model loop until its context is full (seen:
 an Open WebUI title request generated 7,945 tokens for 311 s and held the next turn behind
 it). :class:`RepetitionGuard` watches such a reply's text and reports a :class:`Loop` when its
-last :data:`MIN_SPAN` characters or more are one block repeated exactly, at least
-:data:`MIN_REPEATS` times. Prose, code and lists never repeat 2,000 characters verbatim
-(numbered or varied lines differ somewhere, so they never match), so it cannot fire on them;
-only a reply stuck in a cycle does. It checks the last :data:`WINDOW` characters every
-:data:`CHECK_EVERY` new ones, with a Z-array (linear time), so it costs microseconds a token.
+last :data:`MIN_SPAN` characters (``AUTOTUNE_RUNAWAY_CHARS``) or more are one block repeated
+exactly, at least :data:`MIN_REPEATS` times. Prose, code and lists never repeat 2,000
+characters verbatim (numbered or varied lines differ somewhere), so it cannot fire on them;
+only a reply stuck in a cycle does. It checks the last twice-the-span characters every eighth
+of a span of new text, with a Z-array (linear time), so it costs microseconds a token.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CHECK_EVERY", "MIN_REPEATS", "MIN_SPAN", "WINDOW", "Loop", "RepetitionGuard"]
+__all__ = ["MIN_REPEATS", "MIN_SPAN", "Loop", "RepetitionGuard", "find_loop"]
 
-#: Characters of exact repetition before a reply counts as a loop (about 500 tokens).
+#: Characters of exact repetition before a reply counts as a loop (about 500 tokens), unless
+#: AUTOTUNE_RUNAWAY_CHARS says otherwise.
 MIN_SPAN = 2048
 #: The repeated block must come back at least this many times within the span.
 MIN_REPEATS = 4
-#: The tail of the reply that is examined (the longest block is WINDOW / MIN_REPEATS).
-WINDOW = 4096
-#: Characters of new text between two checks.
-CHECK_EVERY = 256
+
+
+def window(min_span: int) -> int:
+    """The tail of the reply that is examined (the longest block is this / MIN_REPEATS)."""
+    return 2 * min_span
+
+
+def check_every(min_span: int) -> int:
+    """Characters of new text between two checks."""
+    return max(16, min_span // 8)
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ def _z_array(s: str) -> list[int]:
 
 def find_loop(text: str, min_span: int = MIN_SPAN, min_repeats: int = MIN_REPEATS) -> Loop | None:
     """The shortest block whose repetition makes up the end of ``text``, if it is a loop."""
-    tail = text[-WINDOW:]
+    tail = text[-window(min_span) :]
     if len(tail) < min_span:
         return None
     reversed_tail = tail[::-1]  # a run at the end of text is a run at the start of this
@@ -86,9 +93,9 @@ class RepetitionGuard:
     def feed(self, piece: str) -> Loop | None:
         if not piece:
             return None
-        self._text = (self._text + piece)[-WINDOW:]
+        self._text = (self._text + piece)[-window(self.min_span) :]
         self._unchecked += len(piece)
-        if self._unchecked < CHECK_EVERY:
+        if self._unchecked < check_every(self.min_span):
             return None
         self._unchecked = 0
         return find_loop(self._text, self.min_span, self.min_repeats)
