@@ -14,20 +14,21 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from autotune.ground.errors import BackendError, InvalidRequest
 from autotune.pipeline import ChatRun
 from autotune.pipeline.complete import CompletionInput, start_completion
+from autotune.server.driver import drive
 from autotune.server.errors import error_body
 from autotune.server.fields import ENGINE_EXTENSIONS, unknown_field
-from autotune.server.shapes import ClientGone, close_run, watching
+from autotune.server.headers import AutotuneHeaders
 
-__all__ = ["FIELDS", "LegacyLogprobs", "completion_params", "router"]
+__all__ = ["FIELDS", "LegacyLogprobs", "completion_headers", "completion_params", "router"]
 
 router = APIRouter()
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -167,62 +168,72 @@ def _usage(run: ChatRun) -> dict[str, Any] | None:
     return usage
 
 
-async def _stream(run: ChatRun, model: str, echo: str, include_usage: bool) -> AsyncIterator[bytes]:
-    head = {"id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion", "model": model}
-    created = int(time.time())
-    logprobs = LegacyLogprobs(len(echo))
+class _Answer:
+    """A run as ``text_completion`` events, or one ``text_completion``."""
 
-    def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        data = {**head, "created": created, "choices": choices, **extra}
-        return b"data: " + _dumps(data).encode() + b"\n\n"
+    def __init__(
+        self, run: ChatRun, model: str, echo: str, *, include_usage: bool, logprobs: bool
+    ) -> None:
+        self.run, self.model, self.echo = run, model, echo
+        self.include_usage, self.logprobs = include_usage, logprobs
 
-    try:
-        if echo:
-            yield frame([{"index": 0, "text": echo, "logprobs": None, "finish_reason": None}])
+    async def frames(self) -> AsyncIterator[bytes]:
+        run, echo = self.run, self.echo
+        head = {"id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion", "model": self.model}
+        created = int(time.time())
+        logprobs = LegacyLogprobs(len(echo))
+
+        def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            data = {**head, "created": created, "choices": choices, **extra}
+            return b"data: " + _dumps(data).encode() + b"\n\n"
+
+        try:
+            if echo:
+                yield frame([{"index": 0, "text": echo, "logprobs": None, "finish_reason": None}])
+            async for chunk in run:
+                choices = [_choice(c, logprobs) for c in chunk.data.get("choices") or ()]
+                if choices:
+                    yield frame(choices)
+            usage = _usage(run)
+            if self.include_usage and usage is not None:
+                yield frame([], usage=usage)
+        except BackendError as exc:
+            body = error_body(str(exc), status=exc.status, code=exc.code)
+            yield b"data: " + _dumps(body).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    async def whole(self) -> dict[str, Any]:
+        run = self.run
+        logprobs = LegacyLogprobs(len(self.echo))
         async for chunk in run:
-            choices = []
             for c in chunk.data.get("choices") or ():
-                choices.append(
-                    {
-                        "index": c.get("index", 0),
-                        "text": c.get("text") or "",
-                        "logprobs": logprobs.add(c.get("logprobs")),
-                        "finish_reason": c.get("finish_reason"),
-                    }
-                )
-            if choices:
-                yield frame(choices)
+                logprobs.add(c.get("logprobs"))
+        choice = {
+            "index": 0,
+            "text": self.echo + run.reply.text,
+            "logprobs": logprobs.data if self.logprobs else None,
+            "finish_reason": run.reply.finish_reason or "stop",
+        }
+        answer: dict[str, Any] = {
+            "id": "cmpl-" + uuid.uuid4().hex,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [choice],
+        }
         usage = _usage(run)
-        if include_usage and usage is not None:
-            yield frame([], usage=usage)
-    except BackendError as exc:
-        body = error_body(str(exc), status=exc.status, code=exc.code)
-        yield b"data: " + _dumps(body).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
+        if usage is not None:
+            answer["usage"] = usage
+        return answer
 
 
-async def _collect(run: ChatRun, model: str, echo: str, want_logprobs: bool) -> dict[str, Any]:
-    logprobs = LegacyLogprobs(len(echo))
-    async for chunk in run:
-        for c in chunk.data.get("choices") or ():
-            logprobs.add(c.get("logprobs"))
-    choice = {
-        "index": 0,
-        "text": echo + run.reply.text,
-        "logprobs": logprobs.data if want_logprobs else None,
-        "finish_reason": run.reply.finish_reason or "stop",
+def _choice(c: Mapping[str, Any], logprobs: LegacyLogprobs) -> dict[str, Any]:
+    return {
+        "index": c.get("index", 0),
+        "text": c.get("text") or "",
+        "logprobs": logprobs.add(c.get("logprobs")),
+        "finish_reason": c.get("finish_reason"),
     }
-    answer: dict[str, Any] = {
-        "id": "cmpl-" + uuid.uuid4().hex,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [choice],
-    }
-    usage = _usage(run)
-    if usage is not None:
-        answer["usage"] = usage
-    return answer
 
 
 @router.post(
@@ -232,11 +243,12 @@ async def _collect(run: ChatRun, model: str, echo: str, want_logprobs: bool) -> 
 async def create_completion(
     body: CompletionBody,
     request: Request,
-    x_autotune_profile: Literal["fast", "balanced", "quality"] | None = Header(
-        None, description="Tuning profile for this request (default: the server's)."
-    ),
+    headers: AutotuneHeaders = Depends(AutotuneHeaders.read),
 ) -> Response:
-    """A text completion (fill-in-the-middle with ``suffix``) through autotune's pipeline."""
+    """A text completion (fill-in-the-middle with ``suffix``) through autotune's pipeline.
+    ``X-Conversation-Id`` and ``X-Autotune-Overflow: truncate-oldest`` are refused (400): a
+    completion is not a conversation, and its prompt is never cut."""
+    headers = completion_headers(headers)
     settings = request.app.state.settings
     raw = body.model_dump(exclude_unset=True, exclude_none=True)
     prompt = _prompt(body.prompt)
@@ -245,28 +257,30 @@ async def create_completion(
         model=body.model,
         suffix=body.suffix,
         params=completion_params(raw, pass_unknown=settings.pass_unknown_fields),
-        profile=x_autotune_profile,
+        profile=headers.profile,
     )
-    pipeline = request.app.state.pipeline
-    try:
-        run = await watching(start_completion(pipeline, inp), request, close_run)
-    except ClientGone:
-        return Response(status_code=499)
-    model = body.model or run.model
     echo = prompt if body.echo else ""
-    headers = {"X-Autotune-Plan": run.plan.summary()}
-    if body.stream:
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(
-            _stream(run, model, echo, include_usage),
-            media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    include_usage = bool((body.stream_options or {}).get("include_usage"))
+
+    def answer(run: ChatRun) -> _Answer:
+        model = body.model or run.model
+        wants = body.logprobs is not None
+        return _Answer(run, model, echo, include_usage=include_usage, logprobs=wants)
+
+    started = start_completion(request.app.state.pipeline, inp)
+    return await drive(request, started, answer, stream=bool(body.stream))
+
+
+def completion_headers(headers: AutotuneHeaders) -> AutotuneHeaders:
+    """autotune's headers on a text completion: a 400 for what it cannot honour."""
+    headers = headers.without_conversation(
+        "a text completion is not a conversation; send chat messages to /v1/chat/completions "
+        "to store one"
+    )
+    if headers.overflow == "truncate-oldest":
+        raise InvalidRequest(
+            "X-Autotune-Overflow: truncate-oldest cannot be honoured here: a prompt is never "
+            "cut (one that cannot fit is refused).",
+            param="X-Autotune-Overflow",
         )
-    try:
-        answer = await watching(_collect(run, model, echo, body.logprobs is not None), request)
-    except ClientGone:
-        return Response(status_code=499)
-    except BackendError as exc:
-        status = exc.status if exc.status >= 400 else 502
-        return JSONResponse(error_body(str(exc), status=status, code=exc.code), status, headers)
-    return JSONResponse(answer, headers=headers)
+    return headers

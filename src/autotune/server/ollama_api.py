@@ -6,8 +6,8 @@ Apps written for Ollama (the official clients, Open WebUI, Continue, LangChain's
 :meth:`~autotune.pipeline.Pipeline.start` exactly as ``/v1/chat/completions`` does — the same
 admission, planner, context window, conversation store (``X-Conversation-Id``), telemetry
 and ``X-Autotune-Plan`` header; this module only translates (:mod:`.ollama_wire`). Errors
-answer in Ollama's shape, ``{"error": "..."}``, with a real 4xx/5xx status, through the
-route class :class:`OllamaRoute` (the app's own handlers answer in OpenAI's shape).
+answer in Ollama's shape, ``{"error": "..."}``, with a real 4xx/5xx status, on every path
+of Ollama's API (:data:`ERRORS`), those raised before a route included.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from autotune.backends.base import Backend
@@ -31,8 +32,13 @@ from autotune.ground.types import ModelEntry, ModelMeta, PullProgress
 from autotune.models.template import read_chat_template, template_capabilities
 from autotune.pipeline import ChatInput, ChatRun, Pipeline
 from autotune.pipeline.complete import CompletionInput, start_completion
+from autotune.server.completions import completion_headers
+from autotune.server.driver import drive
+from autotune.server.errors import ErrorShape
+from autotune.server.headers import AutotuneHeaders
 from autotune.server.ollama_wire import (
     OLLAMA_API_VERSION,
+    OLLAMA_PATHS,
     ChatBody,
     GenerateBody,
     ModelBody,
@@ -49,37 +55,31 @@ from autotune.server.ollama_wire import (
     translate,
     validation_message,
 )
-from autotune.server.shapes import ClientGone, close_run, shaped_route, watching
 
-__all__ = ["OllamaRoute", "error_response", "router"]
+__all__ = ["ERRORS", "router"]
 
-T = TypeVar("T")
 _NDJSON = "application/x-ndjson"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _HEX64 = re.compile(r"^(?:sha256[-:])?([0-9a-f]{64})$")
 _ERRORS: dict[int | str, dict[str, Any]] = {status: {} for status in (400, 404, 413, 429, 503)}
 
 
-def error_response(
-    message: str,
-    status: int,
-    headers: Mapping[str, str] | None = None,
-    exc: BackendError | None = None,
-) -> JSONResponse:
-    """Ollama's error shape: ``{"error": "..."}`` with the status (and Ollama's own wording
-    for an unknown model, which apps look for)."""
+def _error(exc: BackendError) -> dict[str, Any]:
+    """Ollama's error shape, ``{"error": "..."}`` (with Ollama's own wording for an unknown
+    model, which apps look for)."""
     if isinstance(exc, ModelNotFound):
-        message = f"model '{exc.model}' not found" + (f" ({exc.hint})" if exc.hint else "")
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+        return {"error": f"model '{exc.model}' not found" + (f" ({exc.hint})" if exc.hint else "")}
+    return {"error": str(exc)}
 
 
-#: A route whose errors answer in Ollama's shape.
-OllamaRoute = shaped_route(
-    error_response, "OllamaRoute", lambda exc: validation_message(exc.errors())
-)
+def _invalid(exc: RequestValidationError) -> InvalidRequest:
+    return InvalidRequest(validation_message(exc.errors()))
 
 
-router = APIRouter(route_class=OllamaRoute, tags=["ollama"])
+#: Ollama's error shape, for every path of Ollama's API (those autotune does not offer too).
+ERRORS = ErrorShape("Ollama", _error, paths=OLLAMA_PATHS, describe=_invalid)
+
+router = APIRouter(tags=["ollama"])
 
 
 def _pipeline(request: Request) -> Pipeline:
@@ -92,36 +92,15 @@ def _line(obj: dict[str, Any]) -> bytes:
 
 # --------------------------------------------------------------------------- chat & generate
 
-_Profile = Literal["fast", "balanced", "quality"]
-_Overflow = Literal["refuse", "truncate-oldest"]
-
-
-class _Headers:
-    """autotune's own request headers, the same as on ``/v1/chat/completions``."""
-
-    def __init__(
-        self,
-        x_autotune_profile: _Profile | None = Header(
-            None, description="Tuning profile for this request (default: the server's)."
-        ),
-        x_conversation_id: str | None = Header(
-            None, max_length=128, description="Store and resume this conversation."
-        ),
-        x_autotune_overflow: _Overflow | None = Header(
-            None, description="When the newest message cannot fit: refuse (400) or cut its start."
-        ),
-    ) -> None:
-        self.profile = x_autotune_profile
-        self.conversation_id = x_conversation_id
-        self.overflow = x_autotune_overflow
-
 
 @router.post(
     "/api/chat",
     responses={200: {"content": {_NDJSON: {}}}, **_ERRORS},
     summary="Ollama chat (NDJSON stream unless stream is false)",
 )
-async def chat(body: ChatBody, request: Request, headers: _Headers = Depends()) -> Response:
+async def chat(
+    body: ChatBody, request: Request, headers: AutotuneHeaders = Depends(AutotuneHeaders.read)
+) -> Response:
     """Ollama's ``/api/chat`` through autotune's pipeline."""
     arrived = time.monotonic_ns()
     translated = translate(body)
@@ -137,11 +116,11 @@ async def chat(body: ChatBody, request: Request, headers: _Headers = Depends()) 
 async def generate(
     body: GenerateBody,
     request: Request,
-    headers: _Headers = Depends(),
+    headers: AutotuneHeaders = Depends(AutotuneHeaders.read),
 ) -> Response:
     """Ollama's ``/api/generate``: ``system`` and ``prompt`` become chat messages; a ``raw``
     prompt or a ``suffix`` (fill-in-the-middle) is completed as it is, like
-    ``/v1/completions``."""
+    ``/v1/completions`` (which keeps no conversation: ``X-Conversation-Id`` is a 400 there)."""
     arrived = time.monotonic_ns()
     translated = translate(body)
     shape = _shape(body.model, "generate", translated)
@@ -152,7 +131,7 @@ async def generate(
             model=body.model,
             suffix=body.suffix or None,
             params=translated.params,
-            profile=headers.profile,
+            profile=completion_headers(headers).profile,
             source="ollama",
         )
     return await _answer(
@@ -171,91 +150,75 @@ async def _answer(
     translated: Translated,
     shape: ReplyShape,
     stream: bool | None,
-    headers: _Headers,
+    headers: AutotuneHeaders,
     arrived: int,
     completion: CompletionInput | None = None,
 ) -> Response:
     streaming = stream is not False  # Ollama streams unless told not to
     if completion is not None:
         started = start_completion(_pipeline(request), completion)
-        return await _reply(request, started, shape, streaming, arrived)
-    if not translated.messages:
+    elif not translated.messages:
         return await _load_or_unload(request, model, translated.keep_alive, shape, streaming)
-    inp = ChatInput(
-        messages=translated.messages,
-        model=model,
-        params=translated.params,
-        profile=headers.profile,
-        conversation_id=headers.conversation_id,
-        overflow=headers.overflow,
-        min_context=translated.min_context,
-        keep_alive=translated.keep_alive,
-    )
-    return await _reply(request, _pipeline(request).start(inp), shape, streaming, arrived)
-
-
-async def _reply(
-    request: Request, started: Awaitable[ChatRun], shape: ReplyShape, streaming: bool, arrived: int
-) -> Response:
-    """Wait for the run to start (watching the client), then stream it as NDJSON or answer
-    it whole."""
-    try:
-        run = await watching(started, request, close_run)
-    except ClientGone:
-        return Response(status_code=499)
-    waited = time.monotonic_ns() - arrived
-    out_headers = {"X-Autotune-Plan": run.plan.summary()}
-    if run.conversation_id:
-        out_headers["X-Conversation-Id"] = run.conversation_id
-    if streaming:
-        return StreamingResponse(
-            _stream(run, shape, arrived, waited),
-            media_type=_NDJSON,
-            headers={**out_headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    else:
+        inp = ChatInput(
+            messages=translated.messages,
+            model=model,
+            params=translated.params,
+            profile=headers.profile,
+            conversation_id=headers.conversation_id,
+            overflow=headers.overflow,
+            min_context=translated.min_context,
+            keep_alive=translated.keep_alive,
         )
-    try:
-        whole = await watching(_whole(run, shape, arrived, waited), request)
-    except ClientGone:
-        return Response(status_code=499)
-    return JSONResponse(whole, headers=out_headers)
+        started = _pipeline(request).start(inp)
+
+    def answer(run: ChatRun) -> _Answer:
+        return _Answer(run, shape, arrived, time.monotonic_ns() - arrived)
+
+    return await drive(request, started, answer, stream=streaming, media_type=_NDJSON)
 
 
-def _done(run: ChatRun, arrived: int, waited: int) -> dict[str, Any]:
-    return done_fields(
-        run.stats,
-        total_ns=time.monotonic_ns() - arrived,
-        waited_ns=waited,
-        finish_reason=run.finish_reason,
-        usage=run.usage,
-    )
+class _Answer:
+    """A run as Ollama's NDJSON objects, or one object, the last with Ollama's timings."""
 
+    def __init__(self, run: ChatRun, shape: ReplyShape, arrived: int, waited: int) -> None:
+        self.run, self.shape, self.arrived, self.waited = run, shape, arrived, waited
 
-async def _stream(
-    run: ChatRun, shape: ReplyShape, arrived: int, waited: int
-) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in run:
-            piece = shape.piece(chunk.data)
-            if piece is not None:
-                yield _line(piece)
-    except BackendError as exc:  # the headers are gone: report it the way Ollama streams do
-        yield _line({"error": str(exc)})
-        return
-    for obj in shape.closing(run.reply.tool_calls, _done(run, arrived, waited)):
-        yield _line(obj)
+    def _done(self) -> dict[str, Any]:
+        run = self.run
+        return done_fields(
+            run.stats,
+            total_ns=time.monotonic_ns() - self.arrived,
+            waited_ns=self.waited,
+            finish_reason=run.finish_reason,
+            usage=run.usage,
+        )
 
+    async def frames(self) -> AsyncIterator[bytes]:
+        run, shape = self.run, self.shape
+        try:
+            async for chunk in run:
+                piece = shape.piece(chunk.data)
+                if piece is not None:
+                    yield _line(piece)
+        except BackendError as exc:  # the headers are gone: report it the way Ollama streams do
+            yield _line(_error(exc))
+            return
+        for obj in shape.closing(run.reply.tool_calls, self._done()):
+            yield _line(obj)
 
-async def _whole(run: ChatRun, shape: ReplyShape, arrived: int, waited: int) -> dict[str, Any]:
-    async for _ in run:
-        pass
-    main = run.reply.choices.get(0)
-    return shape.whole(
-        run.reply.text,
-        thinking=main.texts.get("reasoning_content") if main else None,
-        calls=run.reply.tool_calls,
-        probs=main.logprobs if main else None,
-        done=_done(run, arrived, waited),
-    )
+    async def whole(self) -> dict[str, Any]:
+        run = self.run
+        async for _ in run:
+            pass
+        main = run.reply.choices.get(0)
+        return self.shape.whole(
+            run.reply.text,
+            thinking=main.texts.get("reasoning_content") if main else None,
+            calls=run.reply.tool_calls,
+            probs=main.logprobs if main else None,
+            done=self._done(),
+        )
 
 
 async def _load_or_unload(

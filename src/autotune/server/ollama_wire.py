@@ -32,6 +32,7 @@ from autotune.ground.types import EngineStats, ModelEntry, ModelMeta, RunningMod
 
 __all__ = [
     "OLLAMA_API_VERSION",
+    "OLLAMA_PATHS",
     "ChatBody",
     "GenerateBody",
     "ModelBody",
@@ -59,6 +60,24 @@ __all__ = [
 #: The Ollama API version this face speaks (``GET /api/version``): clients gate features
 #: such as ``think``, tool calls and JSON-schema ``format`` on it.
 OLLAMA_API_VERSION = "0.12.0"
+#: The paths of Ollama's API (docs/api.md), offered here or not: their errors, an unknown
+#: route's 404 included, are answered in Ollama's shape.
+OLLAMA_PATHS = (
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+    "/api/tags",
+    "/api/show",
+    "/api/ps",
+    "/api/pull",
+    "/api/push",
+    "/api/create",
+    "/api/copy",
+    "/api/delete",
+    "/api/blobs",
+    "/api/version",
+)
 
 _THINK_LEVELS = ("low", "medium", "high")
 _ROLES = ("system", "user", "assistant", "tool")

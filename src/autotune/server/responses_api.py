@@ -12,48 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
 
 from autotune.ground.errors import BackendError, InvalidRequest
+from autotune.ground.ids import CONVERSATION_ID_RULE, is_conversation_id, new_conversation_id
 from autotune.pipeline import ChatInput, ChatRun, Pipeline
-from autotune.server.errors import error_body, error_response
+from autotune.server.driver import drive
+from autotune.server.errors import ErrorShape, error_response
+from autotune.server.headers import AutotuneHeaders
+from autotune.server.responses_schema import ResponsesRequest
 from autotune.server.responses_wire import ResponseStream, to_chat
-from autotune.server.shapes import ClientGone, close_run, watching
-from autotune.store.conversations import new_conversation_id
 from autotune.store.responses import ResponseStore
 
-__all__ = ["router"]
+__all__ = ["ERRORS", "router"]
 
 router = APIRouter()
+#: OpenAI's error shape; fields named as the Responses API names them (``input[0].content``).
+ERRORS = ErrorShape("OpenAI", paths=("/v1/responses",), brackets=True)
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-
-
-class ResponsesRequest(BaseModel):
-    """``POST /v1/responses``; every other field is checked by responses_wire.FIELDS."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = Field(None, min_length=1, max_length=512)
-    input: str | list[dict[str, Any]]
-    instructions: str | None = None
-    stream: bool | None = None
-    store: bool | None = None
-    previous_response_id: str | None = Field(None, min_length=1, max_length=128)
-    conversation: str | dict[str, Any] | None = None
-    max_output_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-    truncation: Literal["auto", "disabled"] | None = None
 
 
 def _pipeline(request: Request) -> Pipeline:
@@ -71,9 +51,9 @@ def _conversation_param(value: Any) -> str | None:
     if value is None:
         return None
     cid = value.get("id") if isinstance(value, dict) else value
-    if not isinstance(cid, str) or not _CONVERSATION_ID.match(cid):
+    if not isinstance(cid, str) or not is_conversation_id(cid):
         raise InvalidRequest(
-            "'conversation' must be a conversation id (letters, digits, _.:-, at most 128).",
+            f"'conversation' must be a conversation id ({CONVERSATION_ID_RULE}).",
             param="conversation",
         )
     return cid
@@ -105,52 +85,47 @@ async def _conversation(
     return new_conversation_id() if raw.get("store", True) else None
 
 
-async def _finish(
-    run: ChatRun, stream: ResponseStream, responses: ResponseStore, store: bool
-) -> list[dict[str, Any]]:
-    """The closing events, once the response is on record (so it can be resumed at once)."""
-    events = stream.finish(run.stats)
-    if store and run.conversation_id:
-        await asyncio.to_thread(
-            responses.put, stream.id, run.conversation_id, run.model, stream.response()
-        )
-    return events
-
-
-async def _events(
-    run: ChatRun, stream: ResponseStream, responses: ResponseStore, store: bool
-) -> AsyncIterator[dict[str, Any]]:
-    for event in stream.start():
-        yield event
-    async for chunk in run:
-        for event in stream.feed(chunk.data):
-            yield event
-    for event in await _finish(run, stream, responses, store):
-        yield event
-
-
 def _frame(event: dict[str, Any]) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + _dumps(event).encode() + b"\n\n"
 
 
-async def _sse(
-    run: ChatRun, stream: ResponseStream, responses: ResponseStore, store: bool
-) -> AsyncIterator[bytes]:
-    try:
-        async for event in _events(run, stream, responses, store):
-            yield _frame(event)
-    except BackendError as exc:
-        # Headers are gone already: report the failure as the Responses stream does.
-        for event in stream.failed(str(exc), exc.code):
-            yield _frame(event)
+class _Answer:
+    """A run as the Responses event stream, or one ``response``; a stored response is put
+    on record before its closing events, so it can be resumed at once."""
 
+    def __init__(
+        self, run: ChatRun, stream: ResponseStream, responses: ResponseStore, store: bool
+    ) -> None:
+        self.run, self.stream, self.responses, self.store = run, stream, responses, store
 
-async def _collect(
-    run: ChatRun, stream: ResponseStream, responses: ResponseStore, store: bool
-) -> dict[str, Any]:
-    async for _ in _events(run, stream, responses, store):
-        pass
-    return stream.response()
+    async def _events(self) -> AsyncIterator[dict[str, Any]]:
+        run, stream = self.run, self.stream
+        for event in stream.start():
+            yield event
+        async for chunk in run:
+            for event in stream.feed(chunk.data):
+                yield event
+        events = stream.finish(run.stats)
+        if self.store and run.conversation_id:
+            await asyncio.to_thread(
+                self.responses.put, stream.id, run.conversation_id, run.model, stream.response()
+            )
+        for event in events:
+            yield event
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        try:
+            async for event in self._events():
+                yield _frame(event)
+        except BackendError as exc:
+            # Headers are gone already: report the failure as the Responses stream does.
+            for event in self.stream.failed(str(exc), exc.code):
+                yield _frame(event)
+
+    async def whole(self) -> dict[str, Any]:
+        async for _ in self._events():
+            pass
+        return self.stream.response()
 
 
 @router.post(
@@ -160,12 +135,7 @@ async def _collect(
 async def create_response(
     body: ResponsesRequest,
     request: Request,
-    x_autotune_profile: Literal["fast", "balanced", "quality"] | None = Header(
-        None, description="Tuning profile for this request (default: the server's)."
-    ),
-    x_conversation_id: str | None = Header(
-        None, max_length=128, description="Store and resume this conversation."
-    ),
+    headers: AutotuneHeaders = Depends(AutotuneHeaders.read),
 ) -> Response:
     """A response through autotune's pipeline (OpenAI's Responses schema; SSE when ``stream``)."""
     settings = request.app.state.settings
@@ -177,40 +147,26 @@ async def create_response(
         messages=parts.messages,
         model=body.model,
         params=parts.params,
-        profile=x_autotune_profile,
-        conversation_id=await _conversation(raw, x_conversation_id, responses),
+        profile=headers.profile,
+        conversation_id=await _conversation(raw, headers.conversation_id, responses),
         persist=store,
-        overflow=parts.overflow,
+        overflow=headers.overflow or parts.overflow,
         source="responses",
     )
     pipeline = _pipeline(request)
-    try:
-        run = await watching(pipeline.start(inp), request, close_run)
-    except ClientGone:
-        return Response(status_code=499)
-    stream = ResponseStream(
-        raw,
-        body.model or run.model,
-        input_estimate=pipeline.tokens.count(run.model, run.request.messages),
-    )
-    stream.conversation_id = run.conversation_id if store else None
-    headers = {"X-Autotune-Plan": run.plan.summary()}
-    if run.conversation_id and store:
-        headers["X-Conversation-Id"] = run.conversation_id
-    if body.stream:
-        return StreamingResponse(
-            _sse(run, stream, responses, store),
-            media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+
+    def answer(run: ChatRun) -> _Answer:
+        stream = ResponseStream(
+            raw,
+            body.model or run.model,
+            input_estimate=pipeline.tokens.count(run.model, run.request.messages),
         )
-    try:
-        answer = await watching(_collect(run, stream, responses, store), request)
-    except ClientGone:
-        return Response(status_code=499)
-    except BackendError as exc:
-        status = exc.status if exc.status >= 400 else 502
-        return JSONResponse(error_body(str(exc), status=status, code=exc.code), status, headers)
-    return JSONResponse(answer, headers=headers)
+        stream.conversation_id = run.conversation_id if store else None
+        return _Answer(run, stream, responses, store)
+
+    started = pipeline.start(inp)
+    streaming = bool(body.stream)
+    return await drive(request, started, answer, stream=streaming, conversation_header=store)
 
 
 @router.get("/v1/responses/{response_id}", responses={404: {}})

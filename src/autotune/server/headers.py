@@ -1,0 +1,66 @@
+"""autotune's own request headers, read the same way on every API face (one FastAPI dependency).
+
+``X-Conversation-Id`` is checked against the one id pattern (:mod:`autotune.ground.ids`)
+wherever it arrives, with one message, so an id one face refuses is refused by all, and an
+id one face stores can be read back through ``/api/conversations/{id}``. A bad value is a
+400 naming the header, in the shape of the API the request was sent to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from fastapi import Header
+
+from autotune.ground.errors import InvalidRequest
+from autotune.ground.ids import CONVERSATION_ID_PATTERN, CONVERSATION_ID_RULE, is_conversation_id
+
+__all__ = ["AutotuneHeaders", "Overflow", "Profile"]
+
+Profile = Literal["fast", "balanced", "quality"]
+Overflow = Literal["refuse", "truncate-oldest"]
+
+
+@dataclass(frozen=True)
+class AutotuneHeaders:
+    """``X-Autotune-Profile``, ``X-Conversation-Id`` and ``X-Autotune-Overflow``; use as
+    ``headers: AutotuneHeaders = Depends(AutotuneHeaders.read)``."""
+
+    profile: Profile | None = None
+    conversation_id: str | None = None
+    overflow: Overflow | None = None
+
+    @classmethod
+    def read(
+        cls,
+        x_autotune_profile: Profile | None = Header(
+            None, description="Tuning profile for this request (default: the server's)."
+        ),
+        x_conversation_id: str | None = Header(
+            None,
+            description=f"Store and resume this conversation ({CONVERSATION_ID_RULE}: "
+            f"{CONVERSATION_ID_PATTERN}).",
+        ),
+        x_autotune_overflow: Overflow | None = Header(
+            None,
+            description="When the newest message cannot fit: refuse with a 400 (the default) "
+            "or cut its start and say so in X-Autotune-Plan.",
+        ),
+    ) -> AutotuneHeaders:
+        if x_conversation_id is not None and not is_conversation_id(x_conversation_id):
+            raise InvalidRequest(
+                f"X-Conversation-Id {x_conversation_id[:100]!r} is not a conversation id: an id "
+                f"is {CONVERSATION_ID_RULE}.",
+                param="X-Conversation-Id",
+            )
+        return cls(x_autotune_profile, x_conversation_id, x_autotune_overflow)
+
+    def without_conversation(self, why: str) -> AutotuneHeaders:
+        """For a route that keeps no conversation: a 400 when one was asked for (never
+        ignored), else these headers."""
+        if self.conversation_id is not None:
+            raise InvalidRequest(
+                f"X-Conversation-Id cannot be honoured here: {why}.", param="X-Conversation-Id"
+            )
+        return self
