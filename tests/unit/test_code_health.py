@@ -25,6 +25,32 @@ def test_imports_point_down_the_layers() -> None:
     assert result.returncode == 0, result.stdout[-3000:]
 
 
+def test_faces_import_no_engine_or_model_module() -> None:
+    """A face (cli/, server/, chat/) reaches engines and model files only through the runtime
+    and the operations; a direct import of backends/ or models/ fails here (and the contract
+    in pyproject.toml says so to import-linter)."""
+    import grimp
+
+    graph = grimp.build_graph("autotune")
+    faces = ("autotune.cli", "autotune.server", "autotune.chat")
+    direct = sorted(
+        f"{module} imports {imported}"
+        for module in graph.modules
+        if module.startswith(faces)
+        for imported in graph.find_modules_directly_imported_by(module)
+        if imported.startswith(("autotune.backends", "autotune.models"))
+    )
+    assert not direct, "go through autotune.operations or the runtime:\n" + "\n".join(direct)
+
+
+def test_every_built_engine_has_its_builder_where_imports_are_checked() -> None:
+    from autotune.backends.registry import BUILDERS
+    from autotune.ground.engines import ENGINES
+
+    assert {e.name for e in ENGINES if e.choosable} <= set(BUILDERS)
+    assert set(BUILDERS) <= {e.name for e in ENGINES}
+
+
 def test_no_function_is_too_complex_to_read_at_once() -> None:
     too_complex = [
         f"{path.relative_to(SRC)}:{block.lineno} {block.name} ({block.complexity})"

@@ -11,9 +11,8 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from autotune import __version__
-from autotune.backends.registry import BackendSet
 from autotune.ground.config import Settings, get_settings
-from autotune.runtime import open_runtime
+from autotune.runtime import BackendSet, open_runtime
 from autotune.server import (
     admin,
     anthropic_api,

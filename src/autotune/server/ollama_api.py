@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
-import re
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from autotune.backends.base import Backend
-from autotune.ground.errors import BackendError, InvalidRequest, ModelNotFound, NotSupported
-from autotune.ground.types import ModelEntry, ModelMeta, PullProgress
-from autotune.models.template import read_chat_template, template_capabilities
+from autotune.ground.errors import BackendError, InvalidRequest, ModelNotFound
+from autotune.ground.types import PullProgress
+from autotune.operations.engines import preload, unload
+from autotune.operations.inventory import described, file_identity, loaded_models, model_details
+from autotune.operations.pull import prepare_pull
 from autotune.pipeline import ChatInput, ChatRun, Pipeline
 from autotune.pipeline.complete import CompletionInput, start_completion
 from autotune.server.completions import completion_headers
@@ -60,7 +58,6 @@ __all__ = ["ERRORS", "router"]
 
 _NDJSON = "application/x-ndjson"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_HEX64 = re.compile(r"^(?:sha256[-:])?([0-9a-f]{64})$")
 _ERRORS: dict[int | str, dict[str, Any]] = {status: {} for status in (400, 404, 413, 429, 503)}
 
 
@@ -224,19 +221,13 @@ class _Answer:
 async def _load_or_unload(
     request: Request, model: str, keep_alive: float | None, shape: ReplyShape, streaming: bool
 ) -> Response:
-    """A request without messages: Ollama's way to unload (``keep_alive: 0``) or preload.
-
-    autotune loads a model at its first message, sized for that conversation (a load now
-    would be sized blind and could mean a second load), so "load" only checks the model is
-    there."""
-    backend, name = await _pipeline(request).backends.resolve(model)
-    reason = "load"
+    """A request without messages: Ollama's way to unload (``keep_alive: 0``) or preload."""
+    runtime = request.app.state.runtime
     if keep_alive == 0:
-        if not backend.capabilities.unload:
-            raise NotSupported(f"The {backend.name} engine does not let autotune unload models.")
-        await backend.unload(name)
-        reason = "unload"
-    obj = shape.loaded(reason)
+        await unload(runtime, model)
+    else:
+        await preload(runtime, model)
+    obj = shape.loaded("unload" if keep_alive == 0 else "load")
     if streaming:
         return Response(_line(obj), media_type=_NDJSON)
     return JSONResponse(obj)
@@ -245,58 +236,17 @@ async def _load_or_unload(
 # --------------------------------------------------------------------------- models
 
 
-def _file_facts(path: str | None, name: str) -> tuple[str, float | None]:
-    """A digest for the model and its file's mtime: the file's own sha256 where the store
-    names files by it (Ollama blobs, Hugging Face LFS blobs), else a digest of its path, size
-    and time (hashing gigabytes for a listing is not an option)."""
-    if not path:
-        return hashlib.sha256(name.encode()).hexdigest(), None
-    try:
-        real = Path(path).resolve()
-        stat = real.stat()
-    except OSError:
-        return hashlib.sha256(path.encode()).hexdigest(), None
-    match = _HEX64.match(real.name)
-    if match:
-        return match.group(1), stat.st_mtime
-    identity = f"{real}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-    return hashlib.sha256(identity).hexdigest(), stat.st_mtime
-
-
-async def _meta(backend: Backend | None, name: str) -> ModelMeta | None:
-    if backend is None:
-        return None
-    try:
-        return await backend.model_meta(name)
-    except BackendError:
-        return None
-
-
-async def _entries(pipeline: Pipeline) -> list[ModelEntry]:
-    inventory = await pipeline.backends.inventory()
-    seen: dict[str, ModelEntry] = {}
-    for engine in pipeline.backends.order:
-        for entry in inventory.get(engine, []):
-            seen.setdefault(entry.name, entry)
-    return list(seen.values())
-
-
 @router.get("/api/tags", summary="Ollama: every model autotune can serve")
 async def tags(request: Request) -> dict[str, Any]:
     """Every model the engines in use can serve, with Ollama's fields."""
-    pipeline = _pipeline(request)
-    entries = await _entries(pipeline)
-    metas = await asyncio.gather(
-        *(_meta(pipeline.backends.get(e.backend), e.name) for e in entries)
-    )
-    paths = [e.path or (m.path if m else None) for e, m in zip(entries, metas, strict=True)]
+    models = await described(_pipeline(request).backends)
     facts = await asyncio.to_thread(
-        lambda: [_file_facts(path, e.name) for path, e in zip(paths, entries, strict=True)]
+        lambda: [file_identity(e.path or (m.path if m else None), e.name) for e, m in models]
     )
     return {
         "models": [
             tag_entry(entry, meta, digest=digest, modified=mtime)
-            for entry, meta, (digest, mtime) in zip(entries, metas, facts, strict=True)
+            for (entry, meta), (digest, mtime) in zip(models, facts, strict=True)
         ]
     }
 
@@ -307,18 +257,17 @@ async def show(body: ModelBody, request: Request) -> dict[str, Any]:
     asked = body.model or body.name
     if not asked:
         raise InvalidRequest("Missing required field 'model'.", param="model")
-    backend, name = await _pipeline(request).backends.resolve(asked)
-    meta = await _meta(backend, name) or ModelMeta(name=name)
-    template = await asyncio.to_thread(read_chat_template, meta.path) if meta.path else None
-    digest, mtime = await asyncio.to_thread(_file_facts, meta.path, name)
-    where = f"FROM {meta.path}" if meta.path else f"# served by the {backend.name} engine"
+    found = await model_details(_pipeline(request).backends, asked)
+    meta, name = found.meta, found.name
+    digest, mtime = await asyncio.to_thread(file_identity, meta.path, name)
+    where = f"FROM {meta.path}" if meta.path else f"# served by the {found.engine} engine"
     return {
         "modelfile": f"# autotune: {name}\n{where}\n",
         "parameters": "",
-        "template": template or "",
+        "template": found.template or "",
         "details": details(None, meta),
         "model_info": model_info(meta),
-        "capabilities": template_capabilities(template),
+        "capabilities": found.capabilities,
         "modified_at": created_at(mtime or 0),
         "digest": digest,
     }
@@ -327,22 +276,10 @@ async def show(body: ModelBody, request: Request) -> dict[str, Any]:
 @router.get("/api/ps", summary="Ollama: the models loaded now")
 async def ps(request: Request) -> dict[str, Any]:
     """The models resident in the engines' memory."""
-    backends = _pipeline(request).backends
     models = []
-    for engine in backends.order:
-        backend = backends.backends[engine]
-        if not backend.capabilities.running_models:
-            continue
-        try:
-            running = await backend.running_models()
-        except BackendError:
-            continue
-        for model in running:
-            meta = await _meta(backend, model.name)
-            digest, _ = await asyncio.to_thread(
-                _file_facts, meta.path if meta else None, model.name
-            )
-            models.append(ps_entry(model, meta, digest=digest))
+    for model, meta in await loaded_models(_pipeline(request).backends):
+        digest, _ = await asyncio.to_thread(file_identity, meta.path if meta else None, model.name)
+        models.append(ps_entry(model, meta, digest=digest))
     return {"models": models}
 
 
@@ -372,54 +309,15 @@ async def pull(body: PullBody, request: Request) -> Response:
     name = body.model or body.name
     if not name:
         raise InvalidRequest("Missing required field 'model'.", param="model")
-    steps = await _pull_steps(request, name)
+    job = await prepare_pull(request.app.state.runtime, name)
+    job.check()
+    steps = job.steps()
     if body.stream is not False:
         return StreamingResponse(_pull_stream(steps), media_type=_NDJSON)
     last: dict[str, Any] = {"status": "success"}
     async for step in steps:
         last = _progress(step)
     return JSONResponse(last)
-
-
-async def _pull_steps(request: Request, name: str) -> AsyncIterator[PullProgress]:
-    """The progress of pulling ``name`` (a plan that cannot be pulled raises before any step)."""
-    backends = _pipeline(request).backends
-    ollama = next((b for b in backends.backends.values() if b.capabilities.pull), None)
-    if ollama is not None:
-        return _refreshing(ollama.pull(name), request, name)
-    if "embedded" not in backends.backends:
-        raise NotSupported(
-            "No engine in use here can pull models: Ollama pulls its own, and autotune pulls "
-            "GGUF files for its embedded engine (AUTOTUNE_BACKEND=embedded)."
-        )
-    from autotune.backends.hub import Hub, judge
-    from autotune.hardware.profile import effective_budget
-
-    settings = request.app.state.settings
-    budget = effective_budget(request.app.state.hardware, settings.memory_budget)
-    hub = Hub(token=settings.hf_token)
-    plan = await hub.plan(name, budget_bytes=budget)
-    judge(plan)
-    return _refreshing(_with_manifest(hub.pull(plan)), request, name)
-
-
-async def _with_manifest(steps: AsyncIterator[PullProgress]) -> AsyncIterator[PullProgress]:
-    yield PullProgress("pulling manifest")
-    async for step in steps:
-        yield step
-
-
-async def _refreshing(
-    steps: AsyncIterator[PullProgress], request: Request, name: str
-) -> AsyncIterator[PullProgress]:
-    """The steps, with the engines' model lists refreshed before ``success`` is told, so the
-    model answers to its name at once."""
-    from autotune.backends.hub import refresh_after_pull
-
-    async for step in steps:
-        if step.status == "success":
-            await refresh_after_pull(_pipeline(request).backends, name)
-        yield step
 
 
 def _progress(step: PullProgress) -> dict[str, Any]:
@@ -438,7 +336,7 @@ async def _pull_stream(steps: AsyncIterator[PullProgress]) -> AsyncIterator[byte
         async for step in steps:
             yield _line(_progress(step))
     except BackendError as exc:
-        yield _line({"error": str(exc)})
+        yield _line(_error(exc))
     finally:
         with contextlib.suppress(Exception):
             await steps.aclose()  # type: ignore[attr-defined]

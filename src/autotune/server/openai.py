@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from autotune.ground.errors import BackendError
+from autotune.operations.inventory import served_names
 from autotune.pipeline import ChatInput, ChatRun, Pipeline
 from autotune.server.driver import drive
 from autotune.server.errors import error_body
@@ -96,13 +97,11 @@ async def aggregate(run: ChatRun, model_id: str) -> dict[str, Any]:
 
 
 async def _models(request: Request) -> dict[str, dict[str, Any]]:
-    inventory = await _pipeline(request).backends.inventory()
-    seen: dict[str, dict[str, Any]] = {}
-    for backend, models in inventory.items():
-        for m in models:
-            if m.name not in seen:
-                seen[m.name] = {"id": m.name, "object": "model", "created": 0, "owned_by": backend}
-    return seen
+    served = await served_names(_pipeline(request).backends)
+    return {
+        name: {"id": name, "object": "model", "created": 0, "owned_by": engine}
+        for name, (engine, _) in served.items()
+    }
 
 
 @router.get("/v1/models")
