@@ -32,6 +32,7 @@ import psutil
 
 from autotune.backends.base import Backend
 from autotune.backends.openai_compat import OpenAICompatBackend
+from autotune.backends.residency import Resident, WorkerState, make_room, prompt_cache
 from autotune.backends.worker_process import start_worker, stop_worker
 from autotune.ground.config import Settings
 from autotune.ground.engines import EngineSpec
@@ -54,7 +55,7 @@ from autotune.ground.types import (
     ModelMeta,
     RunningModel,
 )
-from autotune.ground.units import MiB, format_bytes
+from autotune.ground.units import MiB
 
 __all__ = ["EmbeddedBackend", "EngineEvent", "from_settings"]  # EngineEvent re-exported from .base
 
@@ -86,12 +87,29 @@ class _Worker:
     #: How long the start took, from launching the process to the model answering.
     load_ms: float | None = None
 
+    #: Set by :meth:`EmbeddedBackend._stop`: STOPPING while its slots are saved, then STOPPED.
+    stopped: WorkerState | None = None
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    @property
+    def state(self) -> WorkerState:
+        """Where the worker is: stopped or stopping by autotune, dead on its own, busy, ready."""
+        if self.stopped is not None:
+            return self.stopped
+        if not self.alive():
+            return WorkerState.DEAD
+        return WorkerState.BUSY if self.in_flight else WorkerState.READY
+
+    def resident(self) -> Resident:
+        return Resident(self.name, self.estimate, self.last_used, self.state)
+
     def expired(self, now: float) -> bool:
         return (
-            self.keep_alive >= 0 and self.in_flight == 0 and now - self.last_used >= self.keep_alive
+            self.keep_alive >= 0
+            and self.state is WorkerState.READY
+            and now - self.last_used >= self.keep_alive
         )
 
 
@@ -387,11 +405,14 @@ class EmbeddedBackend(Backend):
             await self._stop(previous)
         estimate = self._estimator(meta, wanted)
         await self._make_room(name, estimate)
-        cache = wanted.cache_ram_mib
-        if cache is None:
-            cache = self.prompt_cache_mib
-        if cache is None:
-            cache = await self._prompt_cache_mib(estimate)
+        cache_ram = prompt_cache(
+            planned=wanted.cache_ram_mib,
+            configured=self.prompt_cache_mib,
+            budget=await self._budget_bytes(),
+            loaded=sum(w.estimate for w in self._workers.values()),
+            estimate=estimate,
+        )
+        cache = int(cache_ram.value)
         began = time.monotonic()
         worker = await self._start(meta, wanted, estimate + cache * MiB, keep_alive, cache)
         worker.load_ms = (time.monotonic() - began) * 1000
@@ -405,6 +426,8 @@ class EmbeddedBackend(Backend):
             n_ctx=wanted.n_ctx,
             estimate=estimate,
             load_ms=round(worker.load_ms),
+            cache_ram_mib=cache,
+            cache_ram=cache_ram.reason,
         )
         self._ensure_reaper()
         return worker
@@ -414,7 +437,11 @@ class EmbeddedBackend(Backend):
 
     def reclaimable_bytes(self, model: str) -> int:
         """Memory the engine would free by unloading idle models other than ``model``."""
-        return sum(w.estimate for n, w in self._workers.items() if n != model and not w.in_flight)
+        return sum(
+            w.estimate
+            for n, w in self._workers.items()
+            if n != model and w.state is WorkerState.READY
+        )
 
     async def set_priority(self, model: str, nice: int) -> str | None:
         from autotune.hardware.os_tune import set_priority
@@ -425,37 +452,16 @@ class EmbeddedBackend(Backend):
         return await asyncio.to_thread(set_priority, worker.proc.pid, nice)
 
     async def _make_room(self, name: str, needed: int) -> None:
-        """Unload least-recently-used idle models until ``needed`` fits in the budget."""
-        budget = await self._budget_bytes()
-        if needed > budget:
-            raise InsufficientMemory(
-                f"{name} needs about {format_bytes(needed)} but the memory budget is "
-                f"{format_bytes(budget)}.",
-                hint="Use a smaller context or profile, a smaller quantisation, "
-                "or raise AUTOTUNE_MEMORY_BUDGET.",
-            )
-        while sum(w.estimate for w in self._workers.values()) + needed > budget:
-            idle = [w for w in self._workers.values() if w.in_flight == 0]
-            if not idle:
-                raise InsufficientMemory(
-                    f"{name} needs about {format_bytes(needed)} and the loaded models are busy.",
-                    hint="Retry when the running requests finish.",
-                )
-            victim = min(idle, key=lambda w: w.last_used)
-            self._workers.pop(victim.name)
-            self._emit("unload", victim.name, reason=f"making room for {name}")
-            await self._stop(victim)
-
-    async def _prompt_cache_mib(self, estimate: int) -> int:
-        """How much host RAM llama-server may keep for finished prompts' KV (``--cache-ram``).
-
-        Its default is 8 GiB, outside every estimate: a machine near its budget would swap.
-        It gets a quarter of the headroom left under the budget after this load, at most
-        llama.cpp's own 8 GiB; the worker's estimate includes it, so eviction sees it too.
-        """
-        loaded = sum(w.estimate for w in self._workers.values())
-        headroom = await self._budget_bytes() - loaded - estimate
-        return int(max(0, min(8192 * MiB, headroom // 4)) // MiB)
+        """Unload the idle models :func:`~autotune.backends.residency.make_room` names so that
+        ``needed`` fits in the budget (InsufficientMemory when nothing can make it fit)."""
+        residents = [w.resident() for w in self._workers.values()]
+        room = make_room(name, needed, await self._budget_bytes(), residents)
+        if room.refusal is not None:
+            raise InsufficientMemory(room.refusal, hint=room.hint)
+        for victim in room.victims:
+            worker = self._workers.pop(victim)
+            self._emit("unload", victim, reason=f"making room for {name}", why=room.decision.reason)
+            await self._stop(worker)
 
     async def _start(
         self,
@@ -530,18 +536,20 @@ class EmbeddedBackend(Backend):
         """Stop a worker; its slots are offered to ``before_unload`` first (bounded in time:
         a save that hangs must not keep a model in memory)."""
         if self.before_unload is not None and worker.alive():
+            worker.stopped = WorkerState.STOPPING
             self._stopping[worker.name] = worker
             try:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.before_unload(worker.name), _SAVE_TIMEOUT)
             finally:
                 self._stopping.pop(worker.name, None)
+        worker.stopped = WorkerState.STOPPED
         await worker.client.aclose()
         await asyncio.to_thread(stop_worker, worker.proc)
 
     async def _reap_dead(self) -> None:
         for name, worker in list(self._workers.items()):
-            if not worker.alive() and self._workers.pop(name, None) is not None:
+            if worker.state is WorkerState.DEAD and self._workers.pop(name, None) is not None:
                 await worker.client.aclose()
                 self._emit("unexpected_unload", name, exit_code=worker.proc.returncode)
 
