@@ -14,17 +14,18 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from autotune.ground.errors import BackendError
-from autotune.pipeline import ChatInput, ChatRun, Pipeline
+from autotune.pipeline import ChatRun, Pipeline
 from autotune.pipeline.count import count_tokens
 from autotune.server.anthropic_schema import CountTokensRequest, MessagesRequest
-from autotune.server.anthropic_wire import Event, EventStream, error_body, to_chat
-from autotune.server.driver import drive
+from autotune.server.anthropic_stream import Event, EventStream
+from autotune.server.anthropic_wire import error_body, to_chat
+from autotune.server.driver import CALL, STREAM_RESPONSES, Call, EventAnswer
 from autotune.server.errors import ErrorShape
-from autotune.server.headers import AutotuneHeaders
+from autotune.server.schemas import as_sent
 
 __all__ = ["ERRORS", "router"]
 
@@ -49,13 +50,13 @@ def _sse(event: Event) -> bytes:
     return b"event: " + event[0].encode() + b"\ndata: " + _dumps(event[1]).encode() + b"\n\n"
 
 
-class _Answer:
+class _Answer(EventAnswer):
     """A run as Anthropic's event stream, or one ``message``."""
 
     def __init__(self, run: ChatRun, stream: EventStream) -> None:
         self.run, self.stream = run, stream
 
-    async def _events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncIterator[Event]:
         """The run's chunks as Anthropic events; stops the engine at a stop sequence."""
         run, stream = self.run, self.stream
         for event in stream.start():
@@ -73,43 +74,21 @@ class _Answer:
         for event in stream.finish(run.stats):
             yield event
 
-    async def frames(self) -> AsyncIterator[bytes]:
-        try:
-            async for event in self._events():
-                yield _sse(event)
-        except BackendError as exc:
-            # Headers are gone already: report the failure as Anthropic streams do.
-            yield _sse(("error", _error(exc)))
+    def frame(self, event: Event) -> bytes:
+        return _sse(event)
 
-    async def whole(self) -> dict[str, Any]:
-        async for _ in self._events():
-            pass
+    def failed(self, exc: BackendError) -> list[bytes]:
+        return [_sse(("error", _error(exc)))]  # as Anthropic streams report a failure
+
+    def result(self) -> dict[str, Any]:
         return self.stream.message()
 
 
-@router.post(
-    "/v1/messages",
-    responses={200: {"content": {"text/event-stream": {}}}, 400: {}, 404: {}, 413: {}, 429: {}},
-)
-async def create_message(
-    body: MessagesRequest,
-    request: Request,
-    headers: AutotuneHeaders = Depends(AutotuneHeaders.read),
-) -> Response:
+@router.post("/v1/messages", responses=STREAM_RESPONSES)
+async def create_message(body: MessagesRequest, call: Call = CALL) -> Response:
     """A message through autotune's pipeline (Anthropic's schema; SSE when ``stream``)."""
-    settings = request.app.state.settings
-    raw = body.model_dump(exclude_unset=True, exclude_none=True)
-    parts = to_chat(raw, pass_unknown=settings.pass_unknown_fields)
-    inp = ChatInput(
-        messages=parts.messages,
-        model=body.model,
-        params=parts.params,
-        profile=headers.profile,
-        conversation_id=headers.conversation_id,
-        overflow=headers.overflow,
-        source="anthropic",
-    )
-    pipeline = _pipeline(request)
+    parts = to_chat(as_sent(body), pass_unknown=call.pass_unknown)
+    pipeline = call.pipeline
 
     def answer(run: ChatRun) -> _Answer:
         stream = EventStream(
@@ -120,19 +99,18 @@ async def create_message(
         )
         return _Answer(run, stream)
 
-    return await drive(request, pipeline.start(inp), answer, stream=bool(body.stream))
+    inp = call.chat(parts.messages, body.model, parts.params, source="anthropic")
+    return await call.drive(pipeline.start(inp), answer, stream=bool(body.stream))
 
 
 @router.post("/v1/messages/count_tokens", responses={400: {}, 404: {}})
-async def count_message_tokens(body: CountTokensRequest, request: Request) -> dict[str, Any]:
+async def count_message_tokens(body: CountTokensRequest, call: Call = CALL) -> dict[str, Any]:
     """Prompt tokens of a Messages request on its model, counted as the planner counts: by the
     engine's tokenizer when the model is loaded, else by the calibrated estimate (which
     leans high); a model is never loaded just to count. Tool definitions count as text."""
-    settings = request.app.state.settings
-    raw = body.model_dump(exclude_unset=True, exclude_none=True)
-    parts = to_chat(raw, pass_unknown=settings.pass_unknown_fields)
+    parts = to_chat(as_sent(body), pass_unknown=call.pass_unknown)
     messages = list(parts.messages)
     if parts.params.get("tools"):
         messages.append({"role": "system", "content": json.dumps(parts.params["tools"])})
-    counted = await count_tokens(_pipeline(request), body.model, messages)
+    counted = await count_tokens(call.pipeline, body.model, messages)
     return {"input_tokens": counted.tokens}

@@ -10,15 +10,13 @@ fields are checked by its table (:data:`autotune.server.anthropic_wire.FIELDS`).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Field
 
-from autotune.server.schemas import Closed, Open, echoed, text_or_list
+from autotune.server.schemas import Closed, Open, echoed, tagged, text_or
 
 __all__ = ["CountTokensRequest", "MessageParam", "MessagesRequest", "ToolParam"]
-
-_BLOCKS = ("text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking")
 
 
 class _Block(Closed):
@@ -78,28 +76,27 @@ class OtherBlock(Open):
     type: Any = None
 
 
-def _block_kind(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return f"{kind} block" if kind in _BLOCKS else "other block"
-
-
-Block = Annotated[
-    Annotated[TextBlock, Tag("text block")]
-    | Annotated[ImageBlock, Tag("image block")]
-    | Annotated[ToolUseBlock, Tag("tool_use block")]
-    | Annotated[ToolResultBlock, Tag("tool_result block")]
-    | Annotated[ThinkingBlock, Tag("thinking block")]
-    | Annotated[RedactedThinkingBlock, Tag("redacted_thinking block")]
-    | Annotated[OtherBlock, Tag("other block")],
-    Discriminator(_block_kind),
-]
-
-
-#: A string, or a list of blocks.
-Blocks = Annotated[
-    Annotated[str, Tag("a string")] | Annotated[list[Block], Tag("a list")],
-    Discriminator(text_or_list),
-]
+if TYPE_CHECKING:
+    Block = (
+        TextBlock
+        | ImageBlock
+        | ToolUseBlock
+        | ToolResultBlock
+        | ThinkingBlock
+        | RedactedThinkingBlock
+        | OtherBlock
+    )
+    Blocks = str | list[Block]
+    SystemBlocks = str | list["SystemText"]
+else:
+    Block = tagged(
+        "type",
+        "block",
+        *(TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock),
+        RedactedThinkingBlock,
+        other=OtherBlock,
+    )
+    Blocks = text_or(Block)
 ToolResultBlock.model_rebuild()
 
 
@@ -115,10 +112,8 @@ class SystemText(Closed):
     citations: list[Any] | None = echoed()
 
 
-SystemBlocks = Annotated[
-    Annotated[str, Tag("a string")] | Annotated[list[SystemText], Tag("a list")],
-    Discriminator(text_or_list),
-]
+if not TYPE_CHECKING:
+    SystemBlocks = text_or(SystemText)
 
 
 class ToolParam(Open):

@@ -16,17 +16,18 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from autotune.ground.errors import BackendError, InvalidRequest
 from autotune.pipeline import ChatRun
 from autotune.pipeline.complete import CompletionInput, start_completion
-from autotune.server.driver import drive
+from autotune.server.driver import CALL, STREAM_RESPONSES, Call
 from autotune.server.errors import error_body
-from autotune.server.fields import ENGINE_EXTENSIONS, unknown_field
+from autotune.server.fields import COMPLETIONS, check_fields
 from autotune.server.headers import AutotuneHeaders
+from autotune.server.schemas import as_sent
 
 __all__ = ["FIELDS", "LegacyLogprobs", "completion_headers", "completion_params", "router"]
 
@@ -35,27 +36,8 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 #: OpenAI's documented default for ``max_tokens`` on this endpoint.
 DEFAULT_MAX_TOKENS = 16
 
-#: Each field of a completions request: (action, why), as in server/fields.py.
-FIELDS: dict[str, tuple[str, str]] = {
-    "model": ("own", "the engine is chosen by model name"),
-    "prompt": ("own", "never cut; a prompt that cannot fit is a 400"),
-    "suffix": ("own", "fill-in-the-middle on the engine (llama.cpp /infill)"),
-    "stream": ("own", "server-sent events"),
-    "stream_options": ("own", "include_usage adds the engine's usage chunk"),
-    "echo": ("own", "the prompt is put before the completion here"),
-    "max_tokens": ("forward", "also sizes the context; 16 when left out, as OpenAI"),
-    "temperature": ("forward", "sent to the engine"),
-    "top_p": ("forward", "sent to the engine"),
-    "stop": ("forward", "sent to the engine"),
-    "seed": ("forward", "sent to the engine"),
-    "presence_penalty": ("forward", "sent to the engine"),
-    "frequency_penalty": ("forward", "sent to the engine"),
-    "logit_bias": ("forward", "sent to the engine"),
-    "logprobs": ("forward", "the engine's, in the legacy shape"),
-    "n": ("forward", "refused above what the engine can answer at once"),
-    "best_of": ("own", "1 (or equal to n) only: autotune does not rank samples"),
-    "user": ("accept", "metadata; it changes nothing in the answer"),
-}
+#: What happens to each top-level field (see :mod:`autotune.server.fields`).
+FIELDS = COMPLETIONS
 
 
 class CompletionBody(BaseModel):
@@ -83,16 +65,7 @@ class CompletionBody(BaseModel):
 
 def completion_params(body: Mapping[str, Any], *, pass_unknown: bool = False) -> dict[str, Any]:
     """The fields to forward; a 400 naming what cannot be honoured."""
-    params: dict[str, Any] = {}
-    for name, value in body.items():
-        rule = FIELDS.get(name)
-        if rule is None:
-            if name in ENGINE_EXTENSIONS or pass_unknown:
-                params[name] = value
-                continue
-            raise unknown_field(name)
-        if rule[0] == "forward":
-            params[name] = value
+    params = check_fields(body, table=FIELDS, pass_unknown=pass_unknown)
     best_of = body.get("best_of")
     if best_of not in (None, 1, body.get("n", 1)):
         raise InvalidRequest(
@@ -236,39 +209,30 @@ def _choice(c: Mapping[str, Any], logprobs: LegacyLogprobs) -> dict[str, Any]:
     }
 
 
-@router.post(
-    "/v1/completions",
-    responses={200: {"content": {"text/event-stream": {}}}, 400: {}, 404: {}, 413: {}, 429: {}},
-)
-async def create_completion(
-    body: CompletionBody,
-    request: Request,
-    headers: AutotuneHeaders = Depends(AutotuneHeaders.read),
-) -> Response:
+@router.post("/v1/completions", responses=STREAM_RESPONSES)
+async def create_completion(body: CompletionBody, call: Call = CALL) -> Response:
     """A text completion (fill-in-the-middle with ``suffix``) through autotune's pipeline.
     ``X-Conversation-Id`` and ``X-Autotune-Overflow: truncate-oldest`` are refused (400): a
     completion is not a conversation, and its prompt is never cut."""
-    headers = completion_headers(headers)
-    settings = request.app.state.settings
-    raw = body.model_dump(exclude_unset=True, exclude_none=True)
+    headers = completion_headers(call.headers)
     prompt = _prompt(body.prompt)
     inp = CompletionInput(
         prompt=prompt,
         model=body.model,
         suffix=body.suffix,
-        params=completion_params(raw, pass_unknown=settings.pass_unknown_fields),
+        params=completion_params(as_sent(body), pass_unknown=call.pass_unknown),
         profile=headers.profile,
     )
     echo = prompt if body.echo else ""
     include_usage = bool((body.stream_options or {}).get("include_usage"))
+    wants_logprobs = body.logprobs is not None
 
     def answer(run: ChatRun) -> _Answer:
         model = body.model or run.model
-        wants = body.logprobs is not None
-        return _Answer(run, model, echo, include_usage=include_usage, logprobs=wants)
+        return _Answer(run, model, echo, include_usage=include_usage, logprobs=wants_logprobs)
 
-    started = start_completion(request.app.state.pipeline, inp)
-    return await drive(request, started, answer, stream=bool(body.stream))
+    started = start_completion(call.pipeline, inp)
+    return await call.drive(started, answer, stream=bool(body.stream))
 
 
 def completion_headers(headers: AutotuneHeaders) -> AutotuneHeaders:

@@ -9,14 +9,15 @@ id one face stores can be read back through ``/api/conversations/{id}``. A bad v
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from fastapi import Header
+from fastapi import Depends, Header
 
 from autotune.ground.errors import InvalidRequest
 from autotune.ground.ids import CONVERSATION_ID_PATTERN, CONVERSATION_ID_RULE, is_conversation_id
+from autotune.pipeline import ChatInput
 
-__all__ = ["AutotuneHeaders", "Overflow", "Profile"]
+__all__ = ["HEADERS", "AutotuneHeaders", "Overflow", "Profile"]
 
 Profile = Literal["fast", "balanced", "quality"]
 Overflow = Literal["refuse", "truncate-oldest"]
@@ -56,6 +57,21 @@ class AutotuneHeaders:
             )
         return cls(x_autotune_profile, x_conversation_id, x_autotune_overflow)
 
+    def chat(
+        self, messages: list[dict[str, Any]], model: str | None, params: dict[str, Any], **more: Any
+    ) -> ChatInput:
+        """A chat through the pipeline, with what these headers ask for (``more``: the rest
+        of :class:`~autotune.pipeline.ChatInput`, which may set the overflow itself)."""
+        more.setdefault("overflow", self.overflow)
+        return ChatInput(
+            messages=messages,
+            model=model,
+            params=params,
+            profile=self.profile,
+            conversation_id=more.pop("conversation_id", self.conversation_id),
+            **more,
+        )
+
     def without_conversation(self, why: str) -> AutotuneHeaders:
         """For a route that keeps no conversation: a 400 when one was asked for (never
         ignored), else these headers."""
@@ -64,3 +80,7 @@ class AutotuneHeaders:
                 f"X-Conversation-Id cannot be honoured here: {why}.", param="X-Conversation-Id"
             )
         return self
+
+
+#: ``headers: AutotuneHeaders = HEADERS`` in a route's signature.
+HEADERS = Depends(AutotuneHeaders.read)

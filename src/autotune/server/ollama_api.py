@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
@@ -28,12 +28,13 @@ from autotune.ground.types import PullProgress
 from autotune.operations.engines import preload, unload
 from autotune.operations.inventory import described, file_identity, loaded_models, model_details
 from autotune.operations.pull import prepare_pull
-from autotune.pipeline import ChatInput, ChatRun, Pipeline
+from autotune.pipeline import ChatRun, Pipeline
 from autotune.pipeline.complete import CompletionInput, start_completion
 from autotune.server.completions import completion_headers
-from autotune.server.driver import drive
+from autotune.server.driver import CALL, Call
 from autotune.server.errors import ErrorShape
-from autotune.server.headers import AutotuneHeaders
+from autotune.server.ollama_models import details, model_info, ps_entry, tag_entry
+from autotune.server.ollama_reply import ReplyShape, created_at, done_fields
 from autotune.server.ollama_wire import (
     OLLAMA_API_VERSION,
     OLLAMA_PATHS,
@@ -41,15 +42,8 @@ from autotune.server.ollama_wire import (
     GenerateBody,
     ModelBody,
     PullBody,
-    ReplyShape,
     Translated,
-    created_at,
-    details,
-    done_fields,
     is_completion,
-    model_info,
-    ps_entry,
-    tag_entry,
     translate,
     validation_message,
 )
@@ -95,14 +89,12 @@ def _line(obj: dict[str, Any]) -> bytes:
     responses={200: {"content": {_NDJSON: {}}}, **_ERRORS},
     summary="Ollama chat (NDJSON stream unless stream is false)",
 )
-async def chat(
-    body: ChatBody, request: Request, headers: AutotuneHeaders = Depends(AutotuneHeaders.read)
-) -> Response:
+async def chat(body: ChatBody, call: Call = CALL) -> Response:
     """Ollama's ``/api/chat`` through autotune's pipeline."""
     arrived = time.monotonic_ns()
     translated = translate(body)
     shape = _shape(body.model, "chat", translated)
-    return await _answer(request, body.model, translated, shape, body.stream, headers, arrived)
+    return await _answer(call, body.model, translated, shape, body.stream, arrived)
 
 
 @router.post(
@@ -110,11 +102,7 @@ async def chat(
     responses={200: {"content": {_NDJSON: {}}}, **_ERRORS},
     summary="Ollama generate: the prompt as a user message (NDJSON stream unless stream is false)",
 )
-async def generate(
-    body: GenerateBody,
-    request: Request,
-    headers: AutotuneHeaders = Depends(AutotuneHeaders.read),
-) -> Response:
+async def generate(body: GenerateBody, call: Call = CALL) -> Response:
     """Ollama's ``/api/generate``: ``system`` and ``prompt`` become chat messages; a ``raw``
     prompt or a ``suffix`` (fill-in-the-middle) is completed as it is, like
     ``/v1/completions`` (which keeps no conversation: ``X-Conversation-Id`` is a 400 there)."""
@@ -128,12 +116,10 @@ async def generate(
             model=body.model,
             suffix=body.suffix or None,
             params=translated.params,
-            profile=completion_headers(headers).profile,
+            profile=completion_headers(call.headers).profile,
             source="ollama",
         )
-    return await _answer(
-        request, body.model, translated, shape, body.stream, headers, arrived, completion
-    )
+    return await _answer(call, body.model, translated, shape, body.stream, arrived, completion)
 
 
 def _shape(model: str, kind: str, translated: Translated) -> ReplyShape:
@@ -142,37 +128,33 @@ def _shape(model: str, kind: str, translated: Translated) -> ReplyShape:
 
 
 async def _answer(
-    request: Request,
+    call: Call,
     model: str,
     translated: Translated,
     shape: ReplyShape,
     stream: bool | None,
-    headers: AutotuneHeaders,
     arrived: int,
     completion: CompletionInput | None = None,
 ) -> Response:
     streaming = stream is not False  # Ollama streams unless told not to
     if completion is not None:
-        started = start_completion(_pipeline(request), completion)
+        started = start_completion(call.pipeline, completion)
     elif not translated.messages:
-        return await _load_or_unload(request, model, translated.keep_alive, shape, streaming)
+        return await _load_or_unload(call, model, translated.keep_alive, shape, streaming)
     else:
-        inp = ChatInput(
-            messages=translated.messages,
-            model=model,
-            params=translated.params,
-            profile=headers.profile,
-            conversation_id=headers.conversation_id,
-            overflow=headers.overflow,
+        inp = call.chat(
+            translated.messages,
+            model,
+            translated.params,
             min_context=translated.min_context,
             keep_alive=translated.keep_alive,
         )
-        started = _pipeline(request).start(inp)
+        started = call.pipeline.start(inp)
 
     def answer(run: ChatRun) -> _Answer:
         return _Answer(run, shape, arrived, time.monotonic_ns() - arrived)
 
-    return await drive(request, started, answer, stream=streaming, media_type=_NDJSON)
+    return await call.drive(started, answer, stream=streaming, media_type=_NDJSON)
 
 
 class _Answer:
@@ -219,10 +201,10 @@ class _Answer:
 
 
 async def _load_or_unload(
-    request: Request, model: str, keep_alive: float | None, shape: ReplyShape, streaming: bool
+    call: Call, model: str, keep_alive: float | None, shape: ReplyShape, streaming: bool
 ) -> Response:
     """A request without messages: Ollama's way to unload (``keep_alive: 0``) or preload."""
-    runtime = request.app.state.runtime
+    runtime = call.runtime
     if keep_alive == 0:
         await unload(runtime, model)
     else:

@@ -6,15 +6,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from autotune.ground.errors import BackendError
 from autotune.operations.inventory import served_names
-from autotune.pipeline import ChatInput, ChatRun, Pipeline
-from autotune.server.driver import drive
+from autotune.pipeline import ChatRun, Pipeline
+from autotune.server.driver import CALL, Call
 from autotune.server.errors import error_body
-from autotune.server.headers import AutotuneHeaders
 from autotune.server.schemas import ChatCompletionRequest, forwardable_params
 
 __all__ = ["aggregate", "router"]
@@ -38,28 +37,17 @@ def _pipeline(request: Request) -> Pipeline:
         503: {},
     },
 )
-async def chat_completions(
-    body: ChatCompletionRequest,
-    request: Request,
-    headers: AutotuneHeaders = Depends(AutotuneHeaders.read),
-) -> Response:
+async def chat_completions(body: ChatCompletionRequest, call: Call = CALL) -> Response:
     """Chat completion through autotune's pipeline (OpenAI schema; SSE when ``stream``)."""
-    inp = ChatInput(
-        messages=[m.model_dump(exclude_none=True) for m in body.messages],
-        model=body.model,
-        params=forwardable_params(
-            body, pass_unknown=request.app.state.settings.pass_unknown_fields
-        ),
-        profile=headers.profile,
-        conversation_id=headers.conversation_id,
-        overflow=headers.overflow,
-    )
+    params = forwardable_params(body, pass_unknown=call.pass_unknown)
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def answer(run: ChatRun) -> _Answer:
         return _Answer(run, body.model or run.model, include_usage)
 
-    return await drive(request, _pipeline(request).start(inp), answer, stream=bool(body.stream))
+    started = call.pipeline.start(call.chat(messages, body.model, params))
+    return await call.drive(started, answer, stream=bool(body.stream))
 
 
 class _Answer:

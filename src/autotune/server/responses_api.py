@@ -15,17 +15,17 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from autotune.ground.errors import BackendError, InvalidRequest
 from autotune.ground.ids import CONVERSATION_ID_RULE, is_conversation_id, new_conversation_id
-from autotune.pipeline import ChatInput, ChatRun, Pipeline
-from autotune.server.driver import drive
+from autotune.pipeline import ChatRun, Pipeline
+from autotune.server.driver import CALL, STREAM_RESPONSES, Call, EventAnswer
 from autotune.server.errors import ErrorShape, error_response
-from autotune.server.headers import AutotuneHeaders
 from autotune.server.responses_schema import ResponsesRequest
 from autotune.server.responses_wire import ResponseStream, to_chat
+from autotune.server.schemas import as_sent
 from autotune.store.responses import ResponseStore
 
 __all__ = ["ERRORS", "router"]
@@ -89,7 +89,7 @@ def _frame(event: dict[str, Any]) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + _dumps(event).encode() + b"\n\n"
 
 
-class _Answer:
+class _Answer(EventAnswer):
     """A run as the Responses event stream, or one ``response``; a stored response is put
     on record before its closing events, so it can be resumed at once."""
 
@@ -98,62 +98,39 @@ class _Answer:
     ) -> None:
         self.run, self.stream, self.responses, self.store = run, stream, responses, store
 
-    async def _events(self) -> AsyncIterator[dict[str, Any]]:
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
         run, stream = self.run, self.stream
         for event in stream.start():
             yield event
         async for chunk in run:
             for event in stream.feed(chunk.data):
                 yield event
-        events = stream.finish(run.stats)
+        closing = stream.finish(run.stats)
         if self.store and run.conversation_id:
             await asyncio.to_thread(
                 self.responses.put, stream.id, run.conversation_id, run.model, stream.response()
             )
-        for event in events:
+        for event in closing:
             yield event
 
-    async def frames(self) -> AsyncIterator[bytes]:
-        try:
-            async for event in self._events():
-                yield _frame(event)
-        except BackendError as exc:
-            # Headers are gone already: report the failure as the Responses stream does.
-            for event in self.stream.failed(str(exc), exc.code):
-                yield _frame(event)
+    def frame(self, event: dict[str, Any]) -> bytes:
+        return _frame(event)
 
-    async def whole(self) -> dict[str, Any]:
-        async for _ in self._events():
-            pass
+    def failed(self, exc: BackendError) -> list[bytes]:
+        return [_frame(event) for event in self.stream.failed(str(exc), exc.code)]
+
+    def result(self) -> dict[str, Any]:
         return self.stream.response()
 
 
-@router.post(
-    "/v1/responses",
-    responses={200: {"content": {"text/event-stream": {}}}, 400: {}, 404: {}, 413: {}, 429: {}},
-)
-async def create_response(
-    body: ResponsesRequest,
-    request: Request,
-    headers: AutotuneHeaders = Depends(AutotuneHeaders.read),
-) -> Response:
+@router.post("/v1/responses", responses=STREAM_RESPONSES)
+async def create_response(body: ResponsesRequest, call: Call = CALL) -> Response:
     """A response through autotune's pipeline (OpenAI's Responses schema; SSE when ``stream``)."""
-    settings = request.app.state.settings
-    raw = body.model_dump(exclude_unset=True, exclude_none=True)
-    parts = to_chat(raw, pass_unknown=settings.pass_unknown_fields)
-    responses = _responses(request)
+    raw = as_sent(body)
+    parts = to_chat(raw, pass_unknown=call.pass_unknown)
+    responses = _responses(call.request)
     store = bool(raw.get("store", True))
-    inp = ChatInput(
-        messages=parts.messages,
-        model=body.model,
-        params=parts.params,
-        profile=headers.profile,
-        conversation_id=await _conversation(raw, headers.conversation_id, responses),
-        persist=store,
-        overflow=headers.overflow or parts.overflow,
-        source="responses",
-    )
-    pipeline = _pipeline(request)
+    pipeline = call.pipeline
 
     def answer(run: ChatRun) -> _Answer:
         stream = ResponseStream(
@@ -164,9 +141,17 @@ async def create_response(
         stream.conversation_id = run.conversation_id if store else None
         return _Answer(run, stream, responses, store)
 
+    inp = call.chat(
+        parts.messages,
+        body.model,
+        parts.params,
+        conversation_id=await _conversation(raw, call.headers.conversation_id, responses),
+        persist=store,
+        overflow=call.headers.overflow or parts.overflow,
+        source="responses",
+    )
     started = pipeline.start(inp)
-    streaming = bool(body.stream)
-    return await drive(request, started, answer, stream=streaming, conversation_header=store)
+    return await call.drive(started, answer, stream=bool(body.stream), conversation_header=store)
 
 
 @router.get("/v1/responses/{response_id}", responses={404: {}})

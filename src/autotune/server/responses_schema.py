@@ -10,16 +10,14 @@ named; top-level fields are checked by its table (:data:`~autotune.server.respon
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Field
 
-from autotune.server.schemas import Closed, Open, echoed, text_or_list
+from autotune.server.schemas import Closed, Open, echoed, tagged, text_or
 
 __all__ = ["InputItem", "ResponsesRequest"]
 
-_PARTS = ("input_text", "output_text", "text", "refusal", "input_image")
-_ITEMS = ("message", "function_call", "function_call_output", "reasoning")
 _CACHING = "autotune's prompt caching is automatic"
 
 
@@ -50,24 +48,12 @@ class OtherPart(Open):
     type: Any = None
 
 
-def _part_kind(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    if kind in ("input_text", "output_text", "text"):
-        return "text part"
-    return f"{kind} part" if kind in _PARTS else "other part"
-
-
-Part = Annotated[
-    Annotated[TextPart, Tag("text part")]
-    | Annotated[RefusalPart, Tag("refusal part")]
-    | Annotated[ImagePart, Tag("input_image part")]
-    | Annotated[OtherPart, Tag("other part")],
-    Discriminator(_part_kind),
-]
-Parts = Annotated[
-    Annotated[str, Tag("a string")] | Annotated[list[Part], Tag("a list")],
-    Discriminator(text_or_list),
-]
+if TYPE_CHECKING:
+    Part = TextPart | RefusalPart | ImagePart | OtherPart
+    Parts = str | list[Part]
+else:
+    Part = tagged("type", "part", TextPart, RefusalPart, ImagePart, other=OtherPart)
+    Parts = text_or(Part)
 
 
 class MessageItem(Closed):
@@ -121,23 +107,18 @@ class OtherItem(Open):
     type: Any = None
 
 
-def _item_kind(value: Any) -> str:
-    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", None)
-    return f"{kind} item" if kind in _ITEMS else "other item"
-
-
-InputItem = Annotated[
-    Annotated[MessageItem, Tag("message item")]
-    | Annotated[FunctionCallItem, Tag("function_call item")]
-    | Annotated[FunctionCallOutputItem, Tag("function_call_output item")]
-    | Annotated[ReasoningItem, Tag("reasoning item")]
-    | Annotated[OtherItem, Tag("other item")],
-    Discriminator(_item_kind),
-]
-Input = Annotated[
-    Annotated[str, Tag("a string")] | Annotated[list[InputItem], Tag("a list")],
-    Discriminator(text_or_list),
-]
+if TYPE_CHECKING:
+    InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem | OtherItem
+    Input = str | list[InputItem]
+else:
+    InputItem = tagged(
+        "type",
+        "item",
+        *(MessageItem, FunctionCallItem, FunctionCallOutputItem, ReasoningItem),
+        other=OtherItem,
+        default="message",
+    )
+    Input = text_or(InputItem)
 
 
 class ResponsesRequest(Open):

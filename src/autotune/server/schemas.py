@@ -5,7 +5,7 @@ accepted)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
@@ -18,10 +18,11 @@ __all__ = [
     "Closed",
     "ConversationCreate",
     "Open",
+    "as_sent",
     "echoed",
     "forwardable_params",
     "tagged",
-    "text_or_list",
+    "text_or",
 ]
 
 
@@ -37,10 +38,44 @@ class Closed(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def text_or_list(value: Any) -> str:
-    """The discriminator of ``str | list[...]`` unions: validated as the one the value is, so
-    a problem inside the list is reported as itself (not first as "not a string")."""
-    return "a string" if isinstance(value, str) else "a list"
+def text_or(item: Any) -> Any:
+    """``str | list[item]``, validated as the one the value is (so a problem inside the list is
+    reported as itself, not first as "not a string")."""
+    return Annotated[
+        Annotated[str, Tag("a string")] | Annotated[list[item], Tag("a list")],
+        Discriminator(lambda value: "a string" if isinstance(value, str) else "a list"),
+    ]
+
+
+def tagged(
+    key: str,
+    noun: str,
+    *members: type[BaseModel],
+    other: type[BaseModel] | None = None,
+    default: str | None = None,
+) -> Any:
+    """A union of ``members`` chosen by the value of ``key`` (each member declares its values
+    as a ``Literal``; ``default`` when the key is left out). Tags are ``"<value> <noun>"``
+    (with a space: never a key, so error paths leave them out). A value no member has goes
+    to ``other`` (to be refused by name later), or is one error naming the choices."""
+    tags: dict[Any, str] = {}
+    choices: list[Any] = []
+    for member in members:
+        values = get_args(member.model_fields[key].annotation)
+        tags.update({value: f"{values[0]} {noun}" for value in values})
+        choices.append(Annotated[member, Tag(f"{values[0]} {noun}")])
+    if other is not None:
+        choices.append(Annotated[other, Tag(f"other {noun}")])
+
+    def pick(value: Any) -> str | None:
+        kind = value.get(key, default) if isinstance(value, dict) else getattr(value, key, None)
+        return tags.get(kind, f"other {noun}" if other is not None else None)
+
+    message = f"{key} must be one of {', '.join(map(str, tags))}"
+    return Annotated[
+        Union[tuple(choices)],  # noqa: UP007 (built at run time)
+        Discriminator(pick, custom_error_type=f"invalid_{key}", custom_error_message=message),
+    ]
 
 
 def echoed(description: str = "echoed from a reply; changes nothing") -> Any:
@@ -99,34 +134,12 @@ class FilePart(_Part):
     file: FileRef
 
 
-def tagged(key: str, kinds: tuple[str, ...], noun: str) -> Discriminator:
-    """A discriminator on ``key`` whose tags are ``"<value> <noun>"`` (a space: never a key,
-    so error paths leave them out); any other value is one error that names the choices."""
-
-    def tag(value: Any) -> str | None:
-        kind = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
-        return f"{kind} {noun}" if kind in kinds else None
-
-    return Discriminator(
-        tag,
-        custom_error_type=f"invalid_{key}",
-        custom_error_message=f"{key} must be one of {', '.join(kinds)}",
-    )
-
-
-ContentPart = Annotated[
-    Annotated[TextPart, Tag("text part")]
-    | Annotated[ImagePart, Tag("image_url part")]
-    | Annotated[AudioPart, Tag("input_audio part")]
-    | Annotated[FilePart, Tag("file part")],
-    tagged("type", ("text", "image_url", "input_audio", "file"), "part"),
-]
-
-
-Content = Annotated[
-    Annotated[str, Tag("a string")] | Annotated[list[ContentPart], Tag("a list")],
-    Discriminator(text_or_list),
-]
+if TYPE_CHECKING:
+    ContentPart = TextPart | ImagePart | AudioPart | FilePart
+    Content = str | list[ContentPart]
+else:
+    ContentPart = tagged("type", "part", TextPart, ImagePart, AudioPart, FilePart)
+    Content = text_or(ContentPart)
 
 
 class SystemMessage(Closed):
@@ -174,14 +187,12 @@ class ToolMessage(Closed):
     tool_call_id: str
 
 
-ChatMessage = Annotated[
-    Annotated[SystemMessage, Tag("system message")]
-    | Annotated[SystemMessage, Tag("developer message")]
-    | Annotated[UserMessage, Tag("user message")]
-    | Annotated[AssistantMessage, Tag("assistant message")]
-    | Annotated[ToolMessage, Tag("tool message")],
-    tagged("role", ("system", "developer", "user", "assistant", "tool"), "message"),
-]
+if TYPE_CHECKING:
+    ChatMessage = SystemMessage | UserMessage | AssistantMessage | ToolMessage
+else:
+    ChatMessage = tagged(
+        "role", "message", SystemMessage, UserMessage, AssistantMessage, ToolMessage
+    )
 
 
 class FunctionDef(Open):
@@ -233,10 +244,14 @@ class ConversationCreate(BaseModel):
     system: str | None = None
 
 
+def as_sent(body: BaseModel) -> dict[str, Any]:
+    """A request body as the client sent it: no defaults filled in, no ``None`` values."""
+    return body.model_dump(exclude_unset=True, exclude_none=True, by_alias=True)
+
+
 def forwardable_params(
     request: ChatCompletionRequest, *, pass_unknown: bool = False
 ) -> dict[str, Any]:
     """The fields to send to the engine (see :mod:`autotune.server.fields`); a field autotune
     cannot honour is refused with a 400 naming it, never dropped."""
-    data = request.model_dump(exclude_unset=True, exclude_none=True, by_alias=True)
-    return check_fields(data, pass_unknown=pass_unknown)
+    return check_fields(as_sent(request), pass_unknown=pass_unknown)
