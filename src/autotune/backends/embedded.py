@@ -15,14 +15,12 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import os
 import re
 import secrets
 import subprocess
-import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +29,14 @@ import httpx
 import psutil
 
 from autotune.backends.base import Backend
+from autotune.backends.embedding_workers import EmbeddingWorkers
 from autotune.backends.openai_compat import OpenAICompatBackend
 from autotune.backends.residency import Resident, WorkerState, make_room, prompt_cache
-from autotune.backends.worker_process import start_worker, stop_worker
+from autotune.backends.worker_process import key_file, start_worker, stop_worker
 from autotune.ground.config import Settings
 from autotune.ground.engines import EngineSpec
 from autotune.ground.errors import (
     InsufficientMemory,
-    InvalidRequest,
     ModelLoadError,
     NotSupported,
     UnsupportedOption,
@@ -80,7 +78,7 @@ class _Worker:
     in_flight: int = 0
     supports_tools: bool = True
     cache_ram_mib: int | None = None
-    #: The worker's own API key: only this process holds it (see :func:`_key_file`).
+    #: The worker's own API key: only this process holds it (see :func:`key_file`).
     api_key: str | None = field(default=None, repr=False)
     #: Unique per started worker: slot contents belong to one generation.
     generation: int = 0
@@ -493,7 +491,7 @@ class EmbeddedBackend(Backend):
         # The worker's port is reachable by every local process and, through DNS rebinding, by
         # web pages: a key only autotune holds keeps them from driving the engine directly.
         api_key = secrets.token_urlsafe(32)
-        with _key_file(api_key) as key_path:
+        with key_file(api_key) as key_path:
             spec["api_key_file"] = key_path
             proc, url = await asyncio.to_thread(self._spawn, spec)
         client = OpenAICompatBackend(url, name=self.name, kind="llamacpp", api_key=api_key)
@@ -593,102 +591,6 @@ async def _served(
     finally:
         worker.in_flight -= 1
         worker.last_used = time.monotonic()
-
-
-@contextlib.contextmanager
-def _key_file(api_key: str) -> Iterator[str]:
-    """A file only this user can read (0600), holding ``api_key`` while a worker starts.
-
-    The worker reads and deletes it; the key never appears in a command line, which any
-    local user can read (``ps``). Removed here too, in case the worker failed first.
-    """
-    fd, path = tempfile.mkstemp(prefix="autotune-worker-", suffix=".key")
-    try:
-        with os.fdopen(fd, "w") as file:
-            file.write(api_key)
-        yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-@dataclass
-class _Embedder:
-    proc: subprocess.Popen[bytes]
-    client: OpenAICompatBackend
-    estimate: int
-
-
-class EmbeddingWorkers:
-    """Workers for embedding GGUFs (started with ``embedding`` on and the model's pooling).
-
-    Kept apart from the chat workers: an embedding model has no conversation, context plan
-    or prompt cache to keep. Each is started on first use, counted against the memory
-    budget (idle chat models make room for it), and stopped by ``unload`` or ``aclose``.
-    """
-
-    #: Context (and batch: llama.cpp embeds an input in one batch) at most.
-    MAX_CTX = 8192
-
-    def __init__(self) -> None:
-        self._workers: dict[str, _Embedder] = {}
-        self._lock: asyncio.Lock | None = None
-
-    def resident_bytes(self) -> int:
-        return sum(w.estimate for w in self._workers.values())
-
-    async def embed(
-        self, backend: EmbeddedBackend, meta: ModelMeta, texts: list[str]
-    ) -> list[list[float]]:
-        from autotune.models.roles import pooling_type
-
-        assert meta.path is not None
-        pooling = await asyncio.to_thread(pooling_type, meta.path)
-        if pooling is None:
-            raise InvalidRequest(
-                f"{meta.name} is a text-generation model, not an embedding model (its GGUF "
-                "declares no pooling type). Ask for an embedding model: all-minilm "
-                "(autotune's offline MiniLM) or an embedding GGUF such as nomic-embed-text.",
-                param="model",
-            )
-        worker = await self._worker(backend, meta, pooling)
-        return await worker.client.embed(meta.name, texts)
-
-    async def _worker(self, backend: EmbeddedBackend, meta: ModelMeta, pooling: int) -> _Embedder:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            worker = self._workers.get(meta.name)
-            if worker is not None and worker.proc.poll() is None:
-                return worker
-            n_ctx = min(meta.context_length or 512, self.MAX_CTX)
-            settings = LoadSettings(n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx)
-            estimate = backend._estimator(meta, settings)
-            await backend._make_room(meta.name, estimate + self.resident_bytes())
-            spec = {
-                "path": meta.path,
-                "alias": meta.name,
-                "verbosity": backend.verbosity,
-                "embedding": True,
-                "pooling": pooling,
-                "n_threads": backend.threads,
-                **settings.as_dict(),
-            }
-            api_key = secrets.token_urlsafe(32)  # like a chat worker: it answers autotune only
-            with _key_file(api_key) as key_path:
-                spec["api_key_file"] = key_path
-                proc, url = await asyncio.to_thread(backend._spawn, spec)
-            client = OpenAICompatBackend(url, name=backend.name, kind="llamacpp", api_key=api_key)
-            worker = self._workers[meta.name] = _Embedder(proc, client, estimate)
-            return worker
-
-    async def stop(self, model: str | None = None) -> None:
-        names = list(self._workers) if model is None else [model]
-        for name in names:
-            worker = self._workers.pop(name, None)
-            if worker is not None:
-                await worker.client.aclose()
-                await asyncio.to_thread(stop_worker, worker.proc)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
