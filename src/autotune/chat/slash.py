@@ -21,6 +21,7 @@ from autotune.ground.errors import BackendError
 from autotune.ground.ids import new_conversation_id
 from autotune.ground.profiles import get_profile
 from autotune.ground.units import format_bytes
+from autotune.operations.conversations import delete_conversation
 from autotune.operations.engines import engine_states
 from autotune.operations.pull import prepare_pull
 
@@ -51,10 +52,7 @@ async def _new(chat: Chat, arg: str) -> None:
 async def _delete(chat: Chat, arg: str) -> None:
     s = chat.state
     old = s.conversation_id
-    deleted = s.stored and await asyncio.to_thread(chat.runtime.store.delete, old)
-    kv = chat.runtime.pipeline.kv
-    if kv is not None:  # its saved KV goes with it
-        await asyncio.to_thread(kv.store.forget_conversation, old)
+    deleted = s.stored and await delete_conversation(chat.runtime, old)
     s.conversation_id, s.stored = new_conversation_id(), False
     s.listing = [i for i in s.listing if i != old]
     what = f"Deleted {old}" if deleted else f"{old} had nothing stored"

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 
 from autotune.ground.ids import CONVERSATION_ID_PATTERN, CONVERSATION_ID_RULE, is_conversation_id
+from autotune.operations.conversations import delete_conversation
 from autotune.server.errors import error_response
 from autotune.server.schemas import ConversationCreate
 from autotune.store.conversations import ConversationStore
@@ -88,10 +89,7 @@ async def get(conv_id: ConversationId, request: Request) -> Any:
 
 @router.delete("/{conv_id}", status_code=204)
 async def delete(conv_id: ConversationId, request: Request) -> Response:
-    deleted = await asyncio.to_thread(_store(request).delete, conv_id)
-    kv = request.app.state.pipeline.kv
-    if kv is not None:  # its saved KV goes with it
-        await asyncio.to_thread(kv.store.forget_conversation, conv_id)
+    deleted = await delete_conversation(request.app.state.runtime, conv_id)
     return Response(status_code=204) if deleted else _not_found(conv_id)
 
 
