@@ -69,6 +69,11 @@ class Backend(ABC):
     async def tokenize(self, model: str, text: str) -> list[int]:
         raise NotSupported(f"{self.name} has no tokenizer endpoint.")
 
+    async def tokenize_prompt(self, request: ChatRequest, raw: str | None = None) -> list[int]:
+        """The tokens the engine reads for ``request``: its messages (and tools) through the
+        model's chat template, or ``raw``, a completion's prompt, as it is."""
+        raise NotSupported(f"{self.name} cannot show a prompt's tokens.")
+
     async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
         raise NotSupported(f"{self.name} has no embeddings endpoint.")
 
@@ -79,6 +84,11 @@ class Backend(ABC):
 
     async def unload(self, model: str) -> None:
         raise NotSupported(f"{self.name} does not let autotune unload models.")
+
+    async def preload(self, model: str, settings: LoadSettings) -> bool:
+        """Load ``model`` with ``settings`` only if it fits beside what is loaded, unloading
+        nothing (a warm start); True when it loaded. Engines autotune does not load: False."""
+        return False
 
     def pull(self, model: str) -> AsyncIterator[PullProgress]:
         raise NotSupported(f"{self.name} cannot pull models.")

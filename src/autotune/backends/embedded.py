@@ -21,7 +21,6 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,10 @@ import httpx
 import psutil
 
 from autotune.backends.base import Backend
+from autotune.backends.chat_worker import Worker, served, settings_diff
 from autotune.backends.embedding_workers import EmbeddingWorkers
 from autotune.backends.openai_compat import OpenAICompatBackend
-from autotune.backends.residency import Resident, WorkerState, make_room, prompt_cache
+from autotune.backends.residency import WorkerState, make_room, prompt_cache
 from autotune.backends.worker_process import key_file, start_worker, stop_worker
 from autotune.ground.config import Settings
 from autotune.ground.engines import EngineSpec
@@ -61,54 +61,6 @@ __all__ = ["EmbeddedBackend", "EngineEvent", "from_settings"]  # EngineEvent re-
 DEFAULT_N_CTX = 4096
 #: Seconds the slots of a worker being stopped may take to save.
 _SAVE_TIMEOUT = 60.0
-
-
-@dataclass
-class _Worker:
-    name: str
-    path: Path
-    settings: LoadSettings
-    proc: subprocess.Popen[bytes]
-    url: str
-    client: OpenAICompatBackend
-    estimate: int
-    keep_alive: float
-    loaded_at: float = field(default_factory=time.time)
-    last_used: float = field(default_factory=time.monotonic)
-    in_flight: int = 0
-    supports_tools: bool = True
-    cache_ram_mib: int | None = None
-    #: The worker's own API key: only this process holds it (see :func:`key_file`).
-    api_key: str | None = field(default=None, repr=False)
-    #: Unique per started worker: slot contents belong to one generation.
-    generation: int = 0
-    #: How long the start took, from launching the process to the model answering.
-    load_ms: float | None = None
-
-    #: Set by :meth:`EmbeddedBackend._stop`: STOPPING while its slots are saved, then STOPPED.
-    stopped: WorkerState | None = None
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    @property
-    def state(self) -> WorkerState:
-        """Where the worker is: stopped or stopping by autotune, dead on its own, busy, ready."""
-        if self.stopped is not None:
-            return self.stopped
-        if not self.alive():
-            return WorkerState.DEAD
-        return WorkerState.BUSY if self.in_flight else WorkerState.READY
-
-    def resident(self) -> Resident:
-        return Resident(self.name, self.estimate, self.last_used, self.state)
-
-    def expired(self, now: float) -> bool:
-        return (
-            self.keep_alive >= 0
-            and self.state is WorkerState.READY
-            and now - self.last_used >= self.keep_alive
-        )
 
 
 def _load_estimate(meta: ModelMeta, settings: LoadSettings) -> int:
@@ -175,9 +127,9 @@ class EmbeddedBackend(Backend):
         self.nice = nice
         self._estimator = estimator or _load_estimate
         self.on_event = on_event
-        self._workers: dict[str, _Worker] = {}
+        self._workers: dict[str, Worker] = {}
         #: Workers being stopped: their slots can still be saved (see ``before_unload``).
-        self._stopping: dict[str, _Worker] = {}
+        self._stopping: dict[str, Worker] = {}
         self._meta: dict[str, ModelMeta] = {}
         self._lock: asyncio.Lock | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -290,7 +242,7 @@ class EmbeddedBackend(Backend):
             raise UnsupportedOption(
                 "tools", "The embedded engine", f"{worker.name}'s chat template has no tool support"
             )
-        async for chunk in _served(worker, loaded_now, worker.client.stream_chat(request)):
+        async for chunk in served(worker, loaded_now, worker.client.stream_chat(request)):
             yield chunk
 
     async def tokenize(self, model: str, text: str) -> list[int]:
@@ -301,10 +253,18 @@ class EmbeddedBackend(Backend):
             raise NotSupported(f"{meta.name} is not loaded; its tokenizer is not at hand.")
         return await worker.client.tokenize(meta.name, text)
 
+    async def tokenize_prompt(self, request: ChatRequest, raw: str | None = None) -> list[int]:
+        """A prompt's tokens from the loaded worker (never loads a model just for this)."""
+        meta = await self.model_meta(request.model)
+        worker = self._workers.get(meta.name)
+        if worker is None or not worker.alive():
+            raise NotSupported(f"{meta.name} is not loaded; its tokenizer is not at hand.")
+        return await worker.client.tokenize_prompt(request, raw)
+
     async def stream_completion(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
         """A text completion (or fill-in-the-middle) on the worker, loaded as planned."""
         worker, loaded_now = await self._ensure(request.model, request.load, request.keep_alive)
-        async for chunk in _served(worker, loaded_now, worker.client.stream_completion(request)):
+        async for chunk in served(worker, loaded_now, worker.client.stream_completion(request)):
             yield chunk
 
     async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
@@ -317,6 +277,20 @@ class EmbeddedBackend(Backend):
 
     async def load(self, model: str, settings: LoadSettings | None = None) -> bool:
         return (await self._ensure(model, settings, None))[1]
+
+    async def preload(self, model: str, settings: LoadSettings) -> bool:
+        """Load ``model`` if it fits the budget beside the loaded models (nothing is unloaded
+        for it); a request arriving meanwhile waits for this load, as for any other."""
+        meta = await self.model_meta(model)
+        async with self._get_lock():
+            await self._reap_dead()
+            if meta.name in self._workers:
+                return False
+            loaded = self.resident_bytes() + self.embedders.resident_bytes()
+            if loaded + self._estimator(meta, settings) > await self._budget_bytes():
+                return False
+            await self._load(meta, settings, None, None)
+            return True
 
     async def unload(self, model: str) -> None:
         async with self._get_lock():
@@ -352,7 +326,7 @@ class EmbeddedBackend(Backend):
 
     async def _ensure(
         self, model: str, settings: LoadSettings | None, keep_alive: float | None
-    ) -> tuple[_Worker, bool]:
+    ) -> tuple[Worker, bool]:
         """The worker serving ``model`` with ``settings``, loading or reloading it if needed.
 
         A load runs to its end even when the request that asked for it is cancelled (its
@@ -366,7 +340,7 @@ class EmbeddedBackend(Backend):
 
     async def _ensure_locked(
         self, meta: ModelMeta, settings: LoadSettings | None, keep_alive: float | None
-    ) -> tuple[_Worker, bool]:
+    ) -> tuple[Worker, bool]:
         name = meta.name
         while True:
             async with self._get_lock():
@@ -392,13 +366,13 @@ class EmbeddedBackend(Backend):
         meta: ModelMeta,
         wanted: LoadSettings,
         keep_alive: float | None,
-        previous: _Worker | None,
-    ) -> _Worker:
+        previous: Worker | None,
+    ) -> Worker:
         name = meta.name
         reason = "first load"
         if previous is not None:
             # Every launch-time setting is fixed for a llama.cpp context: a change reloads.
-            reason = f"settings changed: {_diff(previous.settings, wanted)}"
+            reason = f"settings changed: {settings_diff(previous.settings, wanted)}"
             self._workers.pop(name, None)
             await self._stop(previous)
         estimate = self._estimator(meta, wanted)
@@ -426,6 +400,7 @@ class EmbeddedBackend(Backend):
             load_ms=round(worker.load_ms),
             cache_ram_mib=cache,
             cache_ram=cache_ram.reason,
+            settings=wanted.as_dict(),
         )
         self._ensure_reaper()
         return worker
@@ -468,7 +443,7 @@ class EmbeddedBackend(Backend):
         estimate: int,
         keep_alive: float | None,
         cache_ram_mib: int | None = None,
-    ) -> _Worker:
+    ) -> Worker:
         assert meta.path is not None
         spec = {
             "path": meta.path,
@@ -497,7 +472,7 @@ class EmbeddedBackend(Backend):
         client = OpenAICompatBackend(url, name=self.name, kind="llamacpp", api_key=api_key)
         # Not "start llama-server": autotune owns this worker and restarts it when needed.
         client.start_hint = "The engine worker stopped; the next request starts it again."
-        worker = _Worker(
+        worker = Worker(
             name=meta.name,
             path=Path(meta.path),
             settings=settings,
@@ -530,7 +505,7 @@ class EmbeddedBackend(Backend):
         # with plain text), so autotune refuses them up front rather than drop them unseen.
         return bool(caps.get("supports_tools", True))
 
-    async def _stop(self, worker: _Worker) -> None:
+    async def _stop(self, worker: Worker) -> None:
         """Stop a worker; its slots are offered to ``before_unload`` first (bounded in time:
         a save that hangs must not keep a model in memory)."""
         if self.before_unload is not None and worker.alive():
@@ -576,33 +551,9 @@ class EmbeddedBackend(Backend):
             self.on_event(event)
 
 
-async def _served(
-    worker: _Worker, loaded_now: bool, chunks: AsyncIterator[Chunk]
-) -> AsyncIterator[Chunk]:
-    """A worker's stream, counted as in flight while it runs; its stats say whether this
-    request loaded the model, and how long the load took."""
-    worker.in_flight += 1
-    try:
-        async for chunk in chunks:
-            if chunk.stats is not None:
-                chunk.stats.reloaded = loaded_now
-                chunk.stats.load_ms = worker.load_ms if loaded_now else None
-            yield chunk
-    finally:
-        worker.in_flight -= 1
-        worker.last_used = time.monotonic()
-
-
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _diff(old: LoadSettings, new: LoadSettings) -> str:
-    a, b = old.as_dict(), new.as_dict()
-    return ", ".join(
-        f"{k} {a.get(k)}→{b.get(k)}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
-    )
 
 
 def from_settings(spec: EngineSpec, settings: Settings) -> EmbeddedBackend:

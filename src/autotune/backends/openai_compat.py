@@ -248,6 +248,22 @@ class OpenAICompatBackend(Backend):
         # With `with_pieces` llama.cpp returns {id, piece} objects instead of bare ids.
         return [int(t["id"]) if isinstance(t, Mapping) else int(t) for t in tokens]
 
+    async def tokenize_prompt(self, request: ChatRequest, raw: str | None = None) -> list[int]:
+        """llama-server's own view of a prompt: ``/apply-template`` renders the chat (tools
+        and template options included, from the same body the chat sends), then
+        ``/tokenize`` with the special tokens the completion adds itself (its BOS)."""
+        await self.probe()
+        if self.kind != "llamacpp":
+            raise NotSupported(f"{self.engine} cannot show a prompt's tokens.")
+        root = await self._url_for(request.model)
+        if raw is None:
+            body = chat_body(request, ttl=self.capabilities.keep_alive)
+            reply = await self._request("POST", root + "/apply-template", json=body)
+            raw = str(reply.json().get("prompt", ""))
+        content = {"content": raw, "add_special": True}
+        reply = await self._request("POST", root + "/tokenize", model=request.model, json=content)
+        return [int(t) for t in reply.json().get("tokens", [])]
+
     async def slot_action(
         self, model: str, slot: int, action: str, filename: str
     ) -> dict[str, Any]:

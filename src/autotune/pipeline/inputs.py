@@ -42,6 +42,12 @@ class ChatInput:
     #: Seconds the model stays loaded after this request (negative: forever; 0: unload when
     #: idle); None keeps AUTOTUNE_KEEP_ALIVE.
     keep_alive: float | None = None
+    #: A text completion's prompt, which the engine reads as it is (None: a chat, rendered by
+    #: the model's template): what KV look-ups tokenize.
+    raw_prompt: str | None = None
+    #: Look up saved KV for this prompt (off for fill-in-the-middle: the engine builds that
+    #: prompt itself).
+    kv_lookup: bool = True
 
 
 def validate(inp: ChatInput, default_profile: str) -> tuple[Profile, str]:

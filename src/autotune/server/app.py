@@ -73,6 +73,8 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
         app.state.telemetry = runtime.telemetry
         app.state.metrics = metrics
         app.state.hardware = runtime.hardware
+        if settings.warm_start:
+            runtime.start_warm()
         try:
             yield
         finally:
