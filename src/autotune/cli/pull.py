@@ -38,7 +38,7 @@ def pull(
     file's sha256 is checked against the hub's. Afterwards the model runs by the name you
     pulled (autotune chat --model NAME). Settings it reads: HF_ENDPOINT (a hub mirror),
     HF_TOKEN (gated or private repos), HF_HOME / HF_HUB_CACHE (where files go),
-    AUTOTUNE_MEMORY_BUDGET, and the engines' addresses (AUTOTUNE_OLLAMA_URL …).
+    AUTOTUNE_MEMORY_BUDGET, and Ollama's address (AUTOTUNE_OLLAMA_URL).
     """
     from autotune.runtime import open_runtime
 

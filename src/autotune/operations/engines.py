@@ -13,7 +13,7 @@ from autotune.ground.errors import NotSupported
 from autotune.pipeline.admitted import admitted
 from autotune.runtime import Runtime
 
-__all__ = ["EngineState", "engine_states", "preload", "unload"]
+__all__ = ["EngineState", "engine_states", "load_ahead", "unload"]
 
 
 async def unload(runtime: Runtime, model: str) -> str:
@@ -27,7 +27,7 @@ async def unload(runtime: Runtime, model: str) -> str:
     return name
 
 
-async def preload(runtime: Runtime, model: str) -> str:
+async def load_ahead(runtime: Runtime, model: str) -> str:
     """A load asked for ahead of any message: autotune loads a model at its first message,
     sized for that conversation (a load now would be sized blind and could mean a second
     load), so this only checks the model is there (ModelNotFound: a 404)."""

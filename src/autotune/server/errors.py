@@ -174,12 +174,8 @@ def validation_message(
 
 def _invalid(exc: RequestValidationError, api: str, brackets: bool) -> InvalidRequest:
     message, param = validation_message(exc, api=api, brackets=brackets)
-    code = (
-        "unknown_parameter"
-        if exc.errors()[:1] and exc.errors()[0].get("type") == ("extra_forbidden")
-        else "invalid_request"
-    )
-    return InvalidRequest(message, param=param, code=code)
+    unknown = any(e.get("type") == "extra_forbidden" for e in exc.errors()[:1])
+    return InvalidRequest(message, param=param, code="unknown_parameter" if unknown else None)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from autotune.ground.errors import BackendError, InvalidRequest, ModelNotFound
 from autotune.ground.types import PullProgress
-from autotune.operations.engines import preload, unload
+from autotune.operations.engines import load_ahead, unload
 from autotune.operations.inventory import described, file_identity, loaded_models, model_details
 from autotune.operations.pull import prepare_pull
 from autotune.pipeline import ChatRun, Pipeline
@@ -208,7 +208,7 @@ async def _load_or_unload(
     if keep_alive == 0:
         await unload(runtime, model)
     else:
-        await preload(runtime, model)
+        await load_ahead(runtime, model)
     obj = shape.loaded("unload" if keep_alive == 0 else "load")
     if streaming:
         return Response(_line(obj), media_type=_NDJSON)
