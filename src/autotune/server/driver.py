@@ -24,7 +24,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from autotune.ground.errors import BackendError
 from autotune.pipeline import ChatInput, ChatRun, Pipeline
 from autotune.runtime import Runtime
-from autotune.server.headers import HEADERS, AutotuneHeaders
+from autotune.server.headers import (
+    CONVERSATION_HEADER,
+    OVERFLOW_HEADER,
+    PROFILE_HEADER,
+    AutotuneHeaders,
+    Overflow,
+    Profile,
+)
 
 __all__ = [
     "CALL",
@@ -173,7 +180,18 @@ class Call:
     headers: AutotuneHeaders
 
     @classmethod
-    def read(cls, request: Request, headers: AutotuneHeaders = HEADERS) -> Call:
+    async def read(
+        cls,
+        request: Request,
+        x_autotune_profile: Profile | None = PROFILE_HEADER,
+        x_conversation_id: str | None = CONVERSATION_HEADER,
+        x_autotune_overflow: Overflow | None = OVERFLOW_HEADER,
+    ) -> Call:
+        """The dependency (one level: autotune's headers are read here, as
+        :meth:`AutotuneHeaders.read` reads them)."""
+        headers = AutotuneHeaders.checked(
+            x_autotune_profile, x_conversation_id, x_autotune_overflow
+        )
         return cls(request, headers)
 
     @property
