@@ -177,6 +177,20 @@ def _attach_kv(pipeline: Pipeline, engines: BackendSet, settings: Settings, db: 
         engine.before_unload = functools.partial(pipeline.kv.save_slots, engine)
 
 
+def _follow_capacity(pipeline: Pipeline, engines: BackendSet, settings: Settings) -> None:
+    """AUTOTUNE_MAX_CONCURRENT left at its default: let as many requests through as the engines
+    can run at once (one for a single engine; a router's upstreams' limits added up), and follow
+    a router that learns more (a llama-server's slots) after start-up."""
+
+    def resize(_: int = 0) -> None:
+        engines_can = max(e.capabilities.concurrency for e in engines.backends.values())
+        pipeline.queue.resize(max(settings.max_concurrent, engines_can))
+
+    resize()
+    for engine in engines.backends.values():
+        engine.on_capacity = resize
+
+
 async def open_runtime(
     settings: Settings | None = None,
     *,
@@ -209,12 +223,7 @@ async def open_runtime(
     )
     _attach_kv(pipeline, engines, settings, db)
     if "max_concurrent" not in settings.model_fields_set:
-        # Left at its default: let as many requests through as the engines can run at once
-        # (one for a single engine, one per upstream behind a router).
-        pipeline.queue.max_concurrent = max(
-            settings.max_concurrent,
-            max(e.capabilities.concurrency for e in engines.backends.values()),
-        )
+        _follow_capacity(pipeline, engines, settings)
     recall = RecallManager(db, default_embedder() if settings.recall else None)
     runtime = Runtime(
         settings,

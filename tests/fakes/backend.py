@@ -171,6 +171,13 @@ class FakeBackend(Backend):
         self._load(model, wanted)
         return True
 
+    async def preload(self, model: str, settings: LoadSettings) -> bool:
+        """Like the embedded engine's warm start: load unless loaded (no budget here)."""
+        if model in self._loaded:
+            return False
+        self._load(model, settings)
+        return True
+
     async def unload(self, model: str) -> None:
         if self.before_unload is not None and model in self._loaded:
             await self.before_unload(model)

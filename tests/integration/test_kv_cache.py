@@ -127,17 +127,22 @@ def test_a_whole_history_comes_back_after_an_unload_a_restart_and_a_reload(
     serve_process: Callable[..., Any],
 ) -> None:
     """Issue 19's acceptance on Gemma: official clients, no header, ≥ 90 % of the prompt
-    from cache after a keep-alive unload (through the Anthropic face), a SIGTERM restart
-    (through the Ollama face, the model warm-started before the request), and a reload to a
-    bigger context (OpenAI); the file a grown conversation replaces is dropped; the KV
-    folder is the user's alone and `autotune kv rm --all` empties it."""
+    from cache after a keep-alive unload (the greedy answer the warm engine gave, again), a
+    SIGTERM restart (through the Ollama face, the model warm-started before the request),
+    an unload by an Ollama client (then through the Anthropic face) and a reload to a bigger
+    context; the file a
+    grown conversation replaces is dropped; the KV folder is the user's alone and
+    `autotune kv rm --all` empties it."""
     chat = History(GEMMA)
     server = serve_process(AUTOTUNE_KEEP_ALIVE="2").start()
     chat.openai(server.url, f"Here is a manual.\n{MANUAL}\nWhich valve opens at 30 kPa?")
     assert last_run(server.url)["prompt_tokens"] >= 2000
+    warm = History(GEMMA)
+    warm.turns = list(chat.turns)
+    answer = warm.openai(server.url, "And which one opens at 33 kPa?")  # the engine holds it
     # Idle past the keep-alive: the worker unloads (its slot saved first).
     _wait("the keep-alive never unloaded the model", lambda: GEMMA not in _running(server.url))
-    chat.anthropic(server.url, "And which one opens at 33 kPa?")
+    assert chat.openai(server.url, "And which one opens at 33 kPa?") == answer
     run = last_run(server.url)
     assert cached_share(run) >= 0.9 and run["kv"] == "restored", run
     server.stop()
@@ -148,6 +153,11 @@ def test_a_whole_history_comes_back_after_an_unload_a_restart_and_a_reload(
     chat.ollama(server.url, "And which valve opens at 36 kPa?")
     run = last_run(server.url)
     assert cached_share(run) >= 0.9 and not run["reloaded"], run
+    # Unloaded as Ollama's clients do it (an empty chat with keep_alive 0), then back.
+    ollama.Client(host=server.url).chat(model=GEMMA, messages=[], keep_alive=0)
+    assert GEMMA not in _running(server.url)
+    chat.anthropic(server.url, "And which one closes at 40 kPa?")
+    assert cached_share(last_run(server.url)) >= 0.9
 
     # A reply allowed 5,000 tokens beside ~2,100 of prompt needs a bigger context: a reload.
     chat.openai(server.url, "And at 39 kPa?", max_tokens=5_000, stop=[" ", "."])
@@ -175,7 +185,7 @@ def test_a_shared_preamble_and_a_resume_on_the_bundled_model(
 ) -> None:
     """SmolLM2: a session with a long preamble (an agent's system prompt), then after a
     restart a second session with the same preamble prefills at most a tenth of it, and
-    the first session's next turn comes back at ≥ 90 %."""
+    the first session's next turn comes back at ≥ 90 % with the warm engine's greedy answer."""
     tools = "\n".join(
         f"- tool_{i}(path, mode): reads the file at path in mode {i % 3} and returns lines."
         for i in range(45)
@@ -186,6 +196,9 @@ def test_a_shared_preamble_and_a_resume_on_the_bundled_model(
     first.openai(server.url, "List the files in src.")
     preamble_tokens = last_run(server.url)["prompt_tokens"]
     assert preamble_tokens >= 1000
+    warm = History(SMOL, system=preamble)
+    warm.turns = list(first.turns)
+    answer = warm.openai(server.url, "Now open the first one.")  # the engine holds it
     server.stop()
 
     server = serve_process().start()
@@ -193,7 +206,8 @@ def test_a_shared_preamble_and_a_resume_on_the_bundled_model(
     second.openai(server.url, "What does the README say about installing?")
     run = last_run(server.url)
     assert run["prompt_tokens"] - run["cached_tokens"] <= 0.1 * preamble_tokens, run
-    first.openai(server.url, "Now open the first one.")
+    # The first session's next turn: from disk, and the greedy answer the warm engine gave.
+    assert first.openai(server.url, "Now open the first one.") == answer
     assert cached_share(last_run(server.url)) >= 0.9
     server.stop()
 

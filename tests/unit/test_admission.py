@@ -79,3 +79,18 @@ async def test_a_slot_granted_to_a_waiter_that_left_passes_on() -> None:
         pass  # the grant was handed straight on
     await asyncio.wait_for(second, 1)
     assert q.running == 1 and q.queued == 0
+
+
+async def test_a_larger_limit_lets_waiters_in_at_once() -> None:
+    """A router that has read its upstreams' slots raises the limit; nobody waits for a release."""
+    q = AdmissionQueue(max_concurrent=1, max_queued=4, wait_timeout=5)
+    await q.acquire()
+    waiters = [asyncio.ensure_future(q.acquire()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert q.queued == 3
+    q.resize(3)
+    await asyncio.wait_for(asyncio.gather(*waiters[:2]), timeout=5)
+    assert (q.running, q.queued, waiters[2].done()) == (3, 1, False)
+    q.release(0.1)
+    await asyncio.wait_for(waiters[2], timeout=5)
+    assert q.running == 3

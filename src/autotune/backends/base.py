@@ -39,6 +39,9 @@ class Backend(ABC):
     start_hint: str = ""
     #: Called with every :class:`EngineEvent` the backend notices (telemetry subscribes).
     on_event: Callable[[EngineEvent], None] | None = None
+    #: Called with ``capabilities.concurrency`` when it changes after start-up (a router that
+    #: has read its upstreams' slots); the runtime resizes the admission queue to it.
+    on_capacity: Callable[[int], None] | None = None
     #: Awaited with a model's name before the engine drops its KV (an unload, a reload, a
     #: shutdown), so its slots can be saved first (the KV manager subscribes).
     before_unload: Callable[[str], Awaitable[None]] | None = None

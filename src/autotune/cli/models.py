@@ -19,13 +19,14 @@ from autotune.operations.inventory import (
     Fit,
     LocalListing,
     ModelRow,
+    Serve,
+    ask_serve,
     local_models,
     machine_budget,
     profile_fits,
     recommendations,
     running_models,
     score,
-    served_models,
 )
 from autotune.runtime import open_backends
 
@@ -138,28 +139,34 @@ def ps(
     """Show models loaded in memory across engines, including a running autotune serve.
 
     A running server is found at AUTOTUNE_HOST and AUTOTUNE_PORT (with AUTOTUNE_API_KEY when
-    it has one); engines at AUTOTUNE_OLLAMA_URL, AUTOTUNE_LMSTUDIO_URL, AUTOTUNE_LLAMACPP_URL,
-    AUTOTUNE_OPENAI_URL or the engines of AUTOTUNE_ROUTER_CONFIG.
+    it has one); engines at AUTOTUNE_OLLAMA_URL, AUTOTUNE_LMSTUDIO_URL, AUTOTUNE_LLAMACPP_URL
+    or AUTOTUNE_OPENAI_URL. The router (AUTOTUNE_ROUTER_CONFIG) is shown as the running serve
+    sees it: its upstreams, their load and their counters.
     """
-    upstreams: list[dict[str, Any]] = []
 
-    async def job() -> tuple[list[RunningModel], dict[str, str]]:
+    async def job() -> tuple[list[RunningModel], dict[str, str], Serve]:
         requested = (ctx.obj or {}).get("backend")
         backends = await open_backends(requested=requested)
         try:
-            found, errors = await running_models(
-                backends, explicit=requested not in (None, "auto"), upstreams=upstreams
+            found, errors, routers = await running_models(
+                backends, explicit=requested not in (None, "auto")
             )
         finally:
             await backends.aclose()
-        return found + await served_models(get_settings()), errors
+        served = await ask_serve(get_settings())
+        if routers and not served.answered:
+            errors["router"] = (
+                f"no autotune serve answers at {served.url}; the router runs inside it "
+                "(start `autotune serve`, or set AUTOTUNE_HOST/AUTOTUNE_PORT to where it runs)"
+            )
+        return found + served.models, errors, served
 
-    models, errors = run(job)
+    models, errors, served = run(job)
     if json_out:
-        print_json({"models": to_jsonable(models), "errors": errors, "upstreams": upstreams})
+        print_json({"models": to_jsonable(models), "errors": errors, "upstreams": served.upstreams})
         return
-    if upstreams:
-        _print_upstreams(upstreams)
+    if served.upstreams:
+        _print_upstreams(served.upstreams)
     if models:
         _print_running(models)
     else:
@@ -171,10 +178,12 @@ def ps(
 _UPSTREAM_COLUMNS = (
     Column("name", name=True),
     Column("state"),
+    Column("in flight", right=True),
     Column("running", right=True),
     Column("waiting", right=True),
     Column("KV used", right=True),
     Column("cache hits", right=True),
+    Column("tok/s", right=True),
     Column("served", right=True),
     Column("failed", right=True),
     Column("kind"),
@@ -186,23 +195,41 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.0%}"
 
 
-def _print_upstreams(upstreams: list[dict[str, Any]]) -> None:
-    rows = [
-        [
-            u["name"],
-            "[green]up[/]" if u["state"] == "up" else "[red]down[/]",
-            str(u["running"] or "—"),
-            str(u["waiting"] or "—"),
-            _pct(u["kv_usage"]),
-            _pct(u["prefix_hit_rate"]),
-            str(u["served"]),
-            str(u["failed"]),
-            u["kind"],
-            u["url"],
-        ]
-        for u in upstreams
+def _count(value: float | None) -> str:
+    """A count as a whole number; 0 is 0, only an unknown count is "—"."""
+    return "—" if value is None else str(round(value))
+
+
+def _rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _upstream_row(u: dict[str, Any]) -> list[str]:
+    limit = u.get("limit")
+    return [
+        u["name"],
+        "[green]up[/]" if u["state"] == "up" else "[red]down[/]",
+        f"{_count(u.get('in_flight'))}/{limit}" if limit else _count(u.get("in_flight")),
+        _count(u.get("running")),
+        _count(u.get("waiting")),
+        _pct(u.get("kv_usage")),
+        _pct(u.get("prefix_hit_rate")),
+        _rate(u.get("tokens_per_second")),
+        _count(u.get("served")),
+        _count(u.get("failed")),
+        u["kind"],
+        u["url"],
     ]
-    print_table(console, _UPSTREAM_COLUMNS, rows, title="Router upstreams")
+
+
+def _print_upstreams(upstreams: list[dict[str, Any]]) -> None:
+    rows = [_upstream_row(u) for u in upstreams]
+    print_table(
+        console, _UPSTREAM_COLUMNS, rows, title="Router upstreams (as autotune serve sees them)"
+    )
+    windows = [float(u["rate_seconds"]) for u in upstreams if u.get("rate_seconds")]
+    if windows:
+        console.print(f"[dim]cache hits and tok/s: the last {max(windows):.0f} s of readings[/]")
 
 
 _RUNNING_COLUMNS = (

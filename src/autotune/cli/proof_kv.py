@@ -1,4 +1,5 @@
-"""The KV scenarios of ``autotune proof`` (resume, switch, grow, swap-model): run, print, report."""
+"""The KV scenarios of ``autotune proof`` (resume, agent, switch, grow, swap-model): run, print,
+report."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ def _ms(value: float | None) -> str:
 def kv_rows(results: list[KvProof]) -> list[list[str]]:
     rows = []
     for r in results:
-        for side, figures in (("raw engine", r.raw), ("autotune", r.autotune)):
+        sides = [("raw engine", r.raw), ("autotune", r.autotune)]
+        if r.floor is not None:
+            sides.append(("floor (raw, warm)", r.floor))
+        for side, figures in sides:
             rows.append(
                 [
                     r.name,
@@ -56,11 +60,14 @@ def kv_markdown(results: list[KvProof], model: str, runs: int) -> str:
     lines = [
         f"# autotune proof, KV scenarios: {model}",
         "",
-        f"{runs} runs; raw llama.cpp (its own defaults) and autotune interleaved turn by turn. "
-        "TTFT runs from the request (raw llama-server loads its model at start; autotune "
-        "loads it inside the request); restart → token adds the restart itself, where the "
-        "scenario restarts. Prefilled = the engine's `timings.prompt_n`; disk / turn = KV "
-        "files autotune wrote, per turn.",
+        f"{runs} runs; raw llama.cpp (its own defaults) and `autotune serve` interleaved turn "
+        "by turn, both asked by the official `openai` client with the whole history and no "
+        "autotune header. TTFT runs from the request (after a restart both have loaded the "
+        "model: llama-server at its start, autotune by its warm start); restart → token adds "
+        "the restart itself. The floor is the raw engine asked the same turn before it "
+        "restarts: its own warm follow-up at that context. Prefilled = prompt tokens the "
+        "engine computed (the rest came from its cache); disk / turn = KV files autotune "
+        "wrote, per turn.",
         "",
         "| " + " | ".join(_HEADER) + " |",
         "|" + "---|" * len(_HEADER),

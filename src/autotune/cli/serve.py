@@ -40,9 +40,11 @@ def preflight(settings: Settings) -> None:
 
 
 def _settings(updates: dict[str, Any]) -> Settings:
-    """The settings with the command line's values on top, or one line per bad value."""
+    """The settings with the command line's values on top, or one line per bad value. Only the
+    values someone set are carried over, so a setting left at its default stays unset (the
+    runtime then chooses it, e.g. max_concurrent from the engines' capacity)."""
     try:
-        return Settings.model_validate({**get_settings().model_dump(), **updates})
+        return Settings.model_validate({**get_settings().model_dump(exclude_unset=True), **updates})
     except ValidationError as exc:
         for problem in exc.errors():
             where = ".".join(str(p) for p in problem["loc"]) or "setting"

@@ -36,6 +36,8 @@ __all__ = [
     "ModelDetails",
     "ModelRow",
     "Recommendation",
+    "Serve",
+    "ask_serve",
     "described",
     "file_identity",
     "getting",
@@ -49,7 +51,6 @@ __all__ = [
     "recommendations",
     "running_models",
     "score",
-    "served_models",
     "served_names",
 ]
 
@@ -255,18 +256,20 @@ def profile_fits(meta: ModelMeta, budget: int) -> dict[str, Fit]:
 
 
 async def running_models(
-    backends: BackendSet, *, explicit: bool, upstreams: list[dict[str, Any]]
-) -> tuple[list[RunningModel], dict[str, str]]:
-    """Models each engine holds in memory (and each router upstream's state, into
-    ``upstreams``); an engine that fails is reported, unless the user named it. This
-    process's own embedded engine has loaded nothing, so it is not asked."""
+    backends: BackendSet, *, explicit: bool
+) -> tuple[list[RunningModel], dict[str, str], list[str]]:
+    """Models each engine holds in memory; an engine that fails is reported, unless the user
+    named it. This process's own embedded engine has loaded nothing, so it is not asked, and
+    neither is a router: it lives in ``autotune serve`` (its names are returned, to be shown
+    from the serve, :func:`ask_serve`)."""
     found: list[RunningModel] = []
     errors: dict[str, str] = {}
+    routers: list[str] = []
     for name in backends.order:
         backend = backends.backends[name]
         if backend.upstream_states() is not None:
-            await backend.health()  # reads each upstream's state now
-            upstreams.extend({"backend": name, **u} for u in backend.upstream_states() or [])
+            routers.append(name)
+            continue
         if name == "embedded" or not backend.capabilities.running_models:
             continue
         try:
@@ -275,33 +278,52 @@ async def running_models(
             if explicit:
                 raise  # the engine the user named must answer
             errors[name] = str(exc)
-    return found, errors
+    return found, errors, routers
 
 
-async def served_models(settings: Settings) -> list[RunningModel]:
-    """Models a running ``autotune serve`` holds in its embedded engine (none when no server
-    answers at AUTOTUNE_HOST:AUTOTUNE_PORT)."""
+@dataclass
+class Serve:
+    """What a running ``autotune serve`` says: loaded models, and its router's upstreams."""
+
+    url: str
+    answered: bool = False
+    models: list[RunningModel] = field(default_factory=list)
+    upstreams: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _served_model(item: dict[str, Any], port: int) -> RunningModel:
+    fields: dict[str, Any] = {
+        k: item.get(k) for k in RunningModel.__dataclass_fields__ if k in item
+    }
+    model = RunningModel(**fields)
+    via = f"autotune serve :{port}"
+    model.backend = via if item.get("backend") == "embedded" else f"{model.backend} ({via})"
+    return model
+
+
+async def ask_serve(settings: Settings) -> Serve:
+    """Models a running ``autotune serve`` holds (its embedded engine, its router's upstreams)
+    and its router's upstreams as the serve sees them (``/health``); nothing when no server
+    answers at AUTOTUNE_HOST:AUTOTUNE_PORT."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    url = f"http://{host}:{settings.port}/api/running_models"
+    served = Serve(f"http://{host}:{settings.port}")
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
     try:
         async with httpx.AsyncClient(timeout=settings.probe_timeout + 0.7) as client:
-            reply = await client.get(url, headers=headers)
-        data = reply.json()
+            running = await client.get(served.url + "/api/running_models", headers=headers)
+            health = await client.get(served.url + "/health", headers=headers, timeout=10)
+        models, states = running.json(), health.json()
     except (httpx.HTTPError, ValueError):
-        return []
-    if reply.status_code != 200 or not isinstance(data, dict):
-        return []
-    out = []
-    for item in data.get("models", []):
-        if isinstance(item, dict) and item.get("backend") == "embedded":
-            fields: dict[str, Any] = {
-                k: item.get(k) for k in RunningModel.__dataclass_fields__ if k in item
-            }
-            model = RunningModel(**fields)
-            model.backend = f"autotune serve :{settings.port}"
-            out.append(model)
-    return out
+        return served
+    if running.status_code != 200 or not isinstance(models, dict) or not isinstance(states, dict):
+        return served
+    served.answered = True
+    for item in models.get("models", []):
+        if isinstance(item, dict) and item.get("backend") in ("embedded", "router"):
+            served.models.append(_served_model(item, settings.port))
+    for backend, upstreams in (states.get("upstreams") or {}).items():
+        served.upstreams.extend({"backend": backend, **u} for u in upstreams or [])
+    return served
 
 
 # --------------------------------------------------------------------------- recommend

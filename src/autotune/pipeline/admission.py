@@ -81,6 +81,15 @@ class AdmissionQueue:
             raise
         self.admitted += 1
 
+    def resize(self, max_concurrent: int) -> None:
+        """Let ``max_concurrent`` run at once from now on; waiters that now fit start at once."""
+        self.max_concurrent = max(1, max_concurrent)
+        while self.running < self.max_concurrent and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self.running += 1
+
     def release(self, duration: float | None = None) -> None:
         """Free a slot and hand it to the first live waiter."""
         if duration:
