@@ -25,6 +25,7 @@ from autotune.server.anthropic_stream import Event, EventStream
 from autotune.server.anthropic_wire import error_body, to_chat
 from autotune.server.driver import CALL, STREAM_RESPONSES, Call, EventAnswer
 from autotune.server.errors import ErrorShape
+from autotune.server.headers import HEADER_DOCS
 from autotune.server.schemas import as_sent
 
 __all__ = ["ERRORS", "router"]
@@ -84,7 +85,7 @@ class _Answer(EventAnswer):
         return self.stream.message()
 
 
-@router.post("/v1/messages", responses=STREAM_RESPONSES)
+@router.post("/v1/messages", responses=STREAM_RESPONSES, openapi_extra=HEADER_DOCS)
 async def create_message(body: MessagesRequest, call: Call = CALL) -> Response:
     """A message through autotune's pipeline (Anthropic's schema; SSE when ``stream``)."""
     parts = to_chat(as_sent(body), pass_unknown=call.pass_unknown)

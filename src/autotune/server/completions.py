@@ -26,7 +26,7 @@ from autotune.pipeline.complete import CompletionInput, start_completion
 from autotune.server.driver import CALL, STREAM_RESPONSES, Call
 from autotune.server.errors import error_body
 from autotune.server.fields import COMPLETIONS, check_fields
-from autotune.server.headers import AutotuneHeaders
+from autotune.server.headers import HEADER_DOCS, AutotuneHeaders
 from autotune.server.schemas import as_sent
 
 __all__ = ["FIELDS", "LegacyLogprobs", "completion_headers", "completion_params", "router"]
@@ -209,7 +209,7 @@ def _choice(c: Mapping[str, Any], logprobs: LegacyLogprobs) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/completions", responses=STREAM_RESPONSES)
+@router.post("/v1/completions", responses=STREAM_RESPONSES, openapi_extra=HEADER_DOCS)
 async def create_completion(body: CompletionBody, call: Call = CALL) -> Response:
     """A text completion (fill-in-the-middle with ``suffix``) through autotune's pipeline.
     ``X-Conversation-Id`` and ``X-Autotune-Overflow: truncate-oldest`` are refused (400): a

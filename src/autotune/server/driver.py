@@ -25,12 +25,7 @@ from autotune.ground.errors import BackendError
 from autotune.pipeline import ChatInput, ChatRun, Pipeline
 from autotune.runtime import Runtime
 from autotune.server.headers import (
-    CONVERSATION_HEADER,
-    OVERFLOW_HEADER,
-    PROFILE_HEADER,
     AutotuneHeaders,
-    Overflow,
-    Profile,
 )
 
 __all__ = [
@@ -180,19 +175,11 @@ class Call:
     headers: AutotuneHeaders
 
     @classmethod
-    async def read(
-        cls,
-        request: Request,
-        x_autotune_profile: Profile | None = PROFILE_HEADER,
-        x_conversation_id: str | None = CONVERSATION_HEADER,
-        x_autotune_overflow: Overflow | None = OVERFLOW_HEADER,
-    ) -> Call:
-        """The dependency (one level: autotune's headers are read here, as
-        :meth:`AutotuneHeaders.read` reads them)."""
-        headers = AutotuneHeaders.checked(
-            x_autotune_profile, x_conversation_id, x_autotune_overflow
-        )
-        return cls(request, headers)
+    async def read(cls, request: Request) -> Call:
+        """The dependency: autotune's headers read from the request, one way for every face
+        (:meth:`AutotuneHeaders.of`; not as FastAPI header parameters, whose validation costs
+        a request more than the reading)."""
+        return cls(request, AutotuneHeaders.of(request.headers))
 
     @property
     def runtime(self) -> Runtime:

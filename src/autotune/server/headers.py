@@ -1,4 +1,4 @@
-"""autotune's own request headers, read the same way on every API face (one FastAPI dependency).
+"""autotune's own request headers, read the same way on every API face (in one dependency).
 
 ``X-Conversation-Id`` is checked against the one id pattern (:mod:`autotune.ground.ids`)
 wherever it arrives, with one message, so an id one face refuses is refused by all, and an
@@ -8,64 +8,84 @@ id one face stores can be read back through ``/api/conversations/{id}``. A bad v
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from fastapi import Depends, Header
+from typing import Any, Literal, cast, get_args
 
 from autotune.ground.errors import InvalidRequest
 from autotune.ground.ids import CONVERSATION_ID_PATTERN, CONVERSATION_ID_RULE, is_conversation_id
 from autotune.pipeline import ChatInput
 
-__all__ = [
-    "CONVERSATION_HEADER",
-    "HEADERS",
-    "OVERFLOW_HEADER",
-    "PROFILE_HEADER",
-    "AutotuneHeaders",
-    "Overflow",
-    "Profile",
-]
+__all__ = ["HEADER_DOCS", "AutotuneHeaders", "Overflow", "Profile"]
 
 Profile = Literal["fast", "balanced", "quality"]
 Overflow = Literal["refuse", "truncate-oldest"]
 
 
-#: The headers, declared once (with their documentation in the OpenAPI schema).
-PROFILE_HEADER: Any = Header(
-    None, description="Tuning profile for this request (default: the server's)."
-)
-CONVERSATION_HEADER: Any = Header(
-    None,
-    description=f"Store and resume this conversation ({CONVERSATION_ID_RULE}: "
-    f"{CONVERSATION_ID_PATTERN}).",
-)
-OVERFLOW_HEADER: Any = Header(
-    None,
-    description="When the newest message cannot fit: refuse with a 400 (the default) or cut "
-    "its start and say so in X-Autotune-Plan.",
-)
+_PROFILES = get_args(Profile)
+_OVERFLOWS = get_args(Overflow)
+
+
+def _refused(name: str, value: str, choices: tuple[str, ...]) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid value {value[:100]!r} for {name!r}: choose {', '.join(choices)}.", param=name
+    )
+
+
+#: The headers in the OpenAPI schema (``openapi_extra=HEADER_DOCS`` on a face's routes): they
+#: are read by :meth:`AutotuneHeaders.of`, not declared as FastAPI parameters.
+HEADER_DOCS: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "X-Autotune-Profile",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "enum": list(_PROFILES)},
+            "description": "Tuning profile for this request (default: the server's).",
+        },
+        {
+            "name": "X-Conversation-Id",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "pattern": CONVERSATION_ID_PATTERN},
+            "description": f"Store and resume this conversation ({CONVERSATION_ID_RULE}).",
+        },
+        {
+            "name": "X-Autotune-Overflow",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "enum": list(_OVERFLOWS)},
+            "description": "When the newest message cannot fit: refuse with a 400 (the "
+            "default) or cut its start and say so in X-Autotune-Plan.",
+        },
+    ]
+}
 
 
 @dataclass(frozen=True)
 class AutotuneHeaders:
-    """``X-Autotune-Profile``, ``X-Conversation-Id`` and ``X-Autotune-Overflow``, read by
-    :meth:`read` (a route's ``Call`` reads them the same way, in the same dependency). The
-    dependencies are ``async``: FastAPI runs a plain one in its thread pool, which costs a
-    request ~0.1 ms."""
+    """``X-Autotune-Profile``, ``X-Conversation-Id`` and ``X-Autotune-Overflow``, read from a
+    request by :meth:`of` (in the one dependency every face route takes,
+    :meth:`autotune.server.driver.Call.read`)."""
 
     profile: Profile | None = None
     conversation_id: str | None = None
     overflow: Overflow | None = None
 
     @classmethod
-    async def read(
-        cls,
-        x_autotune_profile: Profile | None = PROFILE_HEADER,
-        x_conversation_id: str | None = CONVERSATION_HEADER,
-        x_autotune_overflow: Overflow | None = OVERFLOW_HEADER,
-    ) -> AutotuneHeaders:
-        return cls.checked(x_autotune_profile, x_conversation_id, x_autotune_overflow)
+    def of(cls, headers: Mapping[str, str]) -> AutotuneHeaders:
+        """The headers of a request (a case-insensitive mapping, as Starlette's), checked."""
+        profile = headers.get("x-autotune-profile")
+        if profile is not None and profile not in _PROFILES:
+            raise _refused("X-Autotune-Profile", profile, _PROFILES)
+        overflow = headers.get("x-autotune-overflow")
+        if overflow is not None and overflow not in _OVERFLOWS:
+            raise _refused("X-Autotune-Overflow", overflow, _OVERFLOWS)
+        return cls.checked(
+            cast(Profile | None, profile),
+            headers.get("x-conversation-id"),
+            cast(Overflow | None, overflow),
+        )
 
     @classmethod
     def checked(
@@ -103,7 +123,3 @@ class AutotuneHeaders:
                 f"X-Conversation-Id cannot be honoured here: {why}.", param="X-Conversation-Id"
             )
         return self
-
-
-#: ``headers: AutotuneHeaders = HEADERS`` in a route's signature.
-HEADERS = Depends(AutotuneHeaders.read)

@@ -33,6 +33,7 @@ from autotune.pipeline.complete import CompletionInput, start_completion
 from autotune.server.completions import completion_headers
 from autotune.server.driver import CALL, Call
 from autotune.server.errors import ErrorShape
+from autotune.server.headers import HEADER_DOCS
 from autotune.server.ollama_models import details, model_info, ps_entry, tag_entry
 from autotune.server.ollama_reply import ReplyShape, created_at, done_fields
 from autotune.server.ollama_wire import (
@@ -88,6 +89,7 @@ def _line(obj: dict[str, Any]) -> bytes:
     "/api/chat",
     responses={200: {"content": {_NDJSON: {}}}, **_ERRORS},
     summary="Ollama chat (NDJSON stream unless stream is false)",
+    openapi_extra=HEADER_DOCS,
 )
 async def chat(body: ChatBody, call: Call = CALL) -> Response:
     """Ollama's ``/api/chat`` through autotune's pipeline."""
@@ -101,6 +103,7 @@ async def chat(body: ChatBody, call: Call = CALL) -> Response:
     "/api/generate",
     responses={200: {"content": {_NDJSON: {}}}, **_ERRORS},
     summary="Ollama generate: the prompt as a user message (NDJSON stream unless stream is false)",
+    openapi_extra=HEADER_DOCS,
 )
 async def generate(body: GenerateBody, call: Call = CALL) -> Response:
     """Ollama's ``/api/generate``: ``system`` and ``prompt`` become chat messages; a ``raw``

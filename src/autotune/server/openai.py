@@ -14,6 +14,7 @@ from autotune.operations.inventory import served_names
 from autotune.pipeline import ChatRun, Pipeline
 from autotune.server.driver import CALL, Call
 from autotune.server.errors import error_body
+from autotune.server.headers import HEADER_DOCS
 from autotune.server.schemas import ChatCompletionRequest, forwardable_params
 
 __all__ = ["aggregate", "router"]
@@ -36,6 +37,7 @@ def _pipeline(request: Request) -> Pipeline:
         429: {},
         503: {},
     },
+    openapi_extra=HEADER_DOCS,
 )
 async def chat_completions(body: ChatCompletionRequest, call: Call = CALL) -> Response:
     """Chat completion through autotune's pipeline (OpenAI schema; SSE when ``stream``)."""

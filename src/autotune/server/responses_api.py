@@ -23,6 +23,7 @@ from autotune.ground.ids import CONVERSATION_ID_RULE, is_conversation_id, new_co
 from autotune.pipeline import ChatRun, Pipeline
 from autotune.server.driver import CALL, STREAM_RESPONSES, Call, EventAnswer
 from autotune.server.errors import ErrorShape, error_response
+from autotune.server.headers import HEADER_DOCS
 from autotune.server.responses_schema import ResponsesRequest
 from autotune.server.responses_wire import ResponseStream, to_chat
 from autotune.server.schemas import as_sent
@@ -123,7 +124,7 @@ class _Answer(EventAnswer):
         return self.stream.response()
 
 
-@router.post("/v1/responses", responses=STREAM_RESPONSES)
+@router.post("/v1/responses", responses=STREAM_RESPONSES, openapi_extra=HEADER_DOCS)
 async def create_response(body: ResponsesRequest, call: Call = CALL) -> Response:
     """A response through autotune's pipeline (OpenAI's Responses schema; SSE when ``stream``)."""
     raw = as_sent(body)
