@@ -1,7 +1,8 @@
 """Builds a running autotune (engines, database, stores, pipeline, telemetry) in one place.
 
-``autotune serve``, ``chat``, ``run`` and ``proof`` all start from :func:`open_runtime`, so
-they share one wiring and one pipeline; nothing here runs at import.
+``autotune serve``, ``chat``, ``run``, ``pull``, ``tune`` and ``proof`` all start from
+:func:`open_runtime`, so they share one wiring and one pipeline; commands that only list
+what engines have open just the engines (:func:`open_backends`). Nothing here runs at import.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 from autotune.backends.registry import BackendSet, open_backends
 from autotune.ground.config import Settings, get_settings
+from autotune.ground.errors import BackendError
 from autotune.ground.records import RunRecord
-from autotune.ground.types import EngineEvent
+from autotune.ground.types import EngineEvent, LoadSettings
 from autotune.hardware.profile import HardwareProfile, detect_hardware
 from autotune.pipeline import Pipeline
 from autotune.pipeline.kv import KvManager
@@ -25,10 +27,14 @@ from autotune.recall.manager import RecallManager
 from autotune.store.conversations import ConversationStore
 from autotune.store.db import Database
 from autotune.store.kv import KvStore
+from autotune.store.loads import LoadedModels
 from autotune.store.telemetry import TelemetryStore, derive_events
 from autotune.store.tuning import TuningStore
 
-__all__ = ["Runtime", "open_runtime"]
+__all__ = ["BackendSet", "Runtime", "open_backends", "open_runtime"]
+
+#: Engine events that change which models are loaded.
+_LOAD_EVENTS = ("load", "reload", "unload", "unexpected_unload")
 
 
 @dataclass
@@ -45,6 +51,10 @@ class Runtime:
     hardware: HardwareProfile
     #: Searchable memory of past conversations (semantic when an embedder is installed).
     recall: RecallManager | None = None
+    #: The models each engine holds, kept for the next start's warm start.
+    loads: LoadedModels | None = None
+    #: Models a warm start is loading now (``/health`` shows them).
+    warming: set[str] = field(default_factory=set)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _indexing: bool = False
 
@@ -105,8 +115,44 @@ class Runtime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def on_engine_event(self, event: EngineEvent) -> None:
+    def on_engine_event(self, engine: str, event: EngineEvent) -> None:
         self._write(self.telemetry.record_event, event)
+        if self.loads is not None and event.kind in _LOAD_EVENTS:
+            self._write(self._track_load, engine, event)
+
+    def _track_load(self, engine: str, event: EngineEvent) -> None:
+        assert self.loads is not None
+        settings = event.detail.get("settings")
+        if event.kind in ("load", "reload") and isinstance(settings, dict):
+            self.loads.loaded(engine, event.model, LoadSettings(**settings))
+        elif event.kind in ("unload", "unexpected_unload"):
+            self.loads.unloaded(engine, event.model)
+
+    def start_warm(self) -> None:
+        """Load, in the background, the models loaded when autotune last stopped."""
+        self._spawn(self.warm_start())
+
+    async def warm_start(self) -> list[str]:
+        """Load each model that was loaded at the last stop, most recent first, as long as it
+        fits beside the others (nothing is unloaded for it); the models loaded. Its settings
+        become the sticky ones first, so a request arriving meanwhile plans the same load
+        and waits for it rather than starting another."""
+        assert self.loads is not None
+        done = []
+        for engine, model, settings in await asyncio.to_thread(self.loads.last):
+            backend = self.backends.get(engine)
+            if backend is None or not backend.capabilities.load_control:
+                continue
+            self.pipeline.state.remember_load(backend, model, settings)
+            self.warming.add(model)
+            try:
+                if await backend.preload(model, settings):
+                    done.append(model)
+            except BackendError:
+                pass  # the file is gone or no longer loads: the first request will say why
+            finally:
+                self.warming.discard(model)
+        return done
 
 
 def kv_disk_budget(settings: Settings) -> int:
@@ -124,9 +170,25 @@ def _attach_kv(pipeline: Pipeline, engines: BackendSet, settings: Settings, db: 
     budget = kv_disk_budget(settings)
     if not slotted or budget <= 0:
         return
-    pipeline.kv = KvManager(KvStore(db, settings.kv_dir), budget)
+    store = KvStore(db, settings.kv_dir)
+    store.prepare()  # the folder the user's alone; files the index does not know removed
+    pipeline.kv = KvManager(store, budget)
     for engine in slotted:
         engine.before_unload = functools.partial(pipeline.kv.save_slots, engine)
+
+
+def _follow_capacity(pipeline: Pipeline, engines: BackendSet, settings: Settings) -> None:
+    """AUTOTUNE_MAX_CONCURRENT left at its default: let as many requests through as the engines
+    can run at once (one for a single engine; a router's upstreams' limits added up), and follow
+    a router that learns more (a llama-server's slots) after start-up."""
+
+    def resize(_: int = 0) -> None:
+        engines_can = max(e.capabilities.concurrency for e in engines.backends.values())
+        pipeline.queue.resize(max(settings.max_concurrent, engines_can))
+
+    resize()
+    for engine in engines.backends.values():
+        engine.on_capacity = resize
 
 
 async def open_runtime(
@@ -161,22 +223,28 @@ async def open_runtime(
     )
     _attach_kv(pipeline, engines, settings, db)
     if "max_concurrent" not in settings.model_fields_set:
-        # Left at its default: let as many requests through as the engines can run at once
-        # (one for a single engine, one per upstream behind a router).
-        pipeline.queue.max_concurrent = max(
-            settings.max_concurrent,
-            max(e.capabilities.concurrency for e in engines.backends.values()),
-        )
+        _follow_capacity(pipeline, engines, settings)
     recall = RecallManager(db, default_embedder() if settings.recall else None)
-    runtime = Runtime(settings, engines, db, store, telemetry, tuning, pipeline, hardware, recall)
+    runtime = Runtime(
+        settings,
+        engines,
+        db,
+        store,
+        telemetry,
+        tuning,
+        pipeline,
+        hardware,
+        recall,
+        LoadedModels(db),
+    )
     if index_turns:
         pipeline.after_store.append(runtime.index_new_turns)
     pipeline.observers.append(runtime.on_run)
     if pipeline.kv is not None:
-        pipeline.kv.emit = runtime.on_engine_event
-    for engine in engines.backends.values():
+        pipeline.kv.emit = functools.partial(runtime.on_engine_event, "")
+    for name, engine in engines.backends.items():
         if engine.capabilities.engine_events and engine.on_event is None:
-            engine.on_event = runtime.on_engine_event
+            engine.on_event = functools.partial(runtime.on_engine_event, name)
     if start_sampler:
         pipeline.sampler.start()
     runtime._write(telemetry.prune, 30)  # keep 30 days of runs and events

@@ -179,13 +179,17 @@ def test_a_chat_request_shows_up_in_the_live_dashboard(tmp_path: Path, browser: 
         assert not [e for e in errors if "/api/events" not in e["message"]], errors
 
 
+NOTES = " ".join(f"Note {i}: the pump in bay {i % 5} read {i * 3} bar." for i in range(25))
+
+
 @pytest.mark.engine
 @needs_chromium
 def test_a_restored_conversation_is_marked_and_its_file_listed(
     tmp_path: Path, browser: WebDriver
 ) -> None:
-    """No host-RAM prompt cache: a conversation that lost its slot comes back from its file,
-    and the dashboard marks that request and lists the file with its restores."""
+    """No host-RAM prompt cache: a prompt that lost its slot comes back from its file (saved
+    after its turn: it is long enough to pay), and the dashboard marks that request and lists
+    the files with their restores."""
     with BackgroundServer(create_app(_settings(tmp_path, prompt_cache_mib=0))) as server:
         browser.get(server.url + "/dashboard")
         _wait(browser, "status ok", lambda d: d.find_element(By.ID, "status-pill").text == "OK")
@@ -195,9 +199,8 @@ def test_a_restored_conversation_is_marked_and_its_file_listed(
                 json={
                     "model": "gemma3:270m",
                     "max_tokens": 2,
-                    "messages": [{"role": "user", "content": f"Conversation {conversation}."}],
+                    "messages": [{"role": "user", "content": f"Chat {conversation}. {NOTES}"}],
                 },
-                headers={"X-Conversation-Id": conversation},
                 timeout=120,
             )
             assert reply.status_code == 200, reply.text

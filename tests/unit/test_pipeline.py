@@ -62,6 +62,26 @@ async def test_the_context_is_sticky_then_grows_in_one_step(
     assert "reload=yes" in run.plan.summary()
 
 
+async def test_a_grown_context_leaves_the_window_its_headroom(
+    fake_pipeline: Pipeline, fake_backend: FakeBackend
+) -> None:
+    """Issue 19 item 8: a history that lands between the window's high-water mark (85 %) and
+    100 % of the bucket it needs was grown into that bucket (a reload) and compacted to 50 %
+    (a new prefix): the cache thrown away twice. The bucket now includes the headroom."""
+    history: list[dict[str, Any]] = []
+    for i in range(6):  # ~1,580 tokens: 91 % of the prompt budget the 2,048 bucket leaves
+        history += [
+            {"role": "user", "content": f"Question {i}: " + words(125, f"q{i}x")},
+            {"role": "assistant", "content": f"Answer {i}: " + words(125, f"a{i}x")},
+        ]
+    history.append({"role": "user", "content": "And now?"})
+    await ask(fake_pipeline, "hi")  # loaded at the smallest bucket, counted exactly from here
+    run = await ask(fake_pipeline, history, params={"max_tokens": 64})
+    assert fake_backend.requests[-1].messages == history  # nothing compacted
+    assert fake_backend.loads[-1][1].n_ctx == 4096
+    assert "context=full" in run.plan.summary()
+
+
 async def test_the_newest_message_is_never_cut_the_context_grows(
     fake_pipeline: Pipeline, fake_backend: FakeBackend
 ) -> None:

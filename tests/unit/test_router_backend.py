@@ -320,3 +320,159 @@ async def test_registry_builds_the_router_from_settings(tmp_path: Path) -> None:
     with pytest.raises(BackendError) as bad:
         make_backend("router", settings)
     assert "upstreams[0].x: unknown key" in bad.value.message
+
+
+def config_of(hosts: list[tuple[Swappable, str]], fakes: list[FakeUpstream], **kw: Any) -> Any:
+    """A config whose upstreams are ``fakes``; ``kw`` maps a fake's name to extra keys."""
+    upstreams = []
+    for (swap, url), fake in zip(hosts, fakes, strict=False):
+        swap.app = fake.app
+        extra = dict(kw.pop(fake.name, {}))
+        upstreams.append(
+            {"name": fake.name, "url": url, "kind": "vllm", "models": [MODEL], **extra}
+        )
+    return parse_router_config(
+        {"upstreams": upstreams, "cooldown": 60, "metrics_interval": 60, **kw}, "test"
+    )
+
+
+async def test_each_upstream_holds_what_it_can_run(hosts: list[tuple[Swappable, str]]) -> None:
+    """vLLM batches (256 at once), a llama-server has the slots its /props names, a config's
+    max_concurrent wins; the admission queue hears the total when it changes."""
+    v, ls, o = FakeUpstream("v"), FakeUpstream("l"), FakeUpstream("o")
+    ls.slots = 2
+    router = RouterBackend(
+        config_of(hosts, [v, ls, o], l={"kind": "llamacpp"}, o={"max_concurrent": 3})
+    )
+    told: list[int] = []
+    router.on_capacity = told.append
+    try:
+        assert router.capabilities.concurrency == 256 + 1 + 3  # slots not read yet: one
+        assert await router.health() is True
+        assert told == [256 + 2 + 3]
+        assert router.capabilities.concurrency == 261
+        limits = {s["name"]: (s["limit"], s["limit_reason"]) for s in router.upstream_states()}
+        assert limits == {
+            "v": (256, "batches; it queues what it cannot run yet"),
+            "l": (2, "its slots (/props total_slots)"),
+            "o": (3, "max_concurrent in the router config"),
+        }
+    finally:
+        await router.aclose()
+
+
+async def test_a_request_waits_in_the_router_while_every_upstream_is_full(
+    hosts: list[tuple[Swappable, str]],
+) -> None:
+    a = FakeUpstream("a")
+    router = RouterBackend(config_of(hosts, [a], a={"max_concurrent": 1}))
+    try:
+        held = router.stream_chat(request("first"))
+        await held.__anext__()  # a's one place is taken until this stream is closed
+        second = asyncio.ensure_future(chat(router, request("second")))
+        await until(lambda: len(router._room_waiters) == 1)
+        assert a.chats == 1 and not second.done()
+        await held.aclose()
+        assert (await second)["upstream"] == "a"
+        assert a.chats == 2 and state(router, "a")["in_flight"] == 0
+    finally:
+        await router.aclose()
+
+
+async def test_a_full_pinned_upstream_lets_the_conversation_move(
+    hosts: list[tuple[Swappable, str]],
+) -> None:
+    a, b = FakeUpstream("a"), FakeUpstream("b")
+    router = RouterBackend(
+        config_of(hosts, [a, b], a={"max_concurrent": 1, "weight": 2}, b={"max_concurrent": 1})
+    )
+    try:
+        assert (await chat(router, request("topic")))["upstream"] == "a"
+        held = router.stream_chat(request("other"))  # takes a's one place (a weighs more)
+        await held.__anext__()
+        moved = await chat(router, request("topic"))
+        await held.aclose()
+        assert (moved["upstream"], moved["route"]) == ("b", "affinity yielded: a was full (1 of 1)")
+    finally:
+        await router.aclose()
+
+
+async def test_completions_go_through_the_router(hosts: list[tuple[Swappable, str]]) -> None:
+    from autotune.ground.types import CompletionRequest
+
+    a, b = FakeUpstream("a"), FakeUpstream("b")
+    a.mode, a.status = "error", 503
+    router = make_router(hosts, [a, b], weights=[2, 1], cooldown=60)  # a is tried first
+    try:
+        text, upstream = "", None
+        async for chunk in router.stream_completion(CompletionRequest(MODEL, "Once upon")):
+            text += "".join(c.get("text") or "" for c in chunk.data.get("choices") or ())
+            if chunk.stats is not None:
+                upstream = chunk.stats.raw.get("upstream")
+        assert (text, upstream) == ("from b", "b")
+        assert router.failovers == 1 and state(router, "a")["state"] == "down"
+        assert b.bodies[-1]["prompt"] == "Once upon" and b.bodies[-1]["stream"] is True
+        assert state(router, "b")["in_flight"] == 0
+    finally:
+        await router.aclose()
+
+
+async def test_embeddings_go_through_the_router(hosts: list[tuple[Swappable, str]]) -> None:
+    a, b = FakeUpstream("a"), FakeUpstream("b")
+    a.embeddings = False  # a llama-server without --embeddings: 501, and not down for it
+    router = make_router(hosts, [a, b], weights=[2, 1])  # a is tried first
+    try:
+        vectors = await router.embed(MODEL, ["one", "three"])
+        assert vectors == [[3.0, 0.0, 0.5], [5.0, 1.0, 0.5]]
+        assert (a.chats, b.chats) == (1, 1)
+        assert state(router, "a")["state"] == "up" and router.failovers == 0
+        b.embeddings = False
+        with pytest.raises(UpstreamError) as caught:
+            await router.embed(MODEL, ["x"])
+        assert caught.value.status == 501  # the pipeline answers it as a 400 naming the model
+        b.embeddings, b.mode, b.status = True, "error", 503
+        with pytest.raises(EngineUnavailable):
+            await router.embed(MODEL, ["x"])
+        assert state(router, "b")["state"] == "down"
+    finally:
+        await router.aclose()
+
+
+def counters(hits: int, queries: int, tokens: int) -> str:
+    label = f'{{engine="0",model_name="{MODEL}"}}'
+    return (
+        vllm_metrics(MODEL, running=2, waiting=0)
+        + f"vllm:prefix_cache_hits_total{label} {hits}\n"
+        + f"vllm:prefix_cache_queries_total{label} {queries}\n"
+        + f"vllm:generation_tokens_total{label} {tokens}\n"
+    )
+
+
+async def test_rates_are_over_the_recent_readings(hosts: list[tuple[Swappable, str]]) -> None:
+    """A lifetime of misses (0 of 9,000) before the window does not hide a warm present."""
+    a = FakeUpstream("a")
+    a.metrics_text = counters(0, 9_000, 1_000)
+    router = make_router(hosts, [a])
+    try:
+        await router.health()
+        first = state(router, "a")
+        assert first["prefix_hit_rate"] is None  # no lookup seen yet: no rate, not 0 %
+        assert (first["running"], first["waiting"]) == (2, 0)
+        assert isinstance(first["running"], int)
+        a.metrics_text = counters(900, 10_000, 1_400)
+        await router.health()
+        now = state(router, "a")
+        assert now["prefix_hit_rate"] == pytest.approx(900 / 1_000)
+        assert now["tokens_per_second"] > 0
+    finally:
+        await router.aclose()
+
+
+def test_ps_prints_counts_as_integers_and_zero_as_zero() -> None:
+    from autotune.cli.models import _upstream_row
+
+    state = {"name": "vllm", "state": "up", "in_flight": 0, "limit": 256, "running": 0}
+    state |= {"waiting": 2, "kv_usage": 0.0, "prefix_hit_rate": None, "tokens_per_second": 0.0}
+    state |= {"served": 12, "failed": 0, "kind": "vllm", "url": "http://127.0.0.1:8000"}
+    row = _upstream_row(state)
+    assert row[2:10] == ["0/256", "0", "2", "0%", "—", "0.0", "12", "0"]

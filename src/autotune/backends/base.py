@@ -39,6 +39,9 @@ class Backend(ABC):
     start_hint: str = ""
     #: Called with every :class:`EngineEvent` the backend notices (telemetry subscribes).
     on_event: Callable[[EngineEvent], None] | None = None
+    #: Called with ``capabilities.concurrency`` when it changes after start-up (a router that
+    #: has read its upstreams' slots); the runtime resizes the admission queue to it.
+    on_capacity: Callable[[int], None] | None = None
     #: Awaited with a model's name before the engine drops its KV (an unload, a reload, a
     #: shutdown), so its slots can be saved first (the KV manager subscribes).
     before_unload: Callable[[str], Awaitable[None]] | None = None
@@ -69,6 +72,11 @@ class Backend(ABC):
     async def tokenize(self, model: str, text: str) -> list[int]:
         raise NotSupported(f"{self.name} has no tokenizer endpoint.")
 
+    async def tokenize_prompt(self, request: ChatRequest, raw: str | None = None) -> list[int]:
+        """The tokens the engine reads for ``request``: its messages (and tools) through the
+        model's chat template, or ``raw``, a completion's prompt, as it is."""
+        raise NotSupported(f"{self.name} cannot show a prompt's tokens.")
+
     async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
         raise NotSupported(f"{self.name} has no embeddings endpoint.")
 
@@ -79,6 +87,11 @@ class Backend(ABC):
 
     async def unload(self, model: str) -> None:
         raise NotSupported(f"{self.name} does not let autotune unload models.")
+
+    async def preload(self, model: str, settings: LoadSettings) -> bool:
+        """Load ``model`` with ``settings`` only if it fits beside what is loaded, unloading
+        nothing (a warm start); True when it loaded. Engines autotune does not load: False."""
+        return False
 
     def pull(self, model: str) -> AsyncIterator[PullProgress]:
         raise NotSupported(f"{self.name} cannot pull models.")

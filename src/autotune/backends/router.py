@@ -1,12 +1,15 @@
-"""The router backend: one Backend in front of several engines, sending each chat to one of them.
+"""The router backend: one Backend in front of several engines, sending each request to one of them.
 
 The choice itself is :func:`autotune.backends.routing.choose_upstream` (pure); this module does
-the I/O around it: it counts autotune's requests in flight per upstream, reads each engine's
-load through :mod:`autotune.backends.metrics_adapters`, discovers the models an upstream serves
-when the config does not list them, fails a request over to another upstream when the chosen
-one refuses the connection or answers 5xx before the first token, and cools a failed upstream
-down until a background prober (started lazily inside the running event loop) finds it
-healthy again. A failure after the first token cannot be retried unseen and is passed on.
+the I/O around it: it counts autotune's requests in flight per upstream and holds each to its
+limit (a request waits in the router while every upstream of its model is full), reads each
+engine's load through :mod:`autotune.backends.metrics_adapters` (and a llama-server's slots
+from ``/props``), keeps recent readings so rates cover a recent window, discovers the models
+an upstream serves when the config does not list them, fails a request over to another
+upstream when the chosen one refuses the connection or answers 5xx before its first token, and
+cools a failed upstream down until a background prober (started lazily inside the running
+event loop) finds it healthy again. A failure after the first token cannot be retried unseen
+and is passed on. Chats, text completions and embeddings all take this path.
 """
 
 from __future__ import annotations
@@ -14,28 +17,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import itertools
 import logging
+import os
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
 from autotune.backends.base import Backend
-from autotune.backends.metrics_adapters import LOAD_PATHS, EngineLoad, parse_load
+from autotune.backends.metrics_adapters import LOAD_PATHS, EngineLoad, parse_load, window_rates
 from autotune.backends.openai_compat import transport_detail
 from autotune.backends.router_config import RouterConfig, UpstreamConfig, load_router_config
 from autotune.backends.routing import (
     Choice,
     UpstreamView,
     affinity_key,
+    all_full,
     choose_upstream,
     external_load,
     model_name_on,
     servers_of,
+    upstream_limit,
 )
 from autotune.ground.config import Settings
 from autotune.ground.engines import EngineSpec
@@ -51,6 +59,7 @@ from autotune.ground.types import (
     Capabilities,
     ChatRequest,
     Chunk,
+    CompletionRequest,
     ModelEntry,
     ModelMeta,
     RunningModel,
@@ -65,6 +74,22 @@ _MAX_PINS = 10_000
 
 #: Flags where one upstream's limit binds the whole router (any True makes it True).
 _ANY_FLAGS = ("context_change_reloads", "env_load_settings", "remote")
+
+T = TypeVar("T")
+
+
+def _ollama_parallel(config: UpstreamConfig) -> int | None:
+    """``OLLAMA_NUM_PARALLEL`` from autotune's own environment, for an Ollama on this machine
+    (the one place autotune can know what that Ollama was started with)."""
+    if config.kind != "ollama":
+        return None
+    host = urlsplit(config.url).hostname or ""
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    value = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
+    return int(value) if local and value.isdigit() and int(value) > 0 else None
 
 
 def make_upstream_backend(config: UpstreamConfig, timeout: httpx.Timeout | None = None) -> Backend:
@@ -110,7 +135,15 @@ class Upstream:
     served: int = 0
     failed: int = 0
     failovers_from: int = 0
+    #: A llama-server's slots, from ``/props`` (``None`` until read).
+    slots: int | None = None
+    #: Its running-model listing as last read (``None``: nobody asked yet), and when.
+    running: list[RunningModel] | None = None
+    running_at: float = 0.0
+    #: ``(monotonic seconds, load)`` readings of the recent window, oldest first.
+    readings: deque[tuple[float, EngineLoad]] = dataclasses.field(default_factory=deque)
     _discovery: asyncio.Task[None] | None = None
+    _listing: asyncio.Future[None] | None = None
 
     @property
     def name(self) -> str:
@@ -122,6 +155,19 @@ class Upstream:
             return frozenset(self.config.models)
         return self.discovered
 
+    @property
+    def limit_and_reason(self) -> tuple[int, str]:
+        return upstream_limit(
+            self.config.kind,
+            configured=self.config.max_concurrent,
+            slots=self.slots,
+            ollama_parallel=_ollama_parallel(self.config),
+        )
+
+    @property
+    def limit(self) -> int:
+        return self.limit_and_reason[0]
+
     def view(self) -> UpstreamView:
         return UpstreamView(
             name=self.name,
@@ -131,10 +177,23 @@ class Upstream:
             external=external_load(self.load, self.in_flight_at_scrape),
             available=not self.down,
             last_pick=self.last_pick,
+            limit=self.limit,
         )
 
-    def state(self) -> dict[str, Any]:
-        """A plain dict for ``/health``, ``autotune ps`` and the dashboard."""
+    def record(self, at: float, load: EngineLoad, window: float) -> None:
+        """Keep ``load`` and the readings the window still needs (one from before its start)."""
+        self.readings.append((at, load))
+        while len(self.readings) > 2 and self.readings[1][0] <= at - window:
+            self.readings.popleft()
+
+    def state(self, window: float = 60.0) -> dict[str, Any]:
+        """A plain dict for ``/health``, ``autotune ps`` and the dashboard (counts as ints;
+        rates over the last ``window`` seconds of readings)."""
+        rates = window_rates(list(self.readings), window)
+        limit, why = self.limit_and_reason
+        hit_rate = rates.prefix_hit_rate
+        if hit_rate is None:
+            hit_rate = self.load.prefix_hit_rate  # the engine's own recent figure (SGLang)
         return {
             "name": self.name,
             "url": self.config.url,
@@ -143,10 +202,14 @@ class Upstream:
             "weight": self.config.weight,
             "models": sorted(self.models) if self.models is not None else None,
             "in_flight": self.in_flight,
-            "waiting": self.load.waiting,
-            "running": self.load.running,
+            "limit": limit,
+            "limit_reason": why,
+            "waiting": _count(self.load.waiting),
+            "running": _count(self.load.running),
             "kv_usage": self.load.kv_usage,
-            "prefix_hit_rate": self.load.prefix_hit_rate,
+            "prefix_hit_rate": hit_rate,
+            "tokens_per_second": rates.tokens_per_second,
+            "rate_seconds": round(rates.seconds, 1),
             "load_source": self.load.source or None,
             "served": self.served,
             "failed": self.failed,
@@ -155,9 +218,32 @@ class Upstream:
         }
 
 
+def _count(value: float | None) -> int | None:
+    """A request count as the engine's gauge gave it (a float), as the integer it is."""
+    return None if value is None else round(value)
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """One request's way through the upstreams: who was tried and what each said."""
+
+    model: str
+    key: str | None = None
+    tried: set[str] = dataclasses.field(default_factory=set)
+    errors: list[str] = dataclasses.field(default_factory=list)
+    #: An upstream that cannot do this at all (no embeddings endpoint, say): not a failure.
+    unsupported: BackendError | None = None
+
+
+def _unsupported(exc: BaseException) -> bool:
+    """The engine cannot do this at all (no embeddings or completions endpoint; HTTP 501):
+    it is not down, and another upstream may be able to."""
+    return isinstance(exc, NotSupported) or (isinstance(exc, UpstreamError) and exc.status == 501)
+
+
 def _retryable(exc: BackendError) -> bool:
     """Before the first token, these failures leave the request unanswered: try elsewhere."""
-    return isinstance(exc, EngineUnavailable) or exc.status >= 500
+    return isinstance(exc, EngineUnavailable) or (exc.status >= 500 and not _unsupported(exc))
 
 
 def _combined_capabilities(backends: list[Backend]) -> Capabilities:
@@ -199,6 +285,11 @@ class RouterBackend(Backend):
         ]
         self._by_name = {u.name: u for u in self.upstreams}
         self.capabilities = _combined_capabilities([u.backend for u in self.upstreams])
+        self.capabilities = dataclasses.replace(
+            self.capabilities, concurrency=sum(u.limit for u in self.upstreams)
+        )
+        #: Requests waiting for room on a full upstream, first come first served.
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
         self.base_url = ", ".join(u.config.url for u in self.upstreams)
         self._pins: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._picks = itertools.count(1)
@@ -218,7 +309,7 @@ class RouterBackend(Backend):
 
     def upstream_states(self) -> list[dict[str, Any]]:
         """Each upstream's state as a dict (name, url, kind, up/down, load, counters)."""
-        return [u.state() for u in self.upstreams]
+        return [u.state(self.config.rate_window) for u in self.upstreams]
 
     def describe(self) -> dict[str, Any]:
         """What ``/backends`` shows for the router."""
@@ -247,23 +338,49 @@ class RouterBackend(Backend):
         for upstream in self.upstreams:
             for model in sorted(upstream.models or ()):
                 names.setdefault(model, None)
+        unknown = [u.name for u in self.upstreams if u.models is None]
+        if not names and unknown:
+            # Nothing to list because the engines did not answer: that is a 503, not "no
+            # such model" (a vLLM still starting refuses connections).
+            raise EngineUnavailable(
+                f"The router's upstreams have not listed their models yet: {', '.join(unknown)} "
+                "not reachable.",
+                hint=self.start_hint,
+            )
         return [ModelEntry(name=n, backend=self.name) for n in names]
 
     async def running_models(self) -> list[RunningModel]:
+        """What each upstream holds, as its last listing said. A listing older than
+        ``metrics_interval`` is read again in the background while the old one is returned,
+        so a request's plan (the pipeline asks every couple of seconds, concurrent requests
+        all at once) waits for no listing but the very first."""
+
         async def one(upstream: Upstream) -> list[RunningModel]:
             if upstream.down or not upstream.backend.capabilities.running_models:
                 return []
-            try:
-                running = await upstream.backend.running_models()
-            except BackendError:
-                return []
-            for entry in running:
-                entry.backend = self.name
-                entry.settings = {**entry.settings, "upstream": upstream.name}
-            return running
+            if upstream.running is None:
+                await self._read_running(upstream)
+            elif time.monotonic() - upstream.running_at > self.config.metrics_interval:
+                self._refresh_running_soon(upstream)
+            return list(upstream.running or ())
 
         lists = await asyncio.gather(*(one(u) for u in self.upstreams))
         return [r for rs in lists for r in rs]
+
+    def _refresh_running_soon(self, upstream: Upstream) -> None:
+        task = upstream._listing
+        if task is None or task.done():
+            upstream._listing = asyncio.ensure_future(self._read_running(upstream))
+
+    async def _read_running(self, upstream: Upstream) -> None:
+        try:
+            running = await upstream.backend.running_models()
+        except BackendError:
+            running = []
+        for entry in running:
+            entry.backend = self.name
+            entry.settings = {**entry.settings, "upstream": upstream.name}
+        upstream.running, upstream.running_at = running, time.monotonic()
 
     async def model_meta(self, model: str) -> ModelMeta:
         await self._discover_all(force=False)
@@ -277,19 +394,20 @@ class RouterBackend(Backend):
         raise NotSupported("No upstream of the router can describe this model.")
 
     async def tokenize(self, model: str, text: str) -> list[int]:
-        upstream, name = await self._any_server(model)
-        return await upstream.backend.tokenize(name, text)
-
-    async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
-        upstream, name = await self._any_server(model)
-        return await upstream.backend.embed(name, texts)
-
-    async def _any_server(self, model: str) -> tuple[Upstream, str]:
         await self._discover_all(force=False)
-        choice = choose_upstream(model, [u.view() for u in self.upstreams])
+        # Counting tokens takes no place in an engine's batch: any upstream of the model will do.
+        choice = choose_upstream(model, [u.view() for u in self.upstreams], limits=False)
         if choice is None:
             raise self._no_upstream(model, [])
-        return self._by_name[choice.upstream], choice.model
+        return await self._by_name[choice.upstream].backend.tokenize(choice.model, text)
+
+    async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        """Embeddings from an upstream of ``model``, under its limit, failed over like a chat."""
+
+        async def call(upstream: Upstream, name: str) -> list[list[float]]:
+            return await upstream.backend.embed(name, texts)
+
+        return await self._route_call(_Attempt(model), call)
 
     def _needs_discovery(self, upstream: Upstream) -> bool:
         if upstream.config.models is not None or upstream.down:
@@ -393,54 +511,137 @@ class RouterBackend(Backend):
             "they answer.",
         )
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        self._ensure_monitor()
-        await self._discover_all(force=False)
+    def stream_chat(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         key = self._affinity_key(request) if self.config.affinity else None
-        tried: set[str] = set()
-        errors: list[str] = []
+        return self._route_stream(
+            _Attempt(request.model, key),
+            lambda upstream, name: upstream.backend.stream_chat(
+                dataclasses.replace(request, model=name)
+            ),
+        )
+
+    def stream_completion(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
+        # A prompt that starts the same way goes where its prefix was computed, as a chat does.
+        key = affinity_key([{"role": "user", "content": request.prompt}])
+        return self._route_stream(
+            _Attempt(request.model, key if self.config.affinity else None),
+            lambda upstream, name: upstream.backend.stream_completion(
+                dataclasses.replace(request, model=name)
+            ),
+        )
+
+    # ------------------------------------------------------------------ one request's route
+
+    async def _acquire(self, attempt: _Attempt) -> tuple[Upstream, Choice]:
+        """An upstream with room for this request (its in-flight count taken); waits in the
+        router while every upstream of the model is at its limit."""
+        self._ensure_monitor()
+        # Only a list never read is waited for; the monitor reads stale ones again.
+        unread = [
+            u
+            for u in self.upstreams
+            if u.config.models is None and u.discovered is None and not u.down
+        ]
+        if unread:
+            await asyncio.gather(*(self._discover(u, force=False) for u in unread))
         while True:
-            choice = self._choose(request.model, key, tried)
-            if choice is None:
-                raise self._no_upstream(request.model, errors)
-            upstream = self._by_name[choice.upstream]
-            tried.add(upstream.name)
-            upstream.last_pick = next(self._picks)
-            upstream.in_flight += 1
+            choice = self._choose(attempt.model, attempt.key, attempt.tried)
+            if choice is not None:
+                upstream = self._by_name[choice.upstream]
+                attempt.tried.add(upstream.name)
+                upstream.last_pick = next(self._picks)
+                upstream.in_flight += 1
+                return upstream, choice
+            views = [u.view() for u in self.upstreams]
+            if not all_full(attempt.model, views, exclude=attempt.tried):
+                if attempt.unsupported is not None and not attempt.errors:
+                    raise attempt.unsupported
+                raise self._no_upstream(attempt.model, attempt.errors)
+            await self._wait_for_room()
+
+    async def _wait_for_room(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            with contextlib.suppress(ValueError):
+                self._room_waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        """Room may have come free (a request ended, an upstream came back, a limit grew):
+        every waiter looks again, in the order they came."""
+        for waiter in self._room_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _release(self, upstream: Upstream) -> None:
+        upstream.in_flight -= 1
+        self._wake()
+
+    def _failed_before_answer(
+        self, upstream: Upstream, model: str, exc: BaseException, attempt: _Attempt
+    ) -> None:
+        """Note a failure that left the request unanswered, so another upstream can take it;
+        re-raise what another upstream would answer the same way (a client error)."""
+        if isinstance(exc, StopAsyncIteration):
+            error = UpstreamError(502, "closed the stream without a reply", upstream.name)
+            self._mark_down(upstream, str(error))
+            attempt.errors.append(f"{upstream.name} ({error})")
+        elif isinstance(exc, ModelNotFound):
+            # Its model list was stale: forget it and let another upstream answer.
+            upstream.discovered_at = 0.0
+            if upstream.discovered is not None:
+                upstream.discovered = upstream.discovered - {model}
+            attempt.errors.append(f"{upstream.name} (does not have {model})")
+        elif isinstance(exc, BackendError) and _unsupported(exc):
+            attempt.unsupported = exc  # that engine cannot do it; it is not down
+        elif isinstance(exc, BackendError) and _retryable(exc):
+            self._mark_down(upstream, error_summary(exc))
+            attempt.errors.append(f"{upstream.name} ({error_summary(exc)})")
+            self.failovers += 1
+            upstream.failovers_from += 1
+            log.warning(
+                "router: %s failed before answering: %s",
+                upstream.name,
+                error_summary(exc),  # never the engine's words: they can quote prompts
+            )
+        else:
+            raise exc
+
+    async def _route_call(
+        self, attempt: _Attempt, call: Callable[[Upstream, str], Awaitable[T]]
+    ) -> T:
+        """One request and one answer (embeddings) through the router."""
+        while True:
+            upstream, choice = await self._acquire(attempt)
+            try:
+                result = await call(upstream, choice.model)
+            except (BackendError, StopAsyncIteration) as exc:
+                self._failed_before_answer(upstream, choice.model, exc, attempt)
+                continue
+            finally:
+                self._release(upstream)
+            upstream.served += 1
+            return result
+
+    async def _route_stream(
+        self, attempt: _Attempt, open_stream: Callable[[Upstream, str], AsyncIterator[Chunk]]
+    ) -> AsyncIterator[Chunk]:
+        """A streamed answer through the router: failed over until its first chunk, then
+        relayed as it comes (a failure after that is passed on)."""
+        while True:
+            upstream, choice = await self._acquire(attempt)
             started = False
-            stream = upstream.backend.stream_chat(dataclasses.replace(request, model=choice.model))
+            stream = open_stream(upstream, choice.model)
             try:
                 try:
                     first = await stream.__anext__()
-                except StopAsyncIteration:
-                    error: BackendError = UpstreamError(
-                        502, "closed the stream without a reply", upstream.name
-                    )
-                    self._mark_down(upstream, str(error))
-                    errors.append(f"{upstream.name} ({error})")
-                    continue
-                except ModelNotFound:
-                    # Its model list was stale: forget it and let another upstream answer.
-                    upstream.discovered_at = 0.0
-                    if upstream.discovered is not None:
-                        upstream.discovered = upstream.discovered - {choice.model}
-                    errors.append(f"{upstream.name} (does not have {choice.model})")
-                    continue
-                except BackendError as exc:
-                    if not _retryable(exc):
-                        raise
-                    self._mark_down(upstream, error_summary(exc))
-                    errors.append(f"{upstream.name} ({error_summary(exc)})")
-                    self.failovers += 1
-                    upstream.failovers_from += 1
-                    log.warning(
-                        "router: %s failed before the first token: %s",
-                        upstream.name,
-                        error_summary(exc),  # never the engine's words: they can quote prompts
-                    )
+                except (BackendError, StopAsyncIteration) as exc:
+                    self._failed_before_answer(upstream, choice.model, exc, attempt)
                     continue
                 started = True
-                self._pin(key, upstream)
+                self._pin(attempt.key, upstream)
                 yield self._tagged(first, upstream, choice)
                 async for chunk in stream:
                     yield self._tagged(chunk, upstream, choice)
@@ -451,7 +652,7 @@ class RouterBackend(Backend):
                     self._mark_down(upstream, error_summary(exc))
                 raise
             finally:
-                upstream.in_flight -= 1
+                self._release(upstream)
                 with contextlib.suppress(Exception):
                     await stream.aclose()  # type: ignore[attr-defined]
 
@@ -486,7 +687,9 @@ class RouterBackend(Backend):
         upstream.last_error = reason
         upstream.retry_at = now + self.config.cooldown
         upstream.load = dataclasses.replace(upstream.load, healthy=False)
+        upstream.slots = None  # a restarted llama-server may run another number of slots
         self._ensure_monitor()
+        self._wake()  # a request waiting only for this upstream must hear it is down
 
     def _mark_up(self, upstream: Upstream) -> None:
         if upstream.down:
@@ -494,6 +697,32 @@ class RouterBackend(Backend):
         upstream.down = False
         upstream.down_since = None
         upstream.last_error = None
+        self._wake()
+
+    def _capacity_changed(self) -> None:
+        """The upstreams' limits changed (slots read): tell the admission queue, wake waiters."""
+        total = sum(u.limit for u in self.upstreams)
+        if total != self.capabilities.concurrency:
+            self.capabilities = dataclasses.replace(self.capabilities, concurrency=total)
+            if self.on_capacity is not None:
+                self.on_capacity(total)
+        self._wake()
+
+    async def _read_slots(self, upstream: Upstream) -> None:
+        """A llama-server's slots from ``/props`` (``total_slots``), once per time it comes up."""
+        if upstream.config.kind != "llamacpp" or upstream.slots is not None:
+            return
+        api_key = upstream.config.resolved_api_key()
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        root = upstream.config.url.removesuffix("/v1")
+        try:
+            reply = await self._client().get(root + "/props", headers=headers)
+            slots = reply.json().get("total_slots") if reply.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return
+        if isinstance(slots, int) and slots > 0:
+            upstream.slots = slots
+            self._capacity_changed()
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -529,6 +758,8 @@ class RouterBackend(Backend):
             return False  # it failed a request while being read: this reading is stale
         upstream.load = load
         upstream.load_at = time.monotonic()
+        if load.healthy is True:
+            upstream.record(upstream.load_at, load, self.config.rate_window)
         # The engine's counts include the requests autotune had there when it was read.
         upstream.in_flight_at_scrape = max(in_flight, upstream.in_flight)
         if load.healthy is True:
@@ -536,6 +767,7 @@ class RouterBackend(Backend):
                 self._mark_up(upstream)
                 if upstream.config.models is None:
                     await self._discover(upstream, force=True)
+            await self._read_slots(upstream)
         elif upstream.down:
             upstream.retry_at = time.monotonic() + self.config.probe_interval
         elif load.healthy is False:
@@ -581,6 +813,9 @@ class RouterBackend(Backend):
 
     async def aclose(self) -> None:
         self._closed = True
+        for upstream in self.upstreams:
+            if upstream._listing is not None and not upstream._listing.done():
+                upstream._listing.cancel()
         monitor, self._monitor = self._monitor, None
         if monitor is not None and not monitor.done():
             monitor.cancel()

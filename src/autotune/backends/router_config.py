@@ -60,6 +60,9 @@ class UpstreamConfig(BaseModel):
     kind: str
     models: list[str] | None = None
     weight: float = Field(1.0, gt=0)
+    #: autotune's requests sent there at once; unset, it follows from what the engine is
+    #: (see ``routing.upstream_limit``).
+    max_concurrent: int | None = Field(None, ge=1)
     api_key: str | None = None
     api_key_env: str | None = Field(None, min_length=1)
 
@@ -111,6 +114,8 @@ class RouterConfig(BaseModel):
     metrics_interval: float = Field(2.0, gt=0)
     metrics_timeout: float = Field(2.0, gt=0)
     models_refresh: float = Field(60.0, gt=0)
+    #: Seconds of recent readings that rates (prefix hits, tokens/s) are computed over.
+    rate_window: float = Field(60.0, gt=0)
     connect_timeout: float = Field(5.0, gt=0)
 
 

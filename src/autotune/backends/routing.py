@@ -7,6 +7,12 @@ prefix automatically, and only on the engine that computed it); otherwise the le
 upstream wins, busy meaning autotune's own requests in flight there plus whatever the engine
 reports queued or running for other clients, divided by the upstream's weight. Affinity yields
 only when the pinned upstream is busier than the idlest one by more than a set margin.
+
+Each upstream also has a limit on autotune's requests there at once, chosen by what the engine
+is (:func:`upstream_limit`): vLLM and SGLang batch, so they hold many and queue the rest
+themselves; llama-server runs one request per slot; Ollama runs ``OLLAMA_NUM_PARALLEL``. An
+upstream at its limit is passed over; when every upstream of a model is, the request waits
+in the router for room (:func:`choose_upstream` returns ``None`` and :func:`all_full` says so).
 """
 
 from __future__ import annotations
@@ -20,14 +26,21 @@ from typing import Any
 from autotune.backends.metrics_adapters import EngineLoad
 
 __all__ = [
+    "BATCH_LIMIT",
     "Choice",
     "UpstreamView",
     "affinity_key",
+    "all_full",
     "choose_upstream",
     "external_load",
     "model_name_on",
     "servers_of",
+    "upstream_limit",
 ]
+
+#: Requests sent at once to an engine that batches (vLLM, SGLang): vLLM's own default
+#: ``max_num_seqs`` on most GPUs (128 on the CPU); beyond what it runs, it queues them itself.
+BATCH_LIMIT = 256
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,12 @@ class UpstreamView:
     available: bool = True
     #: When this upstream was last chosen (a counter); the least recent wins a tie.
     last_pick: int = 0
+    #: autotune's requests it may hold at once (see :func:`upstream_limit`).
+    limit: int = BATCH_LIMIT
+
+    @property
+    def full(self) -> bool:
+        return self.in_flight >= self.limit
 
     @property
     def load(self) -> float:
@@ -104,6 +123,34 @@ def external_load(load: EngineLoad, in_flight_at_scrape: int) -> float:
     return max(0.0, engine_total - in_flight_at_scrape)
 
 
+def upstream_limit(
+    kind: str,
+    *,
+    configured: int | None = None,
+    slots: int | None = None,
+    ollama_parallel: int | None = None,
+) -> tuple[int, str]:
+    """How many of autotune's requests an upstream holds at once, and why.
+
+    ``configured`` is the router config's ``max_concurrent`` (it wins); ``slots`` what a
+    llama-server says in ``/props`` (``total_slots``); ``ollama_parallel`` the
+    ``OLLAMA_NUM_PARALLEL`` the Ollama host is known to run with.
+    """
+    if configured is not None:
+        return configured, "max_concurrent in the router config"
+    if kind in ("vllm", "sglang"):
+        return BATCH_LIMIT, "batches; it queues what it cannot run yet"
+    if kind == "llamacpp":
+        if slots is not None and slots > 0:
+            return slots, "its slots (/props total_slots)"
+        return 1, "one until its slots are read from /props"
+    if kind == "ollama":
+        if ollama_parallel is not None and ollama_parallel > 0:
+            return ollama_parallel, "OLLAMA_NUM_PARALLEL"
+        return 1, "Ollama's default OLLAMA_NUM_PARALLEL (1)"
+    return 1, "one at a time: the engine does not say how many it runs"
+
+
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -133,6 +180,24 @@ def _least_busy(candidates: Sequence[UpstreamView]) -> UpstreamView:
     return min(candidates, key=lambda v: (v.score, v.load, v.last_pick, v.name))
 
 
+def _candidates(
+    model: str, views: Sequence[UpstreamView], exclude: Iterable[str]
+) -> list[UpstreamView]:
+    skip = set(exclude)
+    return [
+        v
+        for v in views
+        if v.available and v.name not in skip and model_name_on(v.models, model) is not None
+    ]
+
+
+def all_full(model: str, views: Sequence[UpstreamView], *, exclude: Iterable[str] = ()) -> bool:
+    """True when some available upstream serves ``model`` and every such one is at its limit
+    (the request should wait for room rather than fail)."""
+    candidates = _candidates(model, views, exclude)
+    return bool(candidates) and all(v.full for v in candidates)
+
+
 def choose_upstream(
     model: str,
     views: Sequence[UpstreamView],
@@ -140,25 +205,24 @@ def choose_upstream(
     pinned: str | None = None,
     exclude: Iterable[str] = (),
     max_imbalance: float = 4.0,
+    limits: bool = True,
 ) -> Choice | None:
-    """The upstream for one request, or ``None`` when no available upstream serves ``model``.
+    """The upstream for one request, or ``None`` when no available upstream serves ``model``
+    or (with ``limits``) every one that does is at its limit.
 
     ``pinned`` is where this conversation went last (its affinity); ``exclude`` holds
     upstreams already tried for this request. The pinned upstream keeps the conversation
-    unless it is busier than the least busy candidate by more than ``max_imbalance`` requests.
+    unless it is full or busier than the least busy candidate by more than ``max_imbalance``
+    requests.
     """
-    skip = set(exclude)
-    candidates = [
-        v
-        for v in views
-        if v.available and v.name not in skip and model_name_on(v.models, model) is not None
-    ]
+    serving = _candidates(model, views, exclude)
+    candidates = [v for v in serving if not (limits and v.full)]
     if not candidates:
         return None
     best = _least_busy(candidates)
     if pinned is not None:
-        sticky = next((v for v in candidates if v.name == pinned), None)
-        if sticky is not None:
+        sticky = next((v for v in serving if v.name == pinned), None)
+        if sticky is not None and sticky in candidates:
             if sticky.load - best.load <= max_imbalance:
                 return Choice(sticky.name, _name(sticky, model), "affinity")
             return Choice(
@@ -166,6 +230,12 @@ def choose_upstream(
                 _name(best, model),
                 f"affinity yielded: {sticky.name} had {sticky.load:g} requests, "
                 f"{best.name} {best.load:g}",
+            )
+        if sticky is not None:
+            return Choice(
+                best.name,
+                _name(best, model),
+                f"affinity yielded: {sticky.name} was full ({sticky.in_flight} of {sticky.limit})",
             )
     return Choice(best.name, _name(best, model), "least busy")
 

@@ -1,4 +1,5 @@
-"""``autotune kv``: the conversations' saved KV caches on disk — list them, remove them."""
+"""``autotune kv``: the KV caches saved on disk — list them (with what each prompt starts
+with), remove them."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from autotune.ground.units import format_bytes
 __all__ = ["register"]
 
 _COLUMNS = (
-    Column("conversation", name=True),
+    Column("starts with", name=True),
     Column("model", name=True),
     Column("tokens", right=True),
     Column("size", right=True),
     Column("hits", right=True),
     Column("last used"),
+    Column("conversation", name=True),
 )
 
 
@@ -35,11 +37,15 @@ def _open() -> Any:
 
 
 def ls(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List the saved KV caches: conversation, model, tokens, size on disk, restores (hits).
+    """List the saved KV caches: what each prompt starts with, model, tokens, size on disk,
+    restores (hits), and the conversation it was saved from when the client named one.
 
-    A conversation's KV is saved when its engine slot goes to another conversation and
-    before the engine unloads, reloads or stops; it is restored when the conversation comes
-    back. Reads AUTOTUNE_HOME; the disk budget is AUTOTUNE_KV_DISK_BUDGET.
+    A prompt's KV is saved after a long turn, when its engine slot goes to another prompt,
+    and before the engine unloads, reloads or stops; any later request whose prompt starts
+    the same way (the next turn of that conversation, or a new session with the same
+    preamble) gets it restored instead of computed again. The files hold the conversations
+    in another form: they are readable by you alone. Reads AUTOTUNE_HOME; the disk budget is
+    AUTOTUNE_KV_DISK_BUDGET.
     """
     store, budget = _open()
     try:
@@ -55,12 +61,13 @@ def ls(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
         return
     cells = [
         [
-            r["conversation_id"],
+            r["preview"] or "—",
             r["model"],
             str(r["tokens"]),
             format_bytes(r["bytes"]),
             str(r["hits"]),
             time.strftime("%m-%d %H:%M", time.localtime(r["last_used"])),
+            r["conversation_id"] or "—",
         ]
         for r in rows
     ]
@@ -75,13 +82,16 @@ def rm(
     all_: bool = typer.Option(False, "--all", help="Remove every saved KV cache."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Remove saved KV caches (the conversations stay; their next turn prefills afresh)."""
+    """Remove saved KV caches: those saved from the named conversations, or all of them
+    (the conversations stay; the next request prefills afresh)."""
     if not conversations and not all_:
         raise fail("Name the conversations to remove, or pass --all.", code=2)
     store, _ = _open()
     try:
-        names = sorted({f.conversation for f in store.files()}) if all_ else conversations
-        removed = {name: store.forget_conversation(name) for name in names}
+        if all_:
+            removed = {"*": store.remove_all()}
+        else:
+            removed = {name: store.forget_conversation(name) for name in conversations}
     finally:
         store.db.close()
     if json_out:

@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import httpx
 import typer
 
-from autotune.backends.registry import BackendSet, open_backends
 from autotune.cli._common import console, err_console, print_json, run
 from autotune.cli._help import PlainCommand
 from autotune.cli._tables import Column, details_table, print_table
 from autotune.ground.config import get_settings
-from autotune.ground.errors import BackendError
+from autotune.ground.profiles import PROFILES
 from autotune.ground.serialize import to_jsonable
-from autotune.ground.types import ModelEntry, ModelMeta, RunningModel
+from autotune.ground.types import ModelMeta, RunningModel
 from autotune.ground.units import format_bytes
-
-if TYPE_CHECKING:
-    from autotune.models.discovery import LocalModel
-    from autotune.models.fit import Fit
+from autotune.operations.inventory import (
+    Fit,
+    LocalListing,
+    ModelRow,
+    Serve,
+    ask_serve,
+    local_models,
+    machine_budget,
+    profile_fits,
+    recommendations,
+    running_models,
+    score,
+)
+from autotune.runtime import open_backends
 
 __all__ = ["register"]
 
@@ -33,85 +38,6 @@ _VERDICT_STYLE = {
     "swap risk": "red",
     "will not fit": "bold red",
 }
-
-
-@dataclass
-class _Row:
-    name: str
-    engines: list[str]
-    size_bytes: int | None = None
-    path: str | None = None
-    meta: ModelMeta | None = None
-    fit: Any = None
-    problem: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _budget() -> tuple[int, Any]:
-    from autotune.hardware.profile import detect_hardware, effective_budget
-
-    profile = detect_hardware()
-    return effective_budget(profile, get_settings().memory_budget), profile
-
-
-async def _collect_local(
-    backends: BackendSet, *, explicit: bool = False
-) -> tuple[list[_Row], list[dict[str, str]]]:
-    from autotune.models.discovery import discover
-
-    if explicit:  # an engine the user named must answer, or we say why and how to start it
-        await backends.primary.list_models()
-    inventory, found = await asyncio.gather(
-        backends.inventory(fresh=True), asyncio.to_thread(discover)
-    )
-    rows = _merge_inventory(backends.order, inventory)
-    skipped = [{"path": str(s.path), "reason": s.reason} for s in found.skipped]
-    await _read_gguf_meta(rows, {m.name: m for m in found.models}, skipped)
-    await _ask_engines_for_meta(backends, rows)
-    return [r for r in rows.values() if r.problem is None], skipped
-
-
-def _merge_inventory(order: list[str], inventory: dict[str, list[ModelEntry]]) -> dict[str, _Row]:
-    """One row per model name, listing every engine that has it (in the engines' order)."""
-    rows: dict[str, _Row] = {}
-    for engine in order:
-        for entry in inventory.get(engine, []):
-            row = rows.setdefault(entry.name, _Row(entry.name, []))
-            if engine not in row.engines:
-                row.engines.append(engine)
-            row.size_bytes = row.size_bytes or entry.size_bytes
-            row.path = row.path or entry.path
-    return rows
-
-
-async def _read_gguf_meta(
-    rows: dict[str, _Row], local: dict[str, LocalModel], skipped: list[dict[str, str]]
-) -> None:
-    """Architecture metadata from the GGUF files on disk; a broken file is skipped, with why."""
-    from autotune.models.gguf import GGUFError, read_gguf_meta
-
-    cold = [r for r in rows.values() if r.name in local]
-    if not cold:
-        return
-    with err_console.status(f"Reading model metadata ({len(cold)} files)…"):
-        for row in cold:
-            found = local[row.name]
-            try:
-                row.meta = await asyncio.to_thread(read_gguf_meta, found.path, found.name)
-            except GGUFError as exc:
-                row.problem = str(exc)
-                skipped.append({"path": str(found.path), "reason": str(exc)})
-
-
-async def _ask_engines_for_meta(backends: BackendSet, rows: dict[str, _Row]) -> None:
-    """Metadata for models with no file on disk, from engines that can describe them."""
-    for row in rows.values():
-        if row.meta is not None or row.problem is not None:
-            continue
-        backend = backends.get(row.engines[0])
-        if backend is not None and backend.capabilities.running_models:
-            with contextlib.suppress(BackendError):
-                row.meta = await backend.model_meta(row.name)
 
 
 #: ``ls`` columns, most important first (a narrow terminal keeps the leading ones).
@@ -138,18 +64,20 @@ def ls(
     (AUTOTUNE_OLLAMA_URL, AUTOTUNE_LMSTUDIO_URL, AUTOTUNE_LLAMACPP_URL, AUTOTUNE_OPENAI_URL)
     and the model folders (OLLAMA_MODELS, AUTOTUNE_MODELS_DIR).
     """
-    budget, _ = _budget()
+    budget, _ = machine_budget()
 
-    async def job() -> tuple[list[_Row], list[dict[str, str]]]:
+    async def job() -> LocalListing:
         requested = (ctx.obj or {}).get("backend")
         backends = await open_backends(requested=requested)
         try:
-            return await _collect_local(backends, explicit=requested not in (None, "auto"))
+            with err_console.status("Reading model metadata…"):
+                return await local_models(backends, explicit=requested not in (None, "auto"))
         finally:
             await backends.aclose()
 
-    rows, skipped = run(job)
-    _score(rows, budget)
+    listing = run(job)
+    rows, skipped = listing.rows, listing.skipped
+    score(rows, budget)
     rows.sort(key=lambda r: (r.size_bytes or 0, r.name))
     if json_out:
         print_json(
@@ -165,19 +93,7 @@ def ls(
         err_console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
 
 
-def _score(rows: list[_Row], budget: int) -> None:
-    """The fit verdict of every row whose metadata allows an estimate."""
-    from autotune.models.fit import assess_fit
-
-    for row in rows:
-        if row.meta is not None and row.meta.block_count:
-            try:
-                row.fit = assess_fit(row.meta, budget)
-            except ValueError as exc:  # metadata too thin to estimate: list it, unscored
-                row.extra["note"] = str(exc)
-
-
-def _ls_cells(r: _Row) -> list[str]:
+def _ls_cells(r: ModelRow) -> list[str]:
     """One ``ls`` row, in :data:`_LS_COLUMNS` order."""
     m, f = r.meta, r.fit
     return [
@@ -197,7 +113,7 @@ def _verdict(value: str) -> str:
     return f"[{_VERDICT_STYLE.get(value, '')}]{value}[/]"
 
 
-def _ls_json(r: _Row) -> dict[str, Any]:
+def _ls_json(r: ModelRow) -> dict[str, Any]:
     m, f = r.meta, r.fit
     return {
         "name": r.name,
@@ -216,55 +132,6 @@ def _ls_json(r: _Row) -> dict[str, Any]:
     }
 
 
-async def _served_models() -> tuple[list[RunningModel], str | None]:
-    """Models a running ``autotune serve`` holds in its embedded engine."""
-    settings = get_settings()
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    url = f"http://{host}:{settings.port}/api/running_models"
-    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-    try:
-        async with httpx.AsyncClient(timeout=settings.probe_timeout + 0.7) as client:
-            reply = await client.get(url, headers=headers)
-        data = reply.json()
-    except (httpx.HTTPError, ValueError):
-        return [], None
-    if reply.status_code != 200 or not isinstance(data, dict):
-        return [], None
-    out = []
-    for item in data.get("models", []):
-        if isinstance(item, dict) and item.get("backend") == "embedded":
-            fields: dict[str, Any] = {
-                k: item.get(k) for k in RunningModel.__dataclass_fields__ if k in item
-            }
-            model = RunningModel(**fields)
-            model.backend = f"autotune serve :{settings.port}"
-            out.append(model)
-    return out, url
-
-
-async def _running(
-    backends: BackendSet, *, explicit: bool, upstreams: list[dict[str, Any]]
-) -> tuple[list[RunningModel], dict[str, str]]:
-    """Models each engine holds in memory (and each router upstream's state, into
-    ``upstreams``); an engine that fails is reported, unless the user named it."""
-    found: list[RunningModel] = []
-    errors: dict[str, str] = {}
-    for name in backends.order:
-        backend = backends.backends[name]
-        if backend.upstream_states() is not None:
-            await backend.health()  # reads each upstream's state now
-            upstreams.extend({"backend": name, **u} for u in backend.upstream_states() or [])
-        if name == "embedded" or not backend.capabilities.running_models:
-            continue  # this process's embedded engine has loaded nothing
-        try:
-            found.extend(await backend.running_models())
-        except BackendError as exc:
-            if explicit:
-                raise  # the engine the user named must answer
-            errors[name] = str(exc)
-    return found, errors
-
-
 def ps(
     ctx: typer.Context,
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -272,29 +139,34 @@ def ps(
     """Show models loaded in memory across engines, including a running autotune serve.
 
     A running server is found at AUTOTUNE_HOST and AUTOTUNE_PORT (with AUTOTUNE_API_KEY when
-    it has one); engines at AUTOTUNE_OLLAMA_URL, AUTOTUNE_LMSTUDIO_URL, AUTOTUNE_LLAMACPP_URL,
-    AUTOTUNE_OPENAI_URL or the engines of AUTOTUNE_ROUTER_CONFIG.
+    it has one); engines at AUTOTUNE_OLLAMA_URL, AUTOTUNE_LMSTUDIO_URL, AUTOTUNE_LLAMACPP_URL
+    or AUTOTUNE_OPENAI_URL. The router (AUTOTUNE_ROUTER_CONFIG) is shown as the running serve
+    sees it: its upstreams, their load and their counters.
     """
-    upstreams: list[dict[str, Any]] = []
 
-    async def job() -> tuple[list[RunningModel], dict[str, str]]:
+    async def job() -> tuple[list[RunningModel], dict[str, str], Serve]:
         requested = (ctx.obj or {}).get("backend")
         backends = await open_backends(requested=requested)
         try:
-            found, errors = await _running(
-                backends, explicit=requested not in (None, "auto"), upstreams=upstreams
+            found, errors, routers = await running_models(
+                backends, explicit=requested not in (None, "auto")
             )
         finally:
             await backends.aclose()
-        served, _ = await _served_models()
-        return found + served, errors
+        served = await ask_serve(get_settings())
+        if routers and not served.answered:
+            errors["router"] = (
+                f"no autotune serve answers at {served.url}; the router runs inside it "
+                "(start `autotune serve`, or set AUTOTUNE_HOST/AUTOTUNE_PORT to where it runs)"
+            )
+        return found + served.models, errors, served
 
-    models, errors = run(job)
+    models, errors, served = run(job)
     if json_out:
-        print_json({"models": to_jsonable(models), "errors": errors, "upstreams": upstreams})
+        print_json({"models": to_jsonable(models), "errors": errors, "upstreams": served.upstreams})
         return
-    if upstreams:
-        _print_upstreams(upstreams)
+    if served.upstreams:
+        _print_upstreams(served.upstreams)
     if models:
         _print_running(models)
     else:
@@ -306,10 +178,12 @@ def ps(
 _UPSTREAM_COLUMNS = (
     Column("name", name=True),
     Column("state"),
+    Column("in flight", right=True),
     Column("running", right=True),
     Column("waiting", right=True),
     Column("KV used", right=True),
     Column("cache hits", right=True),
+    Column("tok/s", right=True),
     Column("served", right=True),
     Column("failed", right=True),
     Column("kind"),
@@ -321,23 +195,41 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.0%}"
 
 
-def _print_upstreams(upstreams: list[dict[str, Any]]) -> None:
-    rows = [
-        [
-            u["name"],
-            "[green]up[/]" if u["state"] == "up" else "[red]down[/]",
-            str(u["running"] or "—"),
-            str(u["waiting"] or "—"),
-            _pct(u["kv_usage"]),
-            _pct(u["prefix_hit_rate"]),
-            str(u["served"]),
-            str(u["failed"]),
-            u["kind"],
-            u["url"],
-        ]
-        for u in upstreams
+def _count(value: float | None) -> str:
+    """A count as a whole number; 0 is 0, only an unknown count is "—"."""
+    return "—" if value is None else str(round(value))
+
+
+def _rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _upstream_row(u: dict[str, Any]) -> list[str]:
+    limit = u.get("limit")
+    return [
+        u["name"],
+        "[green]up[/]" if u["state"] == "up" else "[red]down[/]",
+        f"{_count(u.get('in_flight'))}/{limit}" if limit else _count(u.get("in_flight")),
+        _count(u.get("running")),
+        _count(u.get("waiting")),
+        _pct(u.get("kv_usage")),
+        _pct(u.get("prefix_hit_rate")),
+        _rate(u.get("tokens_per_second")),
+        _count(u.get("served")),
+        _count(u.get("failed")),
+        u["kind"],
+        u["url"],
     ]
-    print_table(console, _UPSTREAM_COLUMNS, rows, title="Router upstreams")
+
+
+def _print_upstreams(upstreams: list[dict[str, Any]]) -> None:
+    rows = [_upstream_row(u) for u in upstreams]
+    print_table(
+        console, _UPSTREAM_COLUMNS, rows, title="Router upstreams (as autotune serve sees them)"
+    )
+    windows = [float(u["rate_seconds"]) for u in upstreams if u.get("rate_seconds")]
+    if windows:
+        console.print(f"[dim]cache hits and tok/s: the last {max(windows):.0f} s of readings[/]")
 
 
 _RUNNING_COLUMNS = (
@@ -405,16 +297,8 @@ def recommend(
 
     Reads the memory budget (AUTOTUNE_MEMORY_BUDGET).
     """
-    from autotune.models.catalog import recommend as rank
-
-    budget, profile = _budget()
-    recs = rank(
-        budget,
-        profile.memory_bandwidth_gbs,
-        bandwidth_source=profile.bandwidth_source,
-        context_tokens=context,
-        memory_for=_catalog_memory,
-    )
+    budget, profile = machine_budget()
+    recs = recommendations(budget, profile, context)
     shown = recs if limit <= 0 else recs[:limit]
     if json_out:
         print_json(
@@ -454,14 +338,6 @@ def recommend(
     )
 
 
-def _catalog_memory(model: Any, quant: str, ctx: int) -> int:
-    """The shared estimator (weights + KV + compute + overhead) for a catalog entry."""
-    from autotune.models.catalog import catalog_meta
-    from autotune.models.estimate import estimate_memory
-
-    return estimate_memory(catalog_meta(model, quant), ctx).total
-
-
 def show(
     ctx: typer.Context,
     model: str = typer.Argument(
@@ -484,8 +360,8 @@ def show(
             await backends.aclose()
 
     engine, meta = run(job)
-    budget, _ = _budget()
-    fits = _profile_fits(meta, budget)
+    budget, _ = machine_budget()
+    fits = profile_fits(meta, budget)
     if json_out:
         print_json(
             {
@@ -507,25 +383,6 @@ def show(
     _print_meta(meta, engine)
     if fits:
         _print_fits(fits, budget)
-
-
-def _profile_fits(meta: ModelMeta, budget: int) -> dict[str, Fit]:
-    """The fit of ``meta`` at each profile's context and KV type (none without layer counts)."""
-    from autotune.ground.profiles import PROFILES
-    from autotune.models.fit import assess_fit, profile_context
-
-    if not meta.block_count:
-        return {}
-    return {
-        name: assess_fit(
-            meta,
-            budget,
-            n_ctx=profile_context(meta, name),
-            cache_type_k=p.kv_cache_type,
-            cache_type_v=p.kv_cache_type,
-        )
-        for name, p in PROFILES.items()
-    }
 
 
 def _print_meta(meta: ModelMeta, engine: str) -> None:
@@ -558,8 +415,6 @@ _FIT_COLUMNS = (
 
 
 def _print_fits(fits: dict[str, Fit], budget: int) -> None:
-    from autotune.ground.profiles import PROFILES
-
     rows = [
         [
             name,

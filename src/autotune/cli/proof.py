@@ -128,7 +128,7 @@ def proof(
         False,
         "--with-kv",
         "--with-resume",
-        help="Add the KV scenarios: resume, switch, switch-bounded, grow, swap-model.",
+        help="Add the KV scenarios: resume, agent, switch, switch-bounded, grow, swap-model.",
     ),
     with_cold: bool = typer.Option(False, "--with-cold", help="Add a cold-start scenario."),
     with_noswap: bool = typer.Option(

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         description="MiB of host RAM the embedded engine keeps for finished prompts' KV "
         "(llama.cpp --cache-ram); unset: a quarter of the memory budget's headroom.",
     )
+    warm_start: bool = Field(
+        True,
+        description="`serve` loads again, in the background and within the memory budget, "
+        "the models that were loaded when it last stopped (a request arriving meanwhile waits "
+        "for that load instead of starting another).",
+    )
     serve_ollama: bool = Field(
         False,
         description="`serve` also listens on Ollama's address, 127.0.0.1 at ollama_port, when "

@@ -129,6 +129,11 @@ class AdmissionQueue:
             raise
         return place
 
+    def resize(self, max_concurrent: int) -> None:
+        """Let ``max_concurrent`` run at once from now on; waiters that now fit start at once."""
+        self.max_concurrent = max(1, max_concurrent)
+        self._dispatch()
+
     def release(self, duration: float | None = None, place: Place | None = None) -> None:
         """Free a place (``place``, or any one for a caller that kept none) for the next."""
         if duration:

@@ -72,6 +72,8 @@ async def start_completion(pipeline: Pipeline, inp: CompletionInput) -> ChatRun:
         source=inp.source,
         overflow="refuse",  # a prompt is never cut
         opener=opener,
+        raw_prompt=inp.prompt,
+        kv_lookup=inp.suffix is None,  # the engine builds a fill-in-the-middle prompt itself
     )
     try:
         return await pipeline.start(chat)

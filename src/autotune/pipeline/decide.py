@@ -16,6 +16,7 @@ the context fit (:class:`autotune.context.window.ContextWindow`) and the overflo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,7 +96,8 @@ def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> D
             capabilities=snap.capabilities,
             meta=snap.meta,
             need_tokens=max(
-                context_need(counts.count(req.messages), max_tokens), req.min_context or 0
+                context_need(_with_headroom(counts.count(req.messages), window), max_tokens),
+                req.min_context or 0,
             ),
             min_tokens=sacred + min(_reserve(max_tokens), MIN_REPLY) + CONTEXT_MARGIN,
             current=snap.current,
@@ -120,6 +122,16 @@ def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> D
     if window is None or limit is None:
         return Decided(the_plan, list(req.messages), None)
     return _fit(req, snap, window, the_plan, limit, _reserve(max_tokens))
+
+
+def _with_headroom(prompt_tokens: int, window: ContextWindow | None) -> int:
+    """The prompt as the context must hold it: the window compacts a history past its
+    high-water mark, so a context sized to the prompt alone would be grown (a reload) and
+    compacted (a new prefix) in the same request — the engine's cache thrown away twice.
+    Asking for the headroom too lets the next turns append until the next bucket."""
+    if window is None:
+        return prompt_tokens
+    return math.ceil(prompt_tokens / window.high_water)
 
 
 def _max_tokens(params: Mapping[str, Any], snap: Snapshot) -> int | None:

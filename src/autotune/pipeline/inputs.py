@@ -45,6 +45,12 @@ class ChatInput:
     #: Whether the client streams the reply (None: the face does not say). Not streamed and
     #: without a token limit, a request is background work (pipeline/admission.py).
     streamed: bool | None = None
+    #: A text completion's prompt, which the engine reads as it is (None: a chat, rendered by
+    #: the model's template): what KV look-ups tokenize.
+    raw_prompt: str | None = None
+    #: Look up saved KV for this prompt (off for fill-in-the-middle: the engine builds that
+    #: prompt itself).
+    kv_lookup: bool = True
 
 
 def validate(inp: ChatInput, default_profile: str) -> tuple[Profile, str]:

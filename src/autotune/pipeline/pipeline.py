@@ -51,10 +51,11 @@ from autotune.pipeline.conversation import CompactionMemory, ConversationView, r
 from autotune.pipeline.decide import Decided, RequestFacts, decide
 from autotune.pipeline.gather import Gatherer, TunedLookup
 from autotune.pipeline.inputs import ChatInput, Opener, validate
-from autotune.pipeline.kv import KvManager
+from autotune.pipeline.kv import KvManager, Prompt, preview_of
 from autotune.pipeline.run import ChatRun, Turn
 from autotune.pipeline.state import EngineState
 from autotune.store.conversations import ConversationStore
+from autotune.tuning.planner import Plan
 
 __all__ = ["ChatInput", "ChatRun", "Observer", "Opener", "Pipeline", "TunedLookup"]
 
@@ -217,16 +218,23 @@ class Pipeline:
         started: float,
     ) -> ChatRun:
         plan = decided.plan
-        params = {**plan.params, **inp.params}  # the client's own values win
+        request = ChatRequest(
+            model,
+            decided.messages,
+            {**plan.params, **inp.params},  # the client's own values win
+            plan.load,
+            plan.keep_alive,
+            conversation_id=view.conversation_id,
+        )
         ticket = None
         if self.kv is not None and backend.capabilities.slots:
             if plan.load is not None:  # first, so the slots pinned are the ones it will meet
                 await self._load(backend, model, plan.load, record)
-            ticket = await self.kv.pin(backend, model, plan, view.conversation_id)
+            ticket = await self.kv.pin(backend, model, plan, self._prompt(model, inp, request))
             if ticket is not None and ticket.plan.slot is not None:
-                params["id_slot"] = ticket.plan.slot  # llama.cpp: run on this slot
+                request.params["id_slot"] = ticket.plan.slot  # llama.cpp: run on this slot
         try:
-            run = await self._open(backend, model, inp, view, decided, params, record, started)
+            run = await self._open(backend, model, inp, view, plan, request, record, started)
         except BaseException:
             if ticket is not None and self.kv is not None:
                 self.kv.release(ticket, None, ok=False)
@@ -234,30 +242,33 @@ class Pipeline:
         run.kv_ticket = ticket
         return run
 
+    def _prompt(self, model: str, inp: ChatInput, request: ChatRequest) -> Prompt:
+        """What the KV manager looks up: the prompt, and an estimate of its tokens (so
+        short prompts cost no engine round trip)."""
+        estimate = self.tokens.count(model, request.messages) if inp.kv_lookup else 0
+        return Prompt(
+            request,
+            estimate,
+            raw=inp.raw_prompt,
+            conversation=request.conversation_id,
+            preview=preview_of(request.messages, inp.raw_prompt),
+        )
+
     async def _open(
         self,
         backend: Backend,
         model: str,
         inp: ChatInput,
         view: ConversationView,
-        decided: Decided,
-        params: dict[str, Any],
+        plan: Plan,
+        request: ChatRequest,
         record: RunRecord,
         started: float,
     ) -> ChatRun:
         """Open the engine stream and wait for its first chunk."""
-        plan = decided.plan
         record.plan = plan.summary()
         record.decisions = [asdict(d) for d in plan.decisions]
         record.n_ctx = plan.context_limit
-        request = ChatRequest(
-            model,
-            decided.messages,
-            params,
-            plan.load,
-            plan.keep_alive,
-            conversation_id=view.conversation_id,
-        )
         if plan.load is not None:
             # Sticky from the moment the engine is asked to load: a request that then fails
             # must not make the next one reload back (issue: 3 failures gave 6 reloads).

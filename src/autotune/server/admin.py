@@ -46,6 +46,8 @@ async def health(request: Request) -> dict[str, Any]:
         },
         "backends": reachable,
         "primary_backend": names[0],
+        # Models a warm start is loading (those loaded when autotune last stopped).
+        "warming": sorted(state.runtime.warming),
         "upstreams": {
             n: ups
             for n in names
@@ -100,8 +102,8 @@ def _shown(model: dict[str, Any], show_urls: bool) -> dict[str, Any]:
 
 @router.get("/api/kv")
 async def kv_files(request: Request) -> dict[str, Any]:
-    """Saved KV caches (conversation, model, tokens, bytes, restores) and what each loaded
-    model's slots hold now."""
+    """Saved KV caches (what each prompt starts with, model, tokens, bytes, restores, the
+    conversation it was saved from) and what each loaded model's slots hold now."""
     kv = request.app.state.pipeline.kv
     if kv is None:
         return {"enabled": False, "files": [], "bytes": 0, "budget": 0, "slots": []}

@@ -185,4 +185,53 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX responses_by_conversation ON responses (conversation_id);
         """,
     ),
+    (
+        8,
+        "kv files by content",
+        """
+        -- Saved slots are found by the tokens they hold, no longer by a conversation id: the
+        -- files of the old table are unindexed from here on (autotune removes them from the
+        -- KV folder when it next opens it).
+        DROP TABLE kv_files;
+        CREATE TABLE kv_files (
+            filename        TEXT PRIMARY KEY,
+            identity        TEXT NOT NULL,     -- model file, KV cache types, slots (hashed)
+            model           TEXT NOT NULL,     -- the model's name, for listings
+            tokens          INTEGER NOT NULL,  -- tokens the file holds
+            prompt_tokens   INTEGER NOT NULL,  -- of which the prompt it was saved after
+            bytes           INTEGER NOT NULL,
+            checksum        TEXT,              -- xxh3-64 of the file; NULL until computed
+            conversation_id TEXT,              -- the conversation it was saved from, if named
+            preview         TEXT NOT NULL DEFAULT '',  -- what its prompt starts with
+            created_at      REAL NOT NULL,
+            last_used       REAL NOT NULL,
+            hits            INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX kv_files_by_conversation ON kv_files (conversation_id);
+        -- A file's token chain: the hash of its first `depth` blocks of 64 tokens, per depth.
+        CREATE TABLE kv_blocks (
+            identity TEXT NOT NULL,
+            hash     INTEGER NOT NULL,
+            depth    INTEGER NOT NULL,
+            filename TEXT NOT NULL REFERENCES kv_files (filename) ON DELETE CASCADE
+        );
+        CREATE INDEX kv_blocks_by_hash ON kv_blocks (identity, hash);
+        CREATE INDEX kv_blocks_by_file ON kv_blocks (filename);
+        """,
+    ),
+    (
+        9,
+        "loaded models",
+        """
+        -- The models an engine holds now (or held when autotune stopped), with the settings
+        -- they were loaded with: `serve` loads them again when it starts (a warm start).
+        CREATE TABLE loaded_models (
+            engine    TEXT NOT NULL,
+            model     TEXT NOT NULL,
+            settings  TEXT NOT NULL,  -- JSON: the load-time settings
+            loaded_at REAL NOT NULL,
+            PRIMARY KEY (engine, model)
+        );
+        """,
+    ),
 ]

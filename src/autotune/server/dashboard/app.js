@@ -486,12 +486,13 @@
     $("kv-table").querySelector("tbody").replaceChildren(
       ...files.slice(0, TABLE_ROWS).map((f) =>
         el("tr", {},
-          el("td", { class: "mono" }, f.conversation_id),
+          el("td", {}, f.preview || "—"),
           el("td", {}, f.model),
           el("td", { class: "num" }, num(f.tokens)),
           el("td", { class: "num" }, bytes(f.bytes)),
           el("td", { class: "num" }, num(f.hits)),
-          el("td", {}, ago(f.last_used))))
+          el("td", {}, ago(f.last_used)),
+          el("td", { class: "mono" }, f.conversation_id || "—")))
     );
     $("kv-empty").hidden = files.length > 0;
   }
