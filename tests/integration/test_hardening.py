@@ -23,6 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from autotune.ground.config import Settings
+from autotune.pipeline.admission import Place
 from autotune.server.app import create_app
 from autotune.server.runner import BackgroundServer
 
@@ -250,7 +251,8 @@ def test_a_refused_request_leaves_no_empty_conversation(serve: Any) -> None:
     server = serve(max_concurrent=1, max_queued=0)
     api = httpx.Client(base_url=server.url, timeout=60)
     queue = server.app.state.pipeline.queue
-    queue.running = queue.max_concurrent
+    held = Place()
+    queue._places.add(held)  # the one place, taken
     try:
         for i in range(3):
             reply = api.post(
@@ -258,7 +260,7 @@ def test_a_refused_request_leaves_no_empty_conversation(serve: Any) -> None:
             )
             assert reply.status_code == 429
     finally:
-        queue.running = 0
+        queue._places.discard(held)
     for i in range(3):
         assert api.get(f"/api/conversations/refused-{i}").status_code == 404
     assert api.get("/api/conversations").json()["conversations"] == []

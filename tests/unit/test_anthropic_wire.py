@@ -18,14 +18,8 @@ from pydantic import TypeAdapter
 
 from autotune.ground.errors import InvalidRequest
 from autotune.ground.types import EngineStats
-from autotune.server.anthropic_wire import (
-    FIELDS,
-    EventStream,
-    StopScanner,
-    error_body,
-    to_chat,
-    usage,
-)
+from autotune.server.anthropic_stream import EventStream, StopScanner, usage
+from autotune.server.anthropic_wire import FIELDS, error_body, to_chat
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
 BASE: dict[str, Any] = {
@@ -68,7 +62,7 @@ def test_every_field_of_the_official_request_type_is_in_the_table() -> None:
     official = set(typing.get_type_hints(message_create_params.MessageCreateParamsStreaming))
     missing = official - set(FIELDS)
     assert not missing, f"classify these in anthropic_wire.FIELDS: {sorted(missing)}"
-    assert {action for action, _ in FIELDS.values()} <= {"forward", "own", "accept", "refuse"}
+    assert {rule.action for rule in FIELDS.values()} <= {"forward", "own", "accept", "refuse"}
 
 
 def test_system_prompt_as_a_string_or_text_blocks() -> None:

@@ -31,12 +31,12 @@ from autotune.chat.render import PlainRenderer, footer_text, hard_breaks, split_
 from autotune.chat.repl import Chat, ChatOptions
 from autotune.chat.slash import HANDLERS
 from autotune.chat.watcher import ModelWatcher, notice_from_event, notice_from_poll
-from autotune.cli.chat import analyse, choose_profile
 from autotune.ground.config import Settings
 from autotune.ground.types import EngineEvent, ModelMeta
 from autotune.ground.units import MiB
 from autotune.models.fit import Verdict
 from autotune.runtime import Runtime, open_runtime
+from autotune.tuning.preflight import analyse, choose_profile
 from fakes.ollama import MODEL, PS, FakeOllama
 from fakes.server import closed_port_url, serve
 

@@ -1,8 +1,8 @@
 """Tool calls through the Ollama face, end to end over HTTP with the official ``ollama`` client.
 
-Neither bundled model's chat template renders tools (llama.cpp's ``/props``:
-``chat_template_caps.supports_tools`` is false for both), so a real tool call cannot be made
-here. This runs the real server and pipeline over the scripted in-process FakeBackend
+The real engine's tool round trip through this face is in
+tests/integration/test_tools_engine.py (the tool-capable test model). This runs the real
+server and pipeline over the scripted in-process FakeBackend
 (``tests/fakes/backend.py``), which answers with OpenAI tool-call chunks the way llama.cpp
 streams them, to check what comes back in Ollama's shape — and that a tool result sent
 back in Ollama's shape reaches the engine as an OpenAI tool message.

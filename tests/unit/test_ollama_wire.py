@@ -13,21 +13,15 @@ from pydantic import ValidationError
 
 from autotune.ground.errors import InvalidRequest
 from autotune.ground.types import EngineStats, ModelEntry, ModelMeta, RunningModel
+from autotune.server.ollama_models import details, model_info, ps_entry, tag_entry
+from autotune.server.ollama_reply import ReplyShape, done_fields, logprobs, tool_calls
 from autotune.server.ollama_wire import (
     REFUSED_OPTIONS,
     ChatBody,
     GenerateBody,
-    ReplyShape,
     WireMessage,
-    details,
-    done_fields,
     is_completion,
-    logprobs,
-    model_info,
     parse_keep_alive,
-    ps_entry,
-    tag_entry,
-    tool_calls,
     translate,
     validation_message,
 )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from autotune.backends.engine_worker import build_params
-from autotune.bench.proof import SideFigures, verdict
+from autotune.bench.proof_figures import SideFigures, verdict
 from autotune.bench.texts import chat_prompts, edit_prompts, quote_prompts
 from autotune.chat.render import footer_text
 from autotune.ground.records import RunRecord

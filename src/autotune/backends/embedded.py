@@ -15,15 +15,12 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import os
 import re
 import secrets
 import subprocess
-import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +28,15 @@ import httpx
 import psutil
 
 from autotune.backends.base import Backend
+from autotune.backends.chat_worker import Worker, served, settings_diff
+from autotune.backends.embedding_workers import EmbeddingWorkers
 from autotune.backends.openai_compat import OpenAICompatBackend
-from autotune.backends.worker_process import start_worker, stop_worker
+from autotune.backends.residency import WorkerState, make_room, prompt_cache
+from autotune.backends.worker_process import key_file, start_worker, stop_worker
 from autotune.ground.config import Settings
 from autotune.ground.engines import EngineSpec
 from autotune.ground.errors import (
     InsufficientMemory,
-    InvalidRequest,
     ModelLoadError,
     NotSupported,
     UnsupportedOption,
@@ -54,7 +53,7 @@ from autotune.ground.types import (
     ModelMeta,
     RunningModel,
 )
-from autotune.ground.units import MiB, format_bytes
+from autotune.ground.units import MiB
 
 __all__ = ["EmbeddedBackend", "EngineEvent", "from_settings"]  # EngineEvent re-exported from .base
 
@@ -62,37 +61,6 @@ __all__ = ["EmbeddedBackend", "EngineEvent", "from_settings"]  # EngineEvent re-
 DEFAULT_N_CTX = 4096
 #: Seconds the slots of a worker being stopped may take to save.
 _SAVE_TIMEOUT = 60.0
-
-
-@dataclass
-class _Worker:
-    name: str
-    path: Path
-    settings: LoadSettings
-    proc: subprocess.Popen[bytes]
-    url: str
-    client: OpenAICompatBackend
-    estimate: int
-    keep_alive: float
-    loaded_at: float = field(default_factory=time.time)
-    last_used: float = field(default_factory=time.monotonic)
-    in_flight: int = 0
-    supports_tools: bool = True
-    cache_ram_mib: int | None = None
-    #: The worker's own API key: only this process holds it (see :func:`_key_file`).
-    api_key: str | None = field(default=None, repr=False)
-    #: Unique per started worker: slot contents belong to one generation.
-    generation: int = 0
-    #: How long the start took, from launching the process to the model answering.
-    load_ms: float | None = None
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def expired(self, now: float) -> bool:
-        return (
-            self.keep_alive >= 0 and self.in_flight == 0 and now - self.last_used >= self.keep_alive
-        )
 
 
 def _load_estimate(meta: ModelMeta, settings: LoadSettings) -> int:
@@ -159,9 +127,9 @@ class EmbeddedBackend(Backend):
         self.nice = nice
         self._estimator = estimator or _load_estimate
         self.on_event = on_event
-        self._workers: dict[str, _Worker] = {}
+        self._workers: dict[str, Worker] = {}
         #: Workers being stopped: their slots can still be saved (see ``before_unload``).
-        self._stopping: dict[str, _Worker] = {}
+        self._stopping: dict[str, Worker] = {}
         self._meta: dict[str, ModelMeta] = {}
         self._lock: asyncio.Lock | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -274,7 +242,7 @@ class EmbeddedBackend(Backend):
             raise UnsupportedOption(
                 "tools", "The embedded engine", f"{worker.name}'s chat template has no tool support"
             )
-        async for chunk in _served(worker, loaded_now, worker.client.stream_chat(request)):
+        async for chunk in served(worker, loaded_now, worker.client.stream_chat(request)):
             yield chunk
 
     async def tokenize(self, model: str, text: str) -> list[int]:
@@ -296,7 +264,7 @@ class EmbeddedBackend(Backend):
     async def stream_completion(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
         """A text completion (or fill-in-the-middle) on the worker, loaded as planned."""
         worker, loaded_now = await self._ensure(request.model, request.load, request.keep_alive)
-        async for chunk in _served(worker, loaded_now, worker.client.stream_completion(request)):
+        async for chunk in served(worker, loaded_now, worker.client.stream_completion(request)):
             yield chunk
 
     async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
@@ -358,7 +326,7 @@ class EmbeddedBackend(Backend):
 
     async def _ensure(
         self, model: str, settings: LoadSettings | None, keep_alive: float | None
-    ) -> tuple[_Worker, bool]:
+    ) -> tuple[Worker, bool]:
         """The worker serving ``model`` with ``settings``, loading or reloading it if needed.
 
         A load runs to its end even when the request that asked for it is cancelled (its
@@ -372,7 +340,7 @@ class EmbeddedBackend(Backend):
 
     async def _ensure_locked(
         self, meta: ModelMeta, settings: LoadSettings | None, keep_alive: float | None
-    ) -> tuple[_Worker, bool]:
+    ) -> tuple[Worker, bool]:
         name = meta.name
         while True:
             async with self._get_lock():
@@ -398,22 +366,25 @@ class EmbeddedBackend(Backend):
         meta: ModelMeta,
         wanted: LoadSettings,
         keep_alive: float | None,
-        previous: _Worker | None,
-    ) -> _Worker:
+        previous: Worker | None,
+    ) -> Worker:
         name = meta.name
         reason = "first load"
         if previous is not None:
             # Every launch-time setting is fixed for a llama.cpp context: a change reloads.
-            reason = f"settings changed: {_diff(previous.settings, wanted)}"
+            reason = f"settings changed: {settings_diff(previous.settings, wanted)}"
             self._workers.pop(name, None)
             await self._stop(previous)
         estimate = self._estimator(meta, wanted)
         await self._make_room(name, estimate)
-        cache = wanted.cache_ram_mib
-        if cache is None:
-            cache = self.prompt_cache_mib
-        if cache is None:
-            cache = await self._prompt_cache_mib(estimate)
+        cache_ram = prompt_cache(
+            planned=wanted.cache_ram_mib,
+            configured=self.prompt_cache_mib,
+            budget=await self._budget_bytes(),
+            loaded=sum(w.estimate for w in self._workers.values()),
+            estimate=estimate,
+        )
+        cache = int(cache_ram.value)
         began = time.monotonic()
         worker = await self._start(meta, wanted, estimate + cache * MiB, keep_alive, cache)
         worker.load_ms = (time.monotonic() - began) * 1000
@@ -427,6 +398,8 @@ class EmbeddedBackend(Backend):
             n_ctx=wanted.n_ctx,
             estimate=estimate,
             load_ms=round(worker.load_ms),
+            cache_ram_mib=cache,
+            cache_ram=cache_ram.reason,
             settings=wanted.as_dict(),
         )
         self._ensure_reaper()
@@ -437,7 +410,11 @@ class EmbeddedBackend(Backend):
 
     def reclaimable_bytes(self, model: str) -> int:
         """Memory the engine would free by unloading idle models other than ``model``."""
-        return sum(w.estimate for n, w in self._workers.items() if n != model and not w.in_flight)
+        return sum(
+            w.estimate
+            for n, w in self._workers.items()
+            if n != model and w.state is WorkerState.READY
+        )
 
     async def set_priority(self, model: str, nice: int) -> str | None:
         from autotune.hardware.os_tune import set_priority
@@ -448,37 +425,16 @@ class EmbeddedBackend(Backend):
         return await asyncio.to_thread(set_priority, worker.proc.pid, nice)
 
     async def _make_room(self, name: str, needed: int) -> None:
-        """Unload least-recently-used idle models until ``needed`` fits in the budget."""
-        budget = await self._budget_bytes()
-        if needed > budget:
-            raise InsufficientMemory(
-                f"{name} needs about {format_bytes(needed)} but the memory budget is "
-                f"{format_bytes(budget)}.",
-                hint="Use a smaller context or profile, a smaller quantisation, "
-                "or raise AUTOTUNE_MEMORY_BUDGET.",
-            )
-        while sum(w.estimate for w in self._workers.values()) + needed > budget:
-            idle = [w for w in self._workers.values() if w.in_flight == 0]
-            if not idle:
-                raise InsufficientMemory(
-                    f"{name} needs about {format_bytes(needed)} and the loaded models are busy.",
-                    hint="Retry when the running requests finish.",
-                )
-            victim = min(idle, key=lambda w: w.last_used)
-            self._workers.pop(victim.name)
-            self._emit("unload", victim.name, reason=f"making room for {name}")
-            await self._stop(victim)
-
-    async def _prompt_cache_mib(self, estimate: int) -> int:
-        """How much host RAM llama-server may keep for finished prompts' KV (``--cache-ram``).
-
-        Its default is 8 GiB, outside every estimate: a machine near its budget would swap.
-        It gets a quarter of the headroom left under the budget after this load, at most
-        llama.cpp's own 8 GiB; the worker's estimate includes it, so eviction sees it too.
-        """
-        loaded = sum(w.estimate for w in self._workers.values())
-        headroom = await self._budget_bytes() - loaded - estimate
-        return int(max(0, min(8192 * MiB, headroom // 4)) // MiB)
+        """Unload the idle models :func:`~autotune.backends.residency.make_room` names so that
+        ``needed`` fits in the budget (InsufficientMemory when nothing can make it fit)."""
+        residents = [w.resident() for w in self._workers.values()]
+        room = make_room(name, needed, await self._budget_bytes(), residents)
+        if room.refusal is not None:
+            raise InsufficientMemory(room.refusal, hint=room.hint)
+        for victim in room.victims:
+            worker = self._workers.pop(victim)
+            self._emit("unload", victim, reason=f"making room for {name}", why=room.decision.reason)
+            await self._stop(worker)
 
     async def _start(
         self,
@@ -487,7 +443,7 @@ class EmbeddedBackend(Backend):
         estimate: int,
         keep_alive: float | None,
         cache_ram_mib: int | None = None,
-    ) -> _Worker:
+    ) -> Worker:
         assert meta.path is not None
         spec = {
             "path": meta.path,
@@ -510,13 +466,13 @@ class EmbeddedBackend(Backend):
         # The worker's port is reachable by every local process and, through DNS rebinding, by
         # web pages: a key only autotune holds keeps them from driving the engine directly.
         api_key = secrets.token_urlsafe(32)
-        with _key_file(api_key) as key_path:
+        with key_file(api_key) as key_path:
             spec["api_key_file"] = key_path
             proc, url = await asyncio.to_thread(self._spawn, spec)
         client = OpenAICompatBackend(url, name=self.name, kind="llamacpp", api_key=api_key)
         # Not "start llama-server": autotune owns this worker and restarts it when needed.
         client.start_hint = "The engine worker stopped; the next request starts it again."
-        worker = _Worker(
+        worker = Worker(
             name=meta.name,
             path=Path(meta.path),
             settings=settings,
@@ -549,22 +505,24 @@ class EmbeddedBackend(Backend):
         # with plain text), so autotune refuses them up front rather than drop them unseen.
         return bool(caps.get("supports_tools", True))
 
-    async def _stop(self, worker: _Worker) -> None:
+    async def _stop(self, worker: Worker) -> None:
         """Stop a worker; its slots are offered to ``before_unload`` first (bounded in time:
         a save that hangs must not keep a model in memory)."""
         if self.before_unload is not None and worker.alive():
+            worker.stopped = WorkerState.STOPPING
             self._stopping[worker.name] = worker
             try:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.before_unload(worker.name), _SAVE_TIMEOUT)
             finally:
                 self._stopping.pop(worker.name, None)
+        worker.stopped = WorkerState.STOPPED
         await worker.client.aclose()
         await asyncio.to_thread(stop_worker, worker.proc)
 
     async def _reap_dead(self) -> None:
         for name, worker in list(self._workers.items()):
-            if not worker.alive() and self._workers.pop(name, None) is not None:
+            if worker.state is WorkerState.DEAD and self._workers.pop(name, None) is not None:
                 await worker.client.aclose()
                 self._emit("unexpected_unload", name, exit_code=worker.proc.returncode)
 
@@ -593,129 +551,9 @@ class EmbeddedBackend(Backend):
             self.on_event(event)
 
 
-async def _served(
-    worker: _Worker, loaded_now: bool, chunks: AsyncIterator[Chunk]
-) -> AsyncIterator[Chunk]:
-    """A worker's stream, counted as in flight while it runs; its stats say whether this
-    request loaded the model, and how long the load took."""
-    worker.in_flight += 1
-    try:
-        async for chunk in chunks:
-            if chunk.stats is not None:
-                chunk.stats.reloaded = loaded_now
-                chunk.stats.load_ms = worker.load_ms if loaded_now else None
-            yield chunk
-    finally:
-        worker.in_flight -= 1
-        worker.last_used = time.monotonic()
-
-
-@contextlib.contextmanager
-def _key_file(api_key: str) -> Iterator[str]:
-    """A file only this user can read (0600), holding ``api_key`` while a worker starts.
-
-    The worker reads and deletes it; the key never appears in a command line, which any
-    local user can read (``ps``). Removed here too, in case the worker failed first.
-    """
-    fd, path = tempfile.mkstemp(prefix="autotune-worker-", suffix=".key")
-    try:
-        with os.fdopen(fd, "w") as file:
-            file.write(api_key)
-        yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-@dataclass
-class _Embedder:
-    proc: subprocess.Popen[bytes]
-    client: OpenAICompatBackend
-    estimate: int
-
-
-class EmbeddingWorkers:
-    """Workers for embedding GGUFs (started with ``embedding`` on and the model's pooling).
-
-    Kept apart from the chat workers: an embedding model has no conversation, context plan
-    or prompt cache to keep. Each is started on first use, counted against the memory
-    budget (idle chat models make room for it), and stopped by ``unload`` or ``aclose``.
-    """
-
-    #: Context (and batch: llama.cpp embeds an input in one batch) at most.
-    MAX_CTX = 8192
-
-    def __init__(self) -> None:
-        self._workers: dict[str, _Embedder] = {}
-        self._lock: asyncio.Lock | None = None
-
-    def resident_bytes(self) -> int:
-        return sum(w.estimate for w in self._workers.values())
-
-    async def embed(
-        self, backend: EmbeddedBackend, meta: ModelMeta, texts: list[str]
-    ) -> list[list[float]]:
-        from autotune.models.roles import pooling_type
-
-        assert meta.path is not None
-        pooling = await asyncio.to_thread(pooling_type, meta.path)
-        if pooling is None:
-            raise InvalidRequest(
-                f"{meta.name} is a text-generation model, not an embedding model (its GGUF "
-                "declares no pooling type). Ask for an embedding model: all-minilm "
-                "(autotune's offline MiniLM) or an embedding GGUF such as nomic-embed-text.",
-                param="model",
-            )
-        worker = await self._worker(backend, meta, pooling)
-        return await worker.client.embed(meta.name, texts)
-
-    async def _worker(self, backend: EmbeddedBackend, meta: ModelMeta, pooling: int) -> _Embedder:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            worker = self._workers.get(meta.name)
-            if worker is not None and worker.proc.poll() is None:
-                return worker
-            n_ctx = min(meta.context_length or 512, self.MAX_CTX)
-            settings = LoadSettings(n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx)
-            estimate = backend._estimator(meta, settings)
-            await backend._make_room(meta.name, estimate + self.resident_bytes())
-            spec = {
-                "path": meta.path,
-                "alias": meta.name,
-                "verbosity": backend.verbosity,
-                "embedding": True,
-                "pooling": pooling,
-                "n_threads": backend.threads,
-                **settings.as_dict(),
-            }
-            api_key = secrets.token_urlsafe(32)  # like a chat worker: it answers autotune only
-            with _key_file(api_key) as key_path:
-                spec["api_key_file"] = key_path
-                proc, url = await asyncio.to_thread(backend._spawn, spec)
-            client = OpenAICompatBackend(url, name=backend.name, kind="llamacpp", api_key=api_key)
-            worker = self._workers[meta.name] = _Embedder(proc, client, estimate)
-            return worker
-
-    async def stop(self, model: str | None = None) -> None:
-        names = list(self._workers) if model is None else [model]
-        for name in names:
-            worker = self._workers.pop(name, None)
-            if worker is not None:
-                await worker.client.aclose()
-                await asyncio.to_thread(stop_worker, worker.proc)
-
-
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _diff(old: LoadSettings, new: LoadSettings) -> str:
-    a, b = old.as_dict(), new.as_dict()
-    return ", ".join(
-        f"{k} {a.get(k)}→{b.get(k)}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
-    )
 
 
 def from_settings(spec: EngineSpec, settings: Settings) -> EmbeddedBackend:

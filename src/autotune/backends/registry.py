@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import importlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +29,7 @@ from autotune.ground.errors import BackendError, ModelNotFound
 from autotune.ground.types import ModelEntry
 
 __all__ = [
+    "BUILDERS",
     "ENGINE_ORDER",
     "BackendSet",
     "choose_engines",
@@ -106,16 +106,67 @@ def make_backend(name: str, settings: Settings) -> Backend:
         raise BackendError(
             f"Unknown engine {name!r}.", hint=f"Choose one of {', '.join(BACKEND_NAMES)}."
         ) from None
-    if not spec.build:
+    builder = BUILDERS.get(name)
+    if builder is None:
         raise BackendError(
             f"{spec.label} is reached through another engine setting.",
             hint="Use --backend openai with AUTOTUNE_OPENAI_URL, or a router upstream.",
         )
-    module, _, function = spec.build.partition(":")
-    builder: Callable[[EngineSpec, Settings], Backend] = getattr(
-        importlib.import_module(module), function
-    )
     return builder(spec, settings)
+
+
+# Each builder imports its engine's module when it is called: an engine not in use costs
+# nothing at start-up, and the imports stay plain statements the import checks see.
+
+
+def _ollama(spec: EngineSpec, settings: Settings) -> Backend:
+    from autotune.backends.ollama import from_settings
+
+    return from_settings(spec, settings)
+
+
+def _compat(spec: EngineSpec, settings: Settings) -> Backend:
+    from autotune.backends.openai_compat import from_settings
+
+    return from_settings(spec, settings)
+
+
+def _embedded(spec: EngineSpec, settings: Settings) -> Backend:
+    from autotune.backends.embedded import from_settings
+
+    return from_settings(spec, settings)
+
+
+def _mlx(spec: EngineSpec, settings: Settings) -> Backend:
+    from autotune.backends.mlx import from_settings
+
+    return from_settings(spec, settings)
+
+
+def _router(spec: EngineSpec, settings: Settings) -> Backend:
+    from autotune.backends.router import from_settings
+
+    return from_settings(spec, settings)
+
+
+def _hf(spec: EngineSpec, settings: Settings) -> Backend:
+    from autotune.backends.hf import from_settings
+
+    return from_settings(spec, settings)
+
+
+#: How each engine of the table (:data:`autotune.ground.engines.ENGINES`) is built; engines
+#: reached only through another (vLLM, SGLang: an OpenAI-compatible URL) have none.
+BUILDERS: dict[str, Callable[[EngineSpec, Settings], Backend]] = {
+    "ollama": _ollama,
+    "lmstudio": _compat,
+    "llamacpp": _compat,
+    "openai": _compat,
+    "embedded": _embedded,
+    "mlx": _mlx,
+    "router": _router,
+    "hf": _hf,
+}
 
 
 @dataclass

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import psutil
 
 from autotune.ground.errors import ModelLoadError
 
-__all__ = ["start_worker", "stop_process", "stop_worker"]
+__all__ = ["key_file", "start_worker", "stop_process", "stop_worker"]
 
 
 def start_worker(
@@ -89,3 +91,20 @@ def stop_process(proc: subprocess.Popen[bytes], *, grace: float) -> None:
     # go; Popen can no longer read it, so it is handed over.
     code = getattr(handle, "returncode", None)
     proc.returncode = code if code is not None else proc.wait()
+
+
+@contextlib.contextmanager
+def key_file(api_key: str) -> Iterator[str]:
+    """A file only this user can read (0600), holding ``api_key`` while a worker starts.
+
+    The worker reads and deletes it; the key never appears in a command line, which any
+    local user can read (``ps``). Removed here too, in case the worker failed first.
+    """
+    fd, path = tempfile.mkstemp(prefix="autotune-worker-", suffix=".key")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(api_key)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

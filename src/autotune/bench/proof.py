@@ -1,4 +1,6 @@
-"""The proof: the raw engine and autotune, side by side on the same engine, per scenario.
+"""The proof: the raw engine and autotune, side by side on the same engine, per scenario
+(what each scenario sends: :mod:`.proof_scenarios`; the figures and verdicts:
+:mod:`.proof_figures`).
 
 For the embedded engine, the raw side is a llama.cpp worker started with llama.cpp's own
 defaults (read back from its ``/props``, never assumed), called the way a plain client
@@ -17,10 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -28,15 +28,19 @@ import psutil
 
 from autotune.backends.openai_compat import once_more_if_stale
 from autotune.backends.worker_process import start_worker, stop_worker
-from autotune.bench.report import percentile
-from autotune.bench.texts import chat_prompts, edit_prompts, quote_prompts
-from autotune.ground.profiles import get_profile
+from autotune.bench.proof_figures import (
+    ProofResult,
+    Sample,
+    ScenarioResult,
+    figures,
+    guard_table,
+    verdict,
+)
+from autotune.bench.proof_scenarios import DEFAULT_SCENARIOS, SCENARIOS, Messages, Scenario
 from autotune.ground.types import Chunk, ModelMeta
-from autotune.hardware.pressure import Tier
-from autotune.models.estimate import estimate_memory, kv_cache_bytes, load_estimate
 from autotune.pipeline import ChatInput, Reply
 from autotune.runtime import Runtime
-from autotune.tuning.planner import MemoryState, PlanInput, context_need, plan
+from autotune.tuning.planner import context_need
 
 __all__ = [
     "DEFAULT_SCENARIOS",
@@ -47,314 +51,6 @@ __all__ = [
     "guard_table",
     "run_proof",
 ]
-
-Messages = list[dict[str, Any]]
-
-_SYSTEM = (
-    "You are the support assistant of Northwind Cloud, a hosting company. Policies you must "
-    "follow: answer in at most two sentences; never promise refunds, route them to billing; "
-    "for outages, point to status.northwind.example; servers are in Frankfurt, Dublin and "
-    "Virginia; plans are Starter (2 vCPU, 4 GB), Pro (8 vCPU, 32 GB) and Scale (32 vCPU, 128 "
-    "GB); backups run nightly at 02:00 UTC and are kept 14 days on Pro and 30 days on Scale; "
-    "support hours are 24/7 for Scale and 08:00-20:00 CET for the others; escalate security "
-    "incidents to security@northwind.example within one hour; IPv6 is available in every "
-    "region; the API rate limit is 600 requests per minute per token; DNS changes propagate "
-    "within 5 minutes; custom domains need a CNAME to edge.northwind.example. "
-) * 3
-_SHORT = [
-    "What is the capital of France?",
-    "Give me a synonym for quick.",
-    "How many legs does a spider have?",
-    "Name a prime number above 50.",
-    "What colour is the sky on a clear day?",
-    "Translate 'good morning' into Spanish.",
-]
-_TURNS = [
-    ("Which regions do you have?", "We run servers in Frankfurt, Dublin and Virginia."),
-    ("How long are backups kept on Pro?", "Backups on Pro are kept for 14 days."),
-    ("Is IPv6 available?", "Yes, IPv6 is available in every region."),
-    ("What is the API rate limit?", "The limit is 600 requests per minute per token."),
-    ("When do backups run?", "Backups run nightly at 02:00 UTC."),
-    ("Can I get a refund for last month?", "Refunds are handled by our billing team."),
-]
-_DOC_SENTENCES = [
-    "The ingestion service reads events from the queue in batches of 500.",
-    "Each batch is validated against the schema registry before it is written.",
-    "Invalid events go to a dead-letter topic with the validation error attached.",
-    "The writer flushes to object storage every 30 seconds or 64 megabytes, whichever is first.",
-    "Compaction merges small files into 512 megabyte Parquet files every hour.",
-    "Retention is 90 days for raw events and two years for the compacted tables.",
-    "A watermark tracks the last fully written offset per partition.",
-    "On restart the service resumes from the watermark, so events are never lost.",
-    "Metrics are exported on port 9102 and scraped by Prometheus every 15 seconds.",
-    "Alerts fire when the consumer lag exceeds 50,000 events for five minutes.",
-]
-_DOC = " ".join(
-    f"Section {i // 10 + 1}.{i % 10 + 1}: {s}" for i, s in enumerate(_DOC_SENTENCES * 6)
-)
-_DOC_QUESTIONS = [
-    "Summarise how the ingestion service avoids losing events.",
-    "How often does compaction run, and how large are the files?",
-    "When do alerts fire?",
-]
-
-
-def _short() -> list[Messages]:
-    return [[{"role": "user", "content": q}] for q in _SHORT]
-
-
-def _multiturn() -> list[Messages]:
-    out: list[Messages] = []
-    history: Messages = [{"role": "system", "content": _SYSTEM}]
-    for question, answer in _TURNS:
-        history = [*history, {"role": "user", "content": question}]
-        out.append(history)
-        history = [*history, {"role": "assistant", "content": answer}]
-    return out
-
-
-def _longdoc() -> list[Messages]:
-    base = [{"role": "system", "content": "Answer from the document only.\n\n" + _DOC}]
-    return [[*base, {"role": "user", "content": q}] for q in _DOC_QUESTIONS]
-
-
-def _sustained() -> list[Messages]:
-    topics = [
-        "rivers",
-        "volcanoes",
-        "bridges",
-        "comets",
-        "forests",
-        "deserts",
-        "glaciers",
-        "islands",
-    ]
-    return [[{"role": "user", "content": f"Write two sentences about {t}."}] for t in topics]
-
-
-def _edit() -> list[Messages]:
-    return edit_prompts(3, offset=4)  # other files than `autotune tune` measures on
-
-
-def _quote() -> list[Messages]:
-    return quote_prompts(3, offset=2)
-
-
-def _chat() -> list[Messages]:
-    return chat_prompts(4, offset=5)
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    description: str
-    requests: Callable[[], list[Messages]]
-    max_tokens: int = 16
-    #: The verdict compares decoding speed (answers long enough for it to matter).
-    decode: bool = False
-
-
-SCENARIOS: dict[str, Scenario] = {
-    s.name: s
-    for s in (
-        Scenario("short", "short prompts, one turn each", _short),
-        Scenario("multiturn", "6-turn conversation behind a long system prompt", _multiturn),
-        Scenario("longdoc", "a ~1,000-token document, then follow-up questions", _longdoc),
-        Scenario("sustained", "8 back-to-back calls on different topics", _sustained, 24),
-        Scenario("edit", "a code file with a small change; the whole file back", _edit, 192, True),
-        Scenario("quote", "a pasted document; answer by quoting it", _quote, 128, True),
-        Scenario("chat", "free chat: explanations that copy nothing", _chat, 128, True),
-    )
-}
-#: What ``autotune proof`` runs when no scenario is named.
-DEFAULT_SCENARIOS = ("short", "multiturn", "longdoc", "sustained")
-
-
-@dataclass
-class Sample:
-    """One request on one side."""
-
-    side: str  # "raw" | "autotune"
-    index: int
-    ttft_ms: float | None = None
-    prefill_ms: float | None = None
-    load_ms: float | None = None
-    prompt_tokens: int | None = None
-    cached_tokens: int | None = None
-    decode_tps: float | None = None
-    completion_tokens: int | None = None
-    #: Speculative decoding: tokens drafted, and how many the model accepted.
-    drafted: int | None = None
-    accepted: int | None = None
-    error: str | None = None
-
-
-@dataclass
-class SideFigures:
-    """One side of one scenario: medians, p90s and spread, plus memory."""
-
-    n: int
-    errors: int
-    ttft_ms: dict[str, float]
-    prefill_ms: dict[str, float]
-    load_ms: dict[str, float]
-    decode_tps: dict[str, float]
-    cached_share: float | None
-    n_ctx: int | None
-    kv_bytes: int | None
-    rss_bytes: int | None
-    #: Share of drafted tokens accepted (None: nothing drafted, speculation off).
-    acceptance: float | None = None
-
-
-@dataclass
-class ScenarioResult:
-    name: str
-    description: str
-    raw: SideFigures
-    autotune: SideFigures
-    verdict: str
-    samples: list[Sample] = field(default_factory=list)
-
-
-@dataclass
-class ProofResult:
-    model: str
-    engine: str
-    runs: int
-    raw_settings: dict[str, Any]
-    autotune_settings: dict[str, Any]
-    scenarios: list[ScenarioResult]
-    swap_before: int
-    swap_after: int
-    guard: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {}
-    return {
-        "median": percentile(vals, 50),
-        "p90": percentile(vals, 90),
-        "min": min(vals),
-        "max": max(vals),
-        "stdev": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-    }
-
-
-def _figures(
-    samples: list[Sample], meta: ModelMeta, n_ctx: int | None, rss: int | None
-) -> SideFigures:
-    ok = [s for s in samples if s.error is None]
-    prompts = sum(s.prompt_tokens or 0 for s in ok)
-    cached = sum(s.cached_tokens or 0 for s in ok)
-    kv = kv_cache_bytes(meta, n_ctx) if n_ctx and meta.block_count else None
-    return SideFigures(
-        n=len(samples),
-        errors=len(samples) - len(ok),
-        ttft_ms=_stats([s.ttft_ms for s in ok if s.ttft_ms is not None]),
-        prefill_ms=_stats([s.prefill_ms for s in ok if s.prefill_ms is not None]),
-        load_ms=_stats([s.load_ms for s in ok if s.load_ms is not None]),
-        decode_tps=_stats([s.decode_tps for s in ok if s.decode_tps is not None]),
-        cached_share=cached / prompts if prompts else None,
-        n_ctx=n_ctx,
-        kv_bytes=kv,
-        rss_bytes=rss,
-        acceptance=_acceptance(ok),
-    )
-
-
-def _acceptance(samples: list[Sample]) -> float | None:
-    drafted = sum(s.drafted or 0 for s in samples)
-    return sum(s.accepted or 0 for s in samples) / drafted if drafted else None
-
-
-def _decode_verdict(raw: SideFigures, tuned: SideFigures) -> str | None:
-    """Decoding speed against the raw engine, and the drafts accepted, in words."""
-    r, t = raw.decode_tps.get("median"), tuned.decode_tps.get("median")
-    if not (r and t):
-        return None
-    ratio = t / r
-    drafts = "" if tuned.acceptance is None else f", {tuned.acceptance:.0%} of drafts accepted"
-    if abs(ratio - 1) < 0.03:
-        return f"decoding no faster ({t:.0f} vs {r:.0f} tok/s raw{drafts})"
-    if ratio > 1:
-        return f"decoding {ratio:.2f}× the raw engine's ({t:.0f} vs {r:.0f} tok/s{drafts})"
-    return f"autotune decodes {1 - ratio:.0%} slower ({t:.0f} vs {r:.0f} tok/s raw{drafts})"
-
-
-def verdict(raw: SideFigures, tuned: SideFigures, *, decode: bool = False) -> str:
-    """One plain sentence, saying so where autotune is slower or no better."""
-    parts = []
-    said = _decode_verdict(raw, tuned) if decode else None
-    if said:
-        parts.append(said)
-    r, t = raw.ttft_ms.get("median"), tuned.ttft_ms.get("median")
-    if r and t:
-        change = (t - r) / r
-        if abs(change) < 0.05:
-            parts.append(f"time to first token is no better ({t:.0f} vs {r:.0f} ms raw)")
-        elif change < 0:
-            parts.append(f"first token {-change:.0%} sooner ({t:.0f} vs {r:.0f} ms)")
-        else:
-            parts.append(
-                f"autotune is slower to the first token ({t:.0f} vs {r:.0f} ms, +{change:.0%})"
-            )
-    if raw.kv_bytes and tuned.kv_bytes:
-        saved = 1 - tuned.kv_bytes / raw.kv_bytes
-        if saved > 0.05:
-            parts.append(f"KV cache {saved:.0%} smaller ({tuned.n_ctx} vs {raw.n_ctx} tokens held)")
-        elif saved < -0.05:
-            parts.append(f"KV cache {-saved:.0%} larger ({tuned.n_ctx} vs {raw.n_ctx} tokens)")
-    if raw.errors or tuned.errors:
-        parts.append(f"errors: raw {raw.errors}, autotune {tuned.errors}")
-    text = "; ".join(parts)
-    return text[:1].upper() + text[1:] + "." if parts else "No figures."
-
-
-def guard_table(meta: ModelMeta, need_tokens: int = 3000) -> list[dict[str, Any]]:
-    """What the planner's pressure tiers and no-swap guard would do for this model (pure)."""
-    from autotune.backends.embedded import EmbeddedBackend
-
-    profile = get_profile("balanced")
-    caps = EmbeddedBackend.capabilities
-    full = estimate_memory(meta, 8192).total
-
-    rows = []
-    cases = [
-        ("normal", Tier.NORMAL, 0.50, 16 * 1024**3),
-        ("elevated", Tier.ELEVATED, 0.82, 16 * 1024**3),
-        ("high", Tier.HIGH, 0.90, 16 * 1024**3),
-        ("critical", Tier.CRITICAL, 0.95, 16 * 1024**3),
-        ("little free", Tier.NORMAL, 0.50, int(full * 0.6)),
-        ("none free", Tier.NORMAL, 0.50, int(full * 0.1)),
-    ]
-    for label, _tier, used, available in cases:
-        p = plan(
-            PlanInput(
-                profile=profile,
-                capabilities=caps,
-                meta=meta,
-                need_tokens=need_tokens,
-                memory=MemoryState(available=available, used_fraction=used),
-                estimator=load_estimate,
-            )
-        )
-        rows.append(
-            {
-                "case": label,
-                "ram_used": used,
-                "available_bytes": available,
-                "n_ctx": p.load.n_ctx if p.load else None,
-                "kv": p.load.cache_type_k if p.load else None,
-                "batch": p.load.n_batch if p.load else None,
-                "refused": p.refused,
-                "reasons": [d.reason for d in p.decisions if d.key in ("ctx", "kv", "batch")],
-            }
-        )
-    return rows
 
 
 class _RawSide:
@@ -572,10 +268,10 @@ def _result(
     decode: bool = False,
 ) -> ScenarioResult:
     tuned_pid = tuned_settings.get("pid")
-    raw_fig = _figures(
+    raw_fig = figures(
         [s for s in samples if s.side == "raw"], meta, raw_settings.get("n_ctx"), _rss(raw_pid)
     )
-    tuned_fig = _figures(
+    tuned_fig = figures(
         [s for s in samples if s.side == "autotune"],
         meta,
         tuned_settings.get("n_ctx"),

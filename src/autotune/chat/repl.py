@@ -7,8 +7,8 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -18,22 +18,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from autotune.chat.commands import COMMANDS, Command, SessionMetrics, complete, parse_command
+from autotune.chat.commands import COMMANDS, Command, complete, parse_command
 from autotune.chat.render import MarkdownRenderer, PlainRenderer, ReplyRenderer, footer_text
+from autotune.chat.session import ChatState
 from autotune.chat.slash import HANDLERS
 from autotune.chat.watcher import ModelWatcher, UnloadNotice
 from autotune.ground.errors import BackendError
+from autotune.ground.ids import new_conversation_id
 from autotune.ground.profiles import get_profile
+from autotune.operations.preflight import FitCheck
 from autotune.pipeline import ChatInput, ChatRun
-from autotune.store.conversations import new_conversation_id
 
 if TYPE_CHECKING:
     from autotune.runtime import Runtime
 
 __all__ = ["Chat", "ChatOptions", "FitCheck", "SlashCompleter", "run_chat"]
-
-#: ``(model, profile) → None`` when a load is safe, else one sentence with the numbers.
-FitCheck = Callable[[str, str], Awaitable[str | None]]
 
 _ENGINE_LABEL = {"embedded": "embedded llama.cpp (autotune-managed worker)"}
 
@@ -53,21 +52,9 @@ class ChatOptions:
     checked: bool = False
 
 
-@dataclass
-class _State:
-    model: str = ""
-    engine: str = ""
-    profile: str = "balanced"
-    conversation_id: str = ""
-    #: The conversation exists in the store (it is created with the first message).
-    stored: bool = False
-    metrics: SessionMetrics = field(default_factory=SessionMetrics)
-    #: Conversation ids of the last /recall listing, for "/recall 2".
-    listing: list[str] = field(default_factory=list)
-
-
 class Chat:
-    """One chat session over a :class:`~autotune.runtime.Runtime`."""
+    """One chat session over a :class:`~autotune.runtime.Runtime` (a
+    :class:`~autotune.chat.session.ChatSession` for the slash commands)."""
 
     def __init__(
         self,
@@ -83,7 +70,7 @@ class Chat:
         self.options = options
         self.interactive = interactive
         self.check_fit = check_fit
-        self.state = _State()
+        self.state = ChatState()
         #: Memories injected at this conversation's start, shown once with --verbose.
         self._memories: list[Any] = []
         self.out = out or sys.stdout

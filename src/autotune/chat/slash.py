@@ -1,32 +1,35 @@
 """The chat's slash commands: one small async function each, registered in :data:`HANDLERS`.
 
 Parsing, completion and help text are in :mod:`autotune.chat.commands`; this module holds
-what each command does to a running :class:`~autotune.chat.repl.Chat`.
+what each command does to a running chat, through the small
+:class:`~autotune.chat.session.ChatSession` protocol; what is not a chat (pull, the engines'
+state, the model lists) is an operation (:mod:`autotune.operations`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autotune.chat.commands import format_conversation_list, help_lines, parse_recall
 from autotune.chat.progress import show_pull
-from autotune.ground.engines import engine as engine_spec
+from autotune.chat.session import ChatSession
 from autotune.ground.errors import BackendError
+from autotune.ground.ids import new_conversation_id
 from autotune.ground.profiles import get_profile
-from autotune.store.conversations import new_conversation_id
-
-if TYPE_CHECKING:
-    from autotune.chat.repl import Chat
+from autotune.ground.units import format_bytes
+from autotune.operations.conversations import delete_conversation
+from autotune.operations.engines import engine_states
+from autotune.operations.pull import prepare_pull
 
 __all__ = ["HANDLERS", "Handler"]
 
+Chat = ChatSession
 #: ``(chat, argument)``; returns False to end the chat (only /quit does).
-Handler = Callable[["Chat", str], Awaitable[bool | None]]
+Handler = Callable[[ChatSession, str], Awaitable[bool | None]]
 
 
 async def _help(chat: Chat, arg: str) -> None:
@@ -49,10 +52,7 @@ async def _new(chat: Chat, arg: str) -> None:
 async def _delete(chat: Chat, arg: str) -> None:
     s = chat.state
     old = s.conversation_id
-    deleted = s.stored and await asyncio.to_thread(chat.runtime.store.delete, old)
-    kv = chat.runtime.pipeline.kv
-    if kv is not None:  # its saved KV goes with it
-        await asyncio.to_thread(kv.store.forget_conversation, old)
+    deleted = s.stored and await delete_conversation(chat.runtime, old)
     s.conversation_id, s.stored = new_conversation_id(), False
     s.listing = [i for i in s.listing if i != old]
     what = f"Deleted {old}" if deleted else f"{old} had nothing stored"
@@ -131,35 +131,23 @@ async def _metrics(chat: Chat, arg: str) -> None:
 
 
 async def _backends(chat: Chat, arg: str) -> None:
-    from autotune.backends.registry import ENGINE_ORDER, probe_engines
-
-    settings = chat.runtime.settings
     order = chat.runtime.backends.order
-    reachable = await probe_engines(settings, ENGINE_ORDER)
-    for engine in ENGINE_ORDER:
-        setting = engine_spec(engine).url_setting
-        url = getattr(settings, setting, None) if setting else None
-        if not url:
-            chat.say(f"  {engine:<9} not configured")
-            continue
-        state = "reachable" if reachable.get(engine) else "not reachable"
-        use = (
-            " · in use"
-            if engine in order
-            else (" · restart the chat to use it" if reachable.get(engine) else "")
-        )
-        mark = " · this chat" if engine == chat.state.engine else ""
-        chat.say(f"  {engine:<9} {url}  {state}{use}{mark}")
-    installed = importlib.util.find_spec("xllamacpp") is not None
-    state = "available" if installed else "missing (run `make setup`)"
-    use = " · in use" if "embedded" in order else ""
-    mark = " · this chat" if chat.state.engine == "embedded" else ""
-    chat.say(f"  {'embedded':<9} llama.cpp (built in)  {state}{use}{mark}")
+    for state in await engine_states(chat.runtime.settings, order):
+        mark = " · this chat" if state.name == chat.state.engine else ""
+        use = " · in use" if state.in_use else ""
+        if state.name == "embedded":
+            found = "available" if state.reachable else "missing (run `make setup`)"
+            chat.say(f"  {'embedded':<9} llama.cpp (built in)  {found}{use}{mark}")
+        elif not state.url:
+            chat.say(f"  {state.name:<9} not configured")
+        else:
+            found = "reachable" if state.reachable else "not reachable"
+            if state.reachable and not state.in_use:
+                use = " · restart the chat to use it"
+            chat.say(f"  {state.name:<9} {state.url}  {found}{use}{mark}")
 
 
 async def _models(chat: Chat, arg: str) -> None:
-    from autotune.ground.units import format_bytes
-
     backends = chat.runtime.backends
     inventory = await backends.inventory(fresh=True)
     for engine in backends.order:
@@ -275,43 +263,19 @@ async def _listed(chat: Chat, number: str) -> str | None:
 
 
 async def _pull(chat: Chat, arg: str) -> None:
-    """With Ollama in use, Ollama pulls; else a GGUF from the Hugging Face hub for the
-    embedded engine (what ``autotune pull`` does), its fit for this machine shown first."""
-    backends = chat.runtime.backends
-    pullers = [b for b in backends.backends.values() if b.capabilities.pull]
-    if pullers:
-        backend = pullers[0]
-        await _show_progress(chat, backend.pull(arg))
-        backends.forget(arg)
-        await backends.inventory(fresh=True)
-        chat.say(f"Pulled {arg} with {backend.name}; `/model {arg}` switches to it.")
-    elif "embedded" in backends.backends:
-        await _pull_from_hub(chat, arg)
-    else:
-        chat.say(
-            "No engine in use here can pull models: start Ollama (`ollama serve`) and restart "
-            "the chat, or use the embedded engine, which pulls GGUF files from the Hugging Face "
-            "hub (`autotune pull`)."
-        )
-
-
-async def _pull_from_hub(chat: Chat, name: str) -> None:
-    from autotune.backends.hub import Hub, judge, refresh_after_pull
-    from autotune.ground.units import format_bytes
-    from autotune.hardware.profile import effective_budget
-
-    settings = chat.runtime.settings
-    hub = Hub(token=settings.hf_token)
-    budget = effective_budget(chat.runtime.hardware, settings.memory_budget)
-    plan = await hub.plan(name, budget_bytes=budget)
-    for file in plan.files:
-        chat.say(f"{name} → {plan.target.repo}  {file.path}  {format_bytes(file.size)}")
-    if plan.fit is not None:
-        chat.say(f"On this machine: {plan.fit.text}")
-    judge(plan)
-    await _show_progress(chat, hub.pull(plan))
-    await refresh_after_pull(chat.runtime.backends, name)
-    chat.say(f"Pulled {name} from the Hugging Face hub; `/model {name}` switches to it.")
+    """Pull a model as ``autotune pull`` does (Ollama's own pull when it is in use, else a
+    GGUF from the Hugging Face hub for the embedded engine), its fit for this machine shown
+    first."""
+    job = await prepare_pull(chat.runtime, arg)
+    if job.plan is not None:
+        for file in job.plan.files:
+            chat.say(f"{arg} → {job.plan.target.repo}  {file.path}  {format_bytes(file.size)}")
+        if job.plan.fit is not None:
+            chat.say(f"On this machine: {job.plan.fit.text}")
+    job.check()
+    await _show_progress(chat, job.steps())
+    source = "from the Hugging Face hub" if job.plan is not None else f"with {job.engine}"
+    chat.say(f"Pulled {arg} {source}; `/model {arg}` switches to it.")
 
 
 async def _show_progress(chat: Chat, steps: AsyncIterator[Any]) -> None:

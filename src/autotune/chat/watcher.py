@@ -5,17 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from autotune.backends.base import Backend
 from autotune.ground.errors import BackendError
-from autotune.ground.types import EngineEvent
+from autotune.ground.types import Capabilities, EngineEvent, RunningModel
 
-__all__ = ["ModelWatcher", "UnloadNotice", "notice_from_event", "notice_from_poll"]
+__all__ = ["ModelWatcher", "UnloadNotice", "Watched", "notice_from_event", "notice_from_poll"]
 
 #: Seconds between two looks at an engine's running models.
 POLL_INTERVAL = 2.0
+
+
+class Watched(Protocol):
+    """What the watcher needs of an engine: its capabilities, its event hook, its list of
+    running models."""
+
+    capabilities: Capabilities
+    on_event: Callable[[EngineEvent], None] | None
+
+    async def running_models(self) -> list[RunningModel]: ...
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,7 @@ class ModelWatcher:
 
     def __init__(
         self,
-        backends: dict[str, Backend],
+        backends: Mapping[str, Watched],
         notify: Callable[[UnloadNotice], None],
         *,
         keep_alive: float | None = None,

@@ -90,24 +90,11 @@ pull.register(app)
 
 
 def _how_to_get(model: str) -> list[str]:
-    """How to get a well-known model (``autotune pull``, ``ollama pull``) and whether it
-    fits this machine; nothing for a name the catalog does not know."""
-    from autotune.backends.registry import probe_engines
-    from autotune.ground.config import get_settings
-    from autotune.hardware.profile import detect_hardware, effective_budget
-    from autotune.models.howto import Machine, how_to_get, known_model
+    """How to get a well-known model, and whether it fits this machine (nothing for a name
+    the catalog does not know)."""
+    from autotune.operations.inventory import getting
 
-    if known_model(model) is None:
-        return []
-    settings = get_settings()
-    ollama = asyncio.run(probe_engines(settings, ["ollama"])).get("ollama", False)
-    hardware = detect_hardware()
-    machine = Machine(
-        effective_budget(hardware, settings.memory_budget),
-        hardware.memory_bandwidth_gbs,
-        hardware.bandwidth_source,
-    )
-    return how_to_get(model, ollama=ollama, machine=machine)
+    return asyncio.run(getting(model))
 
 
 def _report(exc: BackendError) -> None:

@@ -6,17 +6,18 @@ import platform
 
 import typer
 
-from autotune.backends.mlx_models import (
-    OLLAMA_TO_MLX,
-    is_apple_silicon,
-    local_mlx_models,
-    ollama_names_for,
-    resolve_mlx_repo,
-)
 from autotune.cli._common import console, fail, print_json, run
 from autotune.cli._help import PlainCommand, PlainGroup
 from autotune.cli._tables import Column, print_table
 from autotune.ground.units import format_bytes
+from autotune.operations.mlx import (
+    OLLAMA_TO_MLX,
+    is_apple_silicon,
+    local_mlx_models,
+    ollama_names_for,
+    pull_mlx,
+    resolve_mlx_repo,
+)
 
 __all__ = ["mlx_app", "register"]
 
@@ -83,8 +84,6 @@ def pull(
     name: str = typer.Argument(..., metavar="NAME", help="An Ollama name (qwen3:8b) or a repo id."),
 ) -> None:
     """Download the MLX model for NAME into the Hugging Face cache."""
-    from autotune.backends.mlx import MlxBackend
-
     if resolve_mlx_repo(name) is None:
         raise fail(
             f"No MLX model is known for {name!r}.",
@@ -92,12 +91,8 @@ def pull(
         )
 
     async def go() -> None:
-        backend = MlxBackend()
-        try:
-            async for step in backend.pull(name):
-                console.print(step.status)
-        finally:
-            await backend.aclose()
+        async for step in pull_mlx(name):
+            console.print(step.status)
 
     run(go)
 

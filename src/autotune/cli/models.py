@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import httpx
 import typer
 
-from autotune.backends.registry import BackendSet, open_backends
 from autotune.cli._common import console, err_console, print_json, run
 from autotune.cli._help import PlainCommand
 from autotune.cli._tables import Column, details_table, print_table
 from autotune.ground.config import get_settings
-from autotune.ground.errors import BackendError
+from autotune.ground.profiles import PROFILES
 from autotune.ground.serialize import to_jsonable
-from autotune.ground.types import ModelEntry, ModelMeta, RunningModel
+from autotune.ground.types import ModelMeta, RunningModel
 from autotune.ground.units import format_bytes
-
-if TYPE_CHECKING:
-    from autotune.models.discovery import LocalModel
-    from autotune.models.fit import Fit
+from autotune.operations.inventory import (
+    Fit,
+    LocalListing,
+    ModelRow,
+    Serve,
+    ask_serve,
+    local_models,
+    machine_budget,
+    profile_fits,
+    recommendations,
+    running_models,
+    score,
+)
+from autotune.runtime import open_backends
 
 __all__ = ["register"]
 
@@ -33,85 +38,6 @@ _VERDICT_STYLE = {
     "swap risk": "red",
     "will not fit": "bold red",
 }
-
-
-@dataclass
-class _Row:
-    name: str
-    engines: list[str]
-    size_bytes: int | None = None
-    path: str | None = None
-    meta: ModelMeta | None = None
-    fit: Any = None
-    problem: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _budget() -> tuple[int, Any]:
-    from autotune.hardware.profile import detect_hardware, effective_budget
-
-    profile = detect_hardware()
-    return effective_budget(profile, get_settings().memory_budget), profile
-
-
-async def _collect_local(
-    backends: BackendSet, *, explicit: bool = False
-) -> tuple[list[_Row], list[dict[str, str]]]:
-    from autotune.models.discovery import discover
-
-    if explicit:  # an engine the user named must answer, or we say why and how to start it
-        await backends.primary.list_models()
-    inventory, found = await asyncio.gather(
-        backends.inventory(fresh=True), asyncio.to_thread(discover)
-    )
-    rows = _merge_inventory(backends.order, inventory)
-    skipped = [{"path": str(s.path), "reason": s.reason} for s in found.skipped]
-    await _read_gguf_meta(rows, {m.name: m for m in found.models}, skipped)
-    await _ask_engines_for_meta(backends, rows)
-    return [r for r in rows.values() if r.problem is None], skipped
-
-
-def _merge_inventory(order: list[str], inventory: dict[str, list[ModelEntry]]) -> dict[str, _Row]:
-    """One row per model name, listing every engine that has it (in the engines' order)."""
-    rows: dict[str, _Row] = {}
-    for engine in order:
-        for entry in inventory.get(engine, []):
-            row = rows.setdefault(entry.name, _Row(entry.name, []))
-            if engine not in row.engines:
-                row.engines.append(engine)
-            row.size_bytes = row.size_bytes or entry.size_bytes
-            row.path = row.path or entry.path
-    return rows
-
-
-async def _read_gguf_meta(
-    rows: dict[str, _Row], local: dict[str, LocalModel], skipped: list[dict[str, str]]
-) -> None:
-    """Architecture metadata from the GGUF files on disk; a broken file is skipped, with why."""
-    from autotune.models.gguf import GGUFError, read_gguf_meta
-
-    cold = [r for r in rows.values() if r.name in local]
-    if not cold:
-        return
-    with err_console.status(f"Reading model metadata ({len(cold)} files)…"):
-        for row in cold:
-            found = local[row.name]
-            try:
-                row.meta = await asyncio.to_thread(read_gguf_meta, found.path, found.name)
-            except GGUFError as exc:
-                row.problem = str(exc)
-                skipped.append({"path": str(found.path), "reason": str(exc)})
-
-
-async def _ask_engines_for_meta(backends: BackendSet, rows: dict[str, _Row]) -> None:
-    """Metadata for models with no file on disk, from engines that can describe them."""
-    for row in rows.values():
-        if row.meta is not None or row.problem is not None:
-            continue
-        backend = backends.get(row.engines[0])
-        if backend is not None and backend.capabilities.running_models:
-            with contextlib.suppress(BackendError):
-                row.meta = await backend.model_meta(row.name)
 
 
 #: ``ls`` columns, most important first (a narrow terminal keeps the leading ones).
@@ -138,18 +64,20 @@ def ls(
     (AUTOTUNE_OLLAMA_URL, AUTOTUNE_LMSTUDIO_URL, AUTOTUNE_LLAMACPP_URL, AUTOTUNE_OPENAI_URL)
     and the model folders (OLLAMA_MODELS, AUTOTUNE_MODELS_DIR).
     """
-    budget, _ = _budget()
+    budget, _ = machine_budget()
 
-    async def job() -> tuple[list[_Row], list[dict[str, str]]]:
+    async def job() -> LocalListing:
         requested = (ctx.obj or {}).get("backend")
         backends = await open_backends(requested=requested)
         try:
-            return await _collect_local(backends, explicit=requested not in (None, "auto"))
+            with err_console.status("Reading model metadata…"):
+                return await local_models(backends, explicit=requested not in (None, "auto"))
         finally:
             await backends.aclose()
 
-    rows, skipped = run(job)
-    _score(rows, budget)
+    listing = run(job)
+    rows, skipped = listing.rows, listing.skipped
+    score(rows, budget)
     rows.sort(key=lambda r: (r.size_bytes or 0, r.name))
     if json_out:
         print_json(
@@ -165,19 +93,7 @@ def ls(
         err_console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
 
 
-def _score(rows: list[_Row], budget: int) -> None:
-    """The fit verdict of every row whose metadata allows an estimate."""
-    from autotune.models.fit import assess_fit
-
-    for row in rows:
-        if row.meta is not None and row.meta.block_count:
-            try:
-                row.fit = assess_fit(row.meta, budget)
-            except ValueError as exc:  # metadata too thin to estimate: list it, unscored
-                row.extra["note"] = str(exc)
-
-
-def _ls_cells(r: _Row) -> list[str]:
+def _ls_cells(r: ModelRow) -> list[str]:
     """One ``ls`` row, in :data:`_LS_COLUMNS` order."""
     m, f = r.meta, r.fit
     return [
@@ -197,7 +113,7 @@ def _verdict(value: str) -> str:
     return f"[{_VERDICT_STYLE.get(value, '')}]{value}[/]"
 
 
-def _ls_json(r: _Row) -> dict[str, Any]:
+def _ls_json(r: ModelRow) -> dict[str, Any]:
     m, f = r.meta, r.fit
     return {
         "name": r.name,
@@ -216,76 +132,6 @@ def _ls_json(r: _Row) -> dict[str, Any]:
     }
 
 
-@dataclass
-class _Serve:
-    """What a running ``autotune serve`` says: loaded models, and its router's upstreams."""
-
-    url: str
-    answered: bool = False
-    models: list[RunningModel] = field(default_factory=list)
-    upstreams: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _served_model(item: dict[str, Any], port: int) -> RunningModel:
-    fields: dict[str, Any] = {
-        k: item.get(k) for k in RunningModel.__dataclass_fields__ if k in item
-    }
-    model = RunningModel(**fields)
-    via = f"autotune serve :{port}"
-    model.backend = via if item.get("backend") == "embedded" else f"{model.backend} ({via})"
-    return model
-
-
-async def _ask_serve() -> _Serve:
-    """Models a running ``autotune serve`` holds (its embedded engine, its router's upstreams)
-    and its router's upstreams as the serve sees them (``/health``)."""
-    settings = get_settings()
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    served = _Serve(f"http://{host}:{settings.port}")
-    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-    try:
-        async with httpx.AsyncClient(timeout=settings.probe_timeout + 0.7) as client:
-            running = await client.get(served.url + "/api/running_models", headers=headers)
-            health = await client.get(served.url + "/health", headers=headers, timeout=10)
-        models, states = running.json(), health.json()
-    except (httpx.HTTPError, ValueError):
-        return served
-    if running.status_code != 200 or not isinstance(models, dict) or not isinstance(states, dict):
-        return served
-    served.answered = True
-    for item in models.get("models", []):
-        if isinstance(item, dict) and item.get("backend") in ("embedded", "router"):
-            served.models.append(_served_model(item, settings.port))
-    for backend, upstreams in (states.get("upstreams") or {}).items():
-        served.upstreams.extend({"backend": backend, **u} for u in upstreams or [])
-    return served
-
-
-async def _running(
-    backends: BackendSet, *, explicit: bool
-) -> tuple[list[RunningModel], dict[str, str], list[str]]:
-    """Models each engine holds in memory; an engine that fails is reported, unless the user
-    named it. A router is not asked here: it lives in ``autotune serve`` (its names are
-    returned, to be shown from the serve)."""
-    found: list[RunningModel] = []
-    errors: dict[str, str] = {}
-    routers: list[str] = []
-    for name in backends.order:
-        backend = backends.backends[name]
-        if backend.upstream_states() is not None:
-            routers.append(name)
-            continue
-        if name == "embedded" or not backend.capabilities.running_models:
-            continue  # this process's embedded engine has loaded nothing
-        try:
-            found.extend(await backend.running_models())
-        except BackendError as exc:
-            if explicit:
-                raise  # the engine the user named must answer
-            errors[name] = str(exc)
-    return found, errors, routers
-
-
 def ps(
     ctx: typer.Context,
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -298,16 +144,16 @@ def ps(
     sees it: its upstreams, their load and their counters.
     """
 
-    async def job() -> tuple[list[RunningModel], dict[str, str], _Serve]:
+    async def job() -> tuple[list[RunningModel], dict[str, str], Serve]:
         requested = (ctx.obj or {}).get("backend")
         backends = await open_backends(requested=requested)
         try:
-            found, errors, routers = await _running(
+            found, errors, routers = await running_models(
                 backends, explicit=requested not in (None, "auto")
             )
         finally:
             await backends.aclose()
-        served = await _ask_serve()
+        served = await ask_serve(get_settings())
         if routers and not served.answered:
             errors["router"] = (
                 f"no autotune serve answers at {served.url}; the router runs inside it "
@@ -451,16 +297,8 @@ def recommend(
 
     Reads the memory budget (AUTOTUNE_MEMORY_BUDGET).
     """
-    from autotune.models.catalog import recommend as rank
-
-    budget, profile = _budget()
-    recs = rank(
-        budget,
-        profile.memory_bandwidth_gbs,
-        bandwidth_source=profile.bandwidth_source,
-        context_tokens=context,
-        memory_for=_catalog_memory,
-    )
+    budget, profile = machine_budget()
+    recs = recommendations(budget, profile, context)
     shown = recs if limit <= 0 else recs[:limit]
     if json_out:
         print_json(
@@ -500,14 +338,6 @@ def recommend(
     )
 
 
-def _catalog_memory(model: Any, quant: str, ctx: int) -> int:
-    """The shared estimator (weights + KV + compute + overhead) for a catalog entry."""
-    from autotune.models.catalog import catalog_meta
-    from autotune.models.estimate import estimate_memory
-
-    return estimate_memory(catalog_meta(model, quant), ctx).total
-
-
 def show(
     ctx: typer.Context,
     model: str = typer.Argument(
@@ -530,8 +360,8 @@ def show(
             await backends.aclose()
 
     engine, meta = run(job)
-    budget, _ = _budget()
-    fits = _profile_fits(meta, budget)
+    budget, _ = machine_budget()
+    fits = profile_fits(meta, budget)
     if json_out:
         print_json(
             {
@@ -553,25 +383,6 @@ def show(
     _print_meta(meta, engine)
     if fits:
         _print_fits(fits, budget)
-
-
-def _profile_fits(meta: ModelMeta, budget: int) -> dict[str, Fit]:
-    """The fit of ``meta`` at each profile's context and KV type (none without layer counts)."""
-    from autotune.ground.profiles import PROFILES
-    from autotune.models.fit import assess_fit, profile_context
-
-    if not meta.block_count:
-        return {}
-    return {
-        name: assess_fit(
-            meta,
-            budget,
-            n_ctx=profile_context(meta, name),
-            cache_type_k=p.kv_cache_type,
-            cache_type_v=p.kv_cache_type,
-        )
-        for name, p in PROFILES.items()
-    }
 
 
 def _print_meta(meta: ModelMeta, engine: str) -> None:
@@ -604,8 +415,6 @@ _FIT_COLUMNS = (
 
 
 def _print_fits(fits: dict[str, Fit], budget: int) -> None:
-    from autotune.ground.profiles import PROFILES
-
     rows = [
         [
             name,

@@ -80,15 +80,14 @@ def kv_markdown(results: list[KvProof], model: str, runs: int) -> str:
 
 async def _second_model(settings: Settings, model: str) -> tuple[str, str] | None:
     """The other bundled model, for swap-model."""
-    from autotune.models.bundled import BUNDLED_NAME, SECOND_NAME
-    from autotune.models.discovery import discover
+    from autotune.operations.inventory import local_file, other_bundled
 
-    other = SECOND_NAME if model != SECOND_NAME else BUNDLED_NAME
+    other = other_bundled(model)
     try:
-        found = discover(settings).find(other)
+        _, path = local_file(other, settings)
     except Exception:
         return None
-    return other, str(found.path)
+    return other, str(path)
 
 
 def run_kv(
@@ -102,17 +101,17 @@ def run_kv(
 ) -> list[dict[str, Any]]:
     """Run the KV scenarios with a progress bar; print the table (unless ``quiet``: --json);
     write kv.json and kv.md to ``report``."""
-    from autotune.models.discovery import discover
+    from autotune.operations.inventory import local_file
 
-    local = discover(settings).find(model)
+    name, path = local_file(model, settings)
 
     async def job() -> list[KvProof]:
-        second = await _second_model(settings, local.name)
+        second = await _second_model(settings, name)
         with progress_bar("KV scenarios…") as progress:
             return await run_kv_proof(
                 settings,
-                local.name,
-                str(local.path),
+                name,
+                str(path),
                 runs=runs,
                 scenarios=scenarios,
                 second=second,
@@ -124,11 +123,11 @@ def run_kv(
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
         (report / "kv.json").write_text(json.dumps(data, indent=2) + "\n")
-        (report / "kv.md").write_text(kv_markdown(results, local.name, runs))
+        (report / "kv.md").write_text(kv_markdown(results, name, runs))
         err_console.print(f"report: {report / 'kv.md'}")
     if not quiet:
         columns = [Column(h, right=h not in ("scenario", "side")) for h in _HEADER]
-        print_table(console, columns, kv_rows(results), title=f"KV scenarios — {local.name}")
+        print_table(console, columns, kv_rows(results), title=f"KV scenarios — {name}")
         for r in results:
             console.print(f"• [bold]{r.name}[/]: {r.verdict}")
     return data

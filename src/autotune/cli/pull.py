@@ -1,21 +1,24 @@
-"""``autotune pull NAME``: download a GGUF model from the Hugging Face hub (embedded engine)."""
+"""``autotune pull NAME``: download a model, as every face pulls (operations/pull.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import typer
+from rich.console import Console
 
 from autotune.chat.progress import show_pull
 from autotune.cli._common import console, err_console, print_json, run
 from autotune.cli._help import PlainCommand
 from autotune.ground.config import get_settings
 from autotune.ground.units import format_bytes
+from autotune.operations.pull import Pull, prepare_pull
 
 __all__ = ["pull", "register"]
 
 
 def pull(
+    ctx: typer.Context,
     name: str = typer.Argument(
         ...,
         metavar="NAME",
@@ -27,41 +30,63 @@ def pull(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Download a model for the embedded engine into the Hugging Face cache.
+    """Download a model: with Ollama in use, Ollama pulls it; else a GGUF for the embedded
+    engine comes into the Hugging Face cache (as /api/pull and the chat's /pull do).
 
-    The fit verdict for this machine is shown first, and a model that will not fit is not
-    downloaded without --force. A dropped connection resumes where it stopped; the file's
-    sha256 is checked against the hub's. Afterwards the model runs by the name you pulled
-    (autotune chat --model NAME). Settings it reads: HF_ENDPOINT (a hub mirror), HF_TOKEN
-    (gated or private repos), HF_HOME / HF_HUB_CACHE (where files go), AUTOTUNE_MEMORY_BUDGET.
+    From the hub, the fit verdict for this machine is shown first, and a model that will not
+    fit is not downloaded without --force. A dropped connection resumes where it stopped; the
+    file's sha256 is checked against the hub's. Afterwards the model runs by the name you
+    pulled (autotune chat --model NAME). Settings it reads: HF_ENDPOINT (a hub mirror),
+    HF_TOKEN (gated or private repos), HF_HOME / HF_HUB_CACHE (where files go),
+    AUTOTUNE_MEMORY_BUDGET, and Ollama's address (AUTOTUNE_OLLAMA_URL).
     """
-    from autotune.backends.hub import Hub, judge
-    from autotune.hardware.profile import detect_hardware, effective_budget
+    from autotune.runtime import open_runtime
 
-    settings = get_settings()
     out = err_console if json_out else console
-    budget = effective_budget(detect_hardware(), settings.memory_budget)
-    hub = Hub(token=settings.hf_token)
-    with out.status(f"Looking up {name} on {hub.endpoint}…"):
-        plan = run(lambda: hub.plan(name, budget_bytes=budget))
+
+    async def job() -> dict[str, Any]:
+        runtime = await open_runtime(
+            get_settings(), backend=(ctx.obj or {}).get("backend"), start_sampler=False
+        )
+        try:
+            with out.status(f"Looking up {name}…"):
+                found = await prepare_pull(runtime, name)
+            _print_plan(out, name, found)
+            found.check(force=force)
+            await show_pull(found.steps(), out)
+            return _result(name, found)
+        finally:
+            await runtime.aclose()
+
+    result = run(job)
+    if json_out:
+        print_json(result)
+        return
+    where = result["files"][0]["local_path"] if result["files"] else result["engine"]
+    out.print(f"Pulled {name} ({where}).")
+    out.print(f"  Chat with it: autotune chat --model {name}")
+
+
+def _print_plan(out: Console, name: str, found: Pull) -> None:
+    plan = found.plan
+    if plan is None:
+        out.print(f"{name}: pulled by {found.engine}")
+        return
     for file in plan.files:
         out.print(f"{name} → {plan.target.repo}  {file.path}  {format_bytes(file.size)}")
     if plan.fit is not None:
         style = "green" if plan.fit.verdict.value == "fits comfortably" else "yellow"
         out.print(f"On this machine: [{style}]{plan.fit.text}[/]")
-    judge(plan, force=force)
-    run(lambda: show_pull(hub.pull(plan), out))
-    paths = hub.local_paths(plan)
-    if json_out:
-        print_json(_result(name, plan, paths))
-        return
-    out.print(f"Pulled {name} ({paths[0]}).")
-    out.print(f"  Chat with it: autotune chat --model {name}")
 
 
-def _result(name: str, plan: Any, paths: list[Any]) -> dict[str, Any]:
+def _result(name: str, found: Pull) -> dict[str, Any]:
+    plan = found.plan
+    if plan is None:
+        return {"name": name, "engine": found.engine, "files": []}
+    paths = found.local_paths()
     return {
         "name": name,
+        "engine": found.engine,
         "repo": plan.target.repo,
         "revision": plan.revision,
         "quantization": plan.target.quant,

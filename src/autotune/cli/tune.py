@@ -7,7 +7,6 @@ vocabulary, when one is on disk), on input-copying edits and on free chat.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,11 +22,9 @@ from autotune.ground.serialize import to_jsonable
 from autotune.ground.units import format_bytes
 
 if TYPE_CHECKING:
-    from autotune.backends.base import Backend
-    from autotune.backends.registry import BackendSet
     from autotune.bench.sweep import SpecSweep, SweepResult
     from autotune.ground.tuned import SpecCandidate
-    from autotune.ground.types import ModelMeta
+    from autotune.store.tuning import TuningStore
 
 __all__ = ["register"]
 
@@ -78,7 +75,6 @@ def tune(
     )
     if not result.chosen:
         raise fail(f"Tuning {name} failed: {'; '.join(result.notes)}")
-    _store(settings, engine, name, result, spec)
     if json_out:
         print_json(
             {
@@ -111,26 +107,18 @@ class _Plan:
 async def _measure(
     settings: Settings, model: str, plan: _Plan, requested: str | None
 ) -> tuple[str, str, SweepResult, SpecSweep | None]:
-    """Resolve ``model`` and sweep it on an engine that lets autotune choose load settings."""
-    from autotune.backends.registry import open_backends
+    """Resolve ``model`` and sweep it on an engine that lets autotune choose load settings;
+    the winners are stored for the planner."""
     from autotune.bench.sweep import sweep, sweep_speculation
-    from autotune.hardware.profile import detect_hardware
+    from autotune.operations.sweep import tune_target
+    from autotune.runtime import open_runtime
 
-    backends = await open_backends(settings, requested=requested)
+    runtime = await open_runtime(settings, backend=requested, start_sampler=False)
     try:
-        backend, name = await backends.resolve(model)
-        caps = backend.capabilities
-        if not (caps.load_control and caps.kv_cache_type):
-            raise fail(
-                f"{backend.name} does not let autotune choose load-time settings, so "
-                "there is nothing to sweep.",
-                "Tuning runs on the embedded engine (--backend embedded).",
-            )
-        meta = await backend.model_meta(name)
-        drafts: list[SpecCandidate] = []
-        if plan.spec_budget is not None:
-            drafts = await _drafts(backends, backend, meta, plan.draft)
-        hw = await asyncio.to_thread(detect_hardware)
+        target = await tune_target(
+            runtime, model, draft=plan.draft, speculation=plan.spec_budget is not None
+        )
+        hw = runtime.hardware
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -139,32 +127,36 @@ async def _measure(
             transient=True,
         ) as bar:
             task = bar.add_task("measuring the defaults…", total=1.0)
+
+            def progress(label: str, frac: float) -> None:
+                bar.update(task, description=label, completed=frac)
+
             result = await sweep(
-                meta,
+                target.meta,
                 physical_cores=hw.physical_cores,
                 logical_cores=hw.logical_cores,
                 budget=plan.budget,
-                progress=lambda label, frac: bar.update(task, description=label, completed=frac),
+                progress=progress,
             )
             spec = None
             if plan.spec_budget is not None and result.chosen:
                 spec = await sweep_speculation(
-                    meta,
+                    target.meta,
                     _winner_settings(result),
-                    _spec_candidates(drafts),
+                    _spec_candidates(target.drafts),
                     budget=plan.spec_budget,
-                    progress=lambda label, frac: bar.update(
-                        task, description=label, completed=frac
-                    ),
+                    progress=progress,
                 )
-                if not drafts:
+                if not target.drafts:
                     spec.notes.append(
                         "no draft model with this model's vocabulary is on disk (--draft MODEL "
                         "names one); n-gram modes need none"
                     )
-        return backend.name, name, result, spec
+        if result.chosen:
+            _store(runtime.tuning, target.engine, target.name, result, spec)
+        return target.engine, target.name, result, spec
     finally:
-        await backends.aclose()
+        await runtime.aclose()
 
 
 def _winner_settings(result: SweepResult) -> dict[str, object]:
@@ -185,70 +177,22 @@ def _spec_candidates(drafts: list[SpecCandidate]) -> list[SpecCandidate]:
     return [SpecCandidate(mode) for mode in SPEC_ORDER] + drafts
 
 
-async def _drafts(
-    backends: BackendSet, backend: Backend, meta: ModelMeta, named: str | None
-) -> list[SpecCandidate]:
-    """Draft models to measure: the one named (refused unless it shares the target's
-    vocabulary), or every model on disk with the same vocabulary and at most half the size."""
-    from autotune.ground.errors import BackendError
-    from autotune.ground.tuned import SpecCandidate
-    from autotune.models.gguf import GGUFError, read_vocabulary, vocabulary_mismatch
-
-    if meta.path is None:
-        return []
-    target = await asyncio.to_thread(read_vocabulary, meta.path)
-    if named is not None:
-        draft_backend, draft_name = await backends.resolve(named)
-        draft = await draft_backend.model_meta(draft_name)
-        if draft_backend is not backend or draft.path is None:
-            raise fail(f"{draft_name} is not a model file the embedded engine can load as a draft.")
-        why = vocabulary_mismatch(target, await asyncio.to_thread(read_vocabulary, draft.path))
-        if why is not None:
-            raise fail(
-                f"{draft_name} cannot draft for {meta.name}: {why}.",
-                "A draft model must share the target's tokenizer, e.g. a small model of "
-                "the same family.",
-            )
-        return [SpecCandidate("draft", draft_name, draft.path)]
-    found = []
-    for entry in await backend.list_models():
-        if entry.name == meta.name or not entry.path or entry.path == meta.path:
-            continue
-        try:
-            other = await backend.model_meta(entry.name)
-            vocabulary = await asyncio.to_thread(read_vocabulary, entry.path)
-        except (BackendError, GGUFError):
-            continue
-        size, target_size = other.size_bytes or 0, meta.size_bytes or 0
-        small = 0 < size * 2 <= target_size
-        if small and vocabulary_mismatch(target, vocabulary) is None:
-            found.append(SpecCandidate("draft", entry.name, entry.path))
-    return found
-
-
 def _store(
-    settings: Settings, engine: str, name: str, result: SweepResult, spec: SpecSweep | None
+    store: TuningStore, engine: str, name: str, result: SweepResult, spec: SpecSweep | None
 ) -> None:
     """Keep the winner of each profile, for the planner (speculation: the same measured
     choice for every profile; it is a property of the model and the machine)."""
-    from autotune.store.db import Database
-    from autotune.store.tuning import TuningStore
-
-    store = TuningStore(Database(settings.db_path))
-    try:
-        for profile, trial in result.chosen.items():
-            store.save(
-                engine,
-                name,
-                profile,
-                trial,
-                result.baseline,
-                defaults_best=result.defaults_best,
-                trials=len(result.trials),
-                speculation=None if spec is None else spec.choice,
-            )
-    finally:
-        store.db.close()
+    for profile, trial in result.chosen.items():
+        store.save(
+            engine,
+            name,
+            profile,
+            trial,
+            result.baseline,
+            defaults_best=result.defaults_best,
+            trials=len(result.trials),
+            speculation=None if spec is None else spec.choice,
+        )
 
 
 _SWEEP_COLUMNS = (

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     max_concurrent: int = 1
     max_queued: int = 8
     wait_timeout: float = 120.0
+    runaway_chars: int = Field(
+        2048,
+        ge=0,
+        description="Characters of one text repeated back to back after which a reply to a "
+        "request with no token limit is stopped as a runaway; 0 never stops one.",
+    )
     max_body_bytes: int = 8 * 1024 * 1024
     cors_origins: str | None = None
     kv_disk_budget: int | None = Field(

@@ -4,7 +4,8 @@ Every place that lists engines reads this table: the settings (which ``--backend
 exist), the registry (what auto-detection probes, in which order, and which builder makes
 each backend), the chat's ``/backends``, the OpenAI-compatible backend (the server kinds a
 probe tells apart, with their labels and start hints) and the router (what an upstream may
-be). Adding an engine is one row here and a builder in its backend module.
+be). Adding an engine is one row here and its builder in ``backends/registry.py``
+(:data:`~autotune.backends.registry.BUILDERS`, where the import checks see it).
 """
 
 from __future__ import annotations
@@ -42,11 +43,7 @@ class EngineSpec:
     compat: bool = False
     #: Can be an upstream of the router.
     upstream: bool = False
-    #: ``module:function`` that builds the backend from ``(spec, settings)``.
-    build: str = ""
 
-
-_COMPAT_BUILD = "autotune.backends.openai_compat:from_settings"
 
 ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec(
@@ -57,7 +54,6 @@ ENGINES: tuple[EngineSpec, ...] = (
         default_url="http://127.0.0.1:11434",
         probe_path="/api/version",
         upstream=True,
-        build="autotune.backends.ollama:from_settings",
     ),
     EngineSpec(
         "lmstudio",
@@ -68,7 +64,6 @@ ENGINES: tuple[EngineSpec, ...] = (
         probe_path="/v1/models",
         compat=True,
         upstream=True,
-        build=_COMPAT_BUILD,
     ),
     EngineSpec(
         "llamacpp",
@@ -79,7 +74,6 @@ ENGINES: tuple[EngineSpec, ...] = (
         probe_path="/health",
         compat=True,
         upstream=True,
-        build=_COMPAT_BUILD,
     ),
     EngineSpec(
         "openai",
@@ -89,13 +83,11 @@ ENGINES: tuple[EngineSpec, ...] = (
         probe_path="/v1/models",
         compat=True,
         upstream=True,
-        build=_COMPAT_BUILD,
     ),
     EngineSpec(
         "embedded",
         "embedded llama.cpp (autotune-managed worker)",
         "The embedded engine needs the xllamacpp package: run `make setup`.",
-        build="autotune.backends.embedded:from_settings",
     ),
     EngineSpec(
         "vllm",
@@ -120,13 +112,11 @@ ENGINES: tuple[EngineSpec, ...] = (
         url_setting="mlx_url",
         compat=True,
         upstream=True,
-        build="autotune.backends.mlx:from_settings",
     ),
     EngineSpec(
         "router",
         "router",
         "Start the engines listed in the router config, or fix their URLs.",
-        build="autotune.backends.router:from_settings",
     ),
     EngineSpec(
         "hf",
@@ -134,7 +124,6 @@ ENGINES: tuple[EngineSpec, ...] = (
         "Set HF_TOKEN to a Hugging Face token with Inference Providers access.",
         url_setting="hf_api_url",
         default_url="https://router.huggingface.co/v1",
-        build="autotune.backends.hf:from_settings",
     ),
 )
 

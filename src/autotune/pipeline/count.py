@@ -3,7 +3,9 @@
 The count is the planner's own (:class:`autotune.context.tokens.TokenEstimator`): each
 message's text counted by the engine's tokenizer when the model is loaded and the engine has
 one (llama.cpp ``/tokenize``), plus the chat template's per-message overhead; otherwise the
-calibrated estimate, which leans high. A model is never loaded just to count.
+calibrated estimate, which leans high. A model is never loaded just to count. A count that
+asks the engine waits for its place in the admission line like a chat, and every count
+leaves a telemetry record (source ``count``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from autotune.backends.base import Backend
+from autotune.context.tokens import TokenEstimator
 from autotune.ground.errors import BackendError
+from autotune.pipeline.admitted import admitted
 from autotune.pipeline.pipeline import Pipeline
 
 __all__ = ["TokenCount", "count_tokens"]
@@ -39,15 +44,27 @@ async def count_tokens(
     """The prompt tokens ``messages`` take on ``model`` (see the module docstring)."""
     backend, name = await pipeline.backends.resolve(model or pipeline.settings.default_model)
     tokens = pipeline.tokens
-    if backend.capabilities.tokenize:
-        limit = asyncio.Semaphore(_CONCURRENCY)
+    unknown = tokens.unknown(name, messages) if backend.capabilities.tokenize else []
+    # Only a count that asks the engine waits for its turn.
+    admit: Literal["hold", "none"] = "hold" if unknown else "none"
+    async with admitted(pipeline, "count", name, backend.name, admit=admit) as record:
+        if unknown:
+            await _tokenize(backend, name, unknown, tokens)
+        table = tokens.table(name, messages)
+        record.prompt_tokens = table.count(messages)
+        return TokenCount(name, record.prompt_tokens, table.is_exact(messages))
 
-        async def one(text: str) -> None:
-            async with limit:
-                tokens.learn(name, text, len(await backend.tokenize(name, text)))
 
-        # Not loaded (the embedded engine never loads just to count): estimates.
-        with contextlib.suppress(BackendError):
-            await asyncio.gather(*(one(t) for t in tokens.unknown(name, messages)))
-    table = tokens.table(name, messages)
-    return TokenCount(name, table.count(messages), table.is_exact(messages))
+async def _tokenize(
+    backend: Backend, name: str, texts: Sequence[str], tokens: TokenEstimator
+) -> None:
+    """Count ``texts`` with the engine's tokenizer (a model not loaded: left as estimates)."""
+    limit = asyncio.Semaphore(_CONCURRENCY)
+
+    async def one(text: str) -> None:
+        async with limit:
+            tokens.learn(name, text, len(await backend.tokenize(name, text)))
+
+    # Not loaded (the embedded engine never loads just to count): estimates.
+    with contextlib.suppress(BackendError):
+        await asyncio.gather(*(one(t) for t in texts))

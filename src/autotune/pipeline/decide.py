@@ -28,6 +28,7 @@ from autotune.ground.errors import ContextLengthExceeded, InsufficientMemory, In
 from autotune.ground.profiles import Profile
 from autotune.models.estimate import load_estimate
 from autotune.pipeline.gather import Snapshot
+from autotune.pipeline.runaway import MIN_SPAN
 from autotune.tuning.planner import (
     CONTEXT_MARGIN,
     DEFAULT_OUTPUT_RESERVE,
@@ -37,7 +38,7 @@ from autotune.tuning.planner import (
     plan,
 )
 
-__all__ = ["MIN_REPLY", "OVERFLOW_POLICIES", "Decided", "RequestFacts", "decide"]
+__all__ = ["MIN_REPLY", "OVERFLOW_POLICIES", "RUNAWAY_WATCH", "Decided", "RequestFacts", "decide"]
 
 #: Reply tokens that must fit beside the newest message (the rest of ``max_tokens`` is
 #: welcome but not a reason to refuse: the engine stops at the context's end).
@@ -48,6 +49,10 @@ OVERFLOW_POLICIES = ("refuse", "truncate-oldest")
 #: English's ~4.5, a token per byte of CJK): beyond it a recount cannot rescue the request.
 _ESTIMATE_SLACK = 3.0
 _CUT_MARK = "[… autotune cut {n} tokens from the start of this message to fit the context …]\n"
+#: What a background request (not streamed, no token limit) is told.
+BACKGROUND = "not streamed, no token limit: waits behind people's turns and yields its place"
+#: Why a reply without a token limit is watched (pipeline/runaway.py does the watching).
+RUNAWAY_WATCH = "no token limit: a reply that repeats one text over {chars:,} characters is stopped"
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,10 @@ class RequestFacts:
     min_context: int | None = None
     #: The client's keep-alive in seconds (None: the setting's).
     keep_alive: float | None = None
+    #: Background work (not streamed, no token limit): admitted after people's turns.
+    background: bool = False
+    #: Characters of repetition that stop a reply with no token limit (0: never).
+    runaway_chars: int = MIN_SPAN
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,11 @@ def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> D
     )
     if the_plan.refused:
         raise InsufficientMemory(the_plan.refused)
+    if (max_tokens is None or max_tokens <= 0) and req.runaway_chars > 0:
+        why = RUNAWAY_WATCH.format(chars=req.runaway_chars)
+        the_plan.decisions.append(Decision("runaway", "watch", why))
+    if req.background:
+        the_plan.decisions.append(Decision("priority", "background", BACKGROUND))
     limit = the_plan.context_limit or snap.engine_context
     if window is None or limit is None:
         return Decided(the_plan, list(req.messages), None)

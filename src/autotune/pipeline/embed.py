@@ -15,8 +15,6 @@ wait) and leaves one telemetry record (source ``embeddings``).
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,9 +26,8 @@ from autotune.ground.errors import (
     InvalidRequest,
     NotSupported,
     UpstreamError,
-    error_summary,
 )
-from autotune.ground.records import RunRecord
+from autotune.pipeline.admitted import admitted
 from autotune.pipeline.pipeline import Pipeline
 from autotune.recall.embed import EmbedderUnavailable, MiniLMEmbedder
 
@@ -86,31 +83,12 @@ async def embed(pipeline: Pipeline, model: str | None, texts: Sequence[str]) -> 
         backend_name = backend.name
     # Counted as the planner estimates text (engines' embedding replies rarely carry usage).
     tokens = sum(estimate_text(t, pipeline.tokens.ratio(name)) for t in texts)
-    record = RunRecord(
-        id="run_" + uuid.uuid4().hex[:12],
-        model=name,
-        backend=backend_name,
-        profile="",
-        source="embeddings",
-        prompt_tokens=tokens,
-    )
-    queued = time.monotonic()
-    await pipeline.queue.acquire()
-    started = time.monotonic()
-    record.queue_ms = (started - queued) * 1000
-    try:
+    async with admitted(pipeline, "embeddings", name, backend_name) as record:
+        record.prompt_tokens = tokens
         if backend is None:
             vectors = await _minilm(texts)
         else:
             vectors = await _engine(backend, name, texts)
-    except BaseException as exc:
-        record.status = "error" if isinstance(exc, Exception) else "cancelled"
-        record.error = error_summary(exc) if isinstance(exc, Exception) else None
-        raise
-    finally:
-        pipeline.queue.release(time.monotonic() - started)
-        record.total_ms = (time.monotonic() - started) * 1000
-        pipeline.record(record)
     return Embeddings(name, vectors, tokens)
 
 

@@ -42,6 +42,9 @@ class ChatInput:
     #: Seconds the model stays loaded after this request (negative: forever; 0: unload when
     #: idle); None keeps AUTOTUNE_KEEP_ALIVE.
     keep_alive: float | None = None
+    #: Whether the client streams the reply (None: the face does not say). Not streamed and
+    #: without a token limit, a request is background work (pipeline/admission.py).
+    streamed: bool | None = None
     #: A text completion's prompt, which the engine reads as it is (None: a chat, rendered by
     #: the model's template): what KV look-ups tokenize.
     raw_prompt: str | None = None

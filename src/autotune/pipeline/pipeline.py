@@ -46,7 +46,7 @@ from autotune.ground.errors import (
 from autotune.ground.records import RunRecord
 from autotune.ground.types import ChatRequest, LoadSettings
 from autotune.hardware.sampler import Sampler
-from autotune.pipeline.admission import AdmissionQueue
+from autotune.pipeline.admission import AdmissionQueue, Place, is_background
 from autotune.pipeline.conversation import CompactionMemory, ConversationView, read_conversation
 from autotune.pipeline.decide import Decided, RequestFacts, decide
 from autotune.pipeline.gather import Gatherer, TunedLookup
@@ -55,6 +55,7 @@ from autotune.pipeline.kv import KvManager, Prompt, preview_of
 from autotune.pipeline.run import ChatRun, Turn
 from autotune.pipeline.state import EngineState
 from autotune.store.conversations import ConversationStore
+from autotune.tuning.kv import engine_reuse
 from autotune.tuning.planner import Plan
 
 __all__ = ["ChatInput", "ChatRun", "Observer", "Opener", "Pipeline", "TunedLookup"]
@@ -141,7 +142,8 @@ class Pipeline:
         if self.sampler.history:
             record.ram_before = self.sampler.latest.ram_total - self.sampler.latest.ram_available
         queued_at = time.monotonic()
-        await self.queue.acquire()
+        background = is_background(inp.streamed, inp.params)
+        place = await self.queue.acquire(background)
         record.queue_ms = (time.monotonic() - queued_at) * 1000
         started = time.monotonic()
         try:
@@ -152,11 +154,17 @@ class Pipeline:
                 overflow,
                 min_context=inp.min_context,
                 keep_alive=inp.keep_alive,
+                background=background,
+                runaway_chars=self.settings.runaway_chars,
             )
             for attempt in (1, 2):
                 decided = await self._decide(backend, name, facts, view.conversation_id, record)
                 try:
-                    return await self._act(backend, name, inp, view, decided, record, started)
+                    run = await self._act(backend, name, inp, view, decided, record, started)
+                    run.place = place
+                    if run.plan.last("runaway") is not None:
+                        run.watch_runaway(facts.runaway_chars)
+                    return run
                 except UpstreamError as exc:
                     # The engine counted more tokens than the estimate that sized its
                     # context; it is loaded now, so the next gather counts exactly.
@@ -164,7 +172,7 @@ class Pipeline:
                         raise
             raise AssertionError("unreachable")
         except BaseException as exc:
-            self.queue.release(time.monotonic() - started)
+            self.queue.release(time.monotonic() - started, place)
             self._failed(record, exc, asked)
             raise
 
@@ -323,8 +331,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------ what runs call
 
-    def release(self, seconds: float) -> None:
-        self.queue.release(seconds)
+    def release(self, seconds: float, place: Place | None = None) -> None:
+        self.queue.release(seconds, place)
 
     async def commit(self, turn: Turn, reply: dict[str, Any]) -> None:
         """Store a finished turn (creating its conversation on the first one)."""
@@ -357,6 +365,10 @@ class Pipeline:
         if run.kv_ticket is not None and self.kv is not None:
             run.record.kv = self.kv.release(run.kv_ticket, stats, run.record.status == "ok")
             run.record.kv_bytes = run.kv_ticket.saved_bytes or None
+        if stats is not None:  # the plan ends with what the engine reused, by its own count
+            run.plan.decisions.extend(
+                engine_reuse(run.record.kv, stats.cached_tokens, stats.prompt_tokens)
+            )
         self._notify(run.record)
 
     def record(self, record: RunRecord) -> None:

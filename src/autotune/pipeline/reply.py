@@ -102,6 +102,11 @@ class Reply:
             self.stats = chunk.stats
         return text
 
+    @property
+    def first_chunk(self) -> dict[str, Any]:
+        """The first chunk's data (its id, object and creation time name the reply)."""
+        return self._first
+
     # -- the first choice, which is what a chat turn is
 
     def _main(self) -> Choice:

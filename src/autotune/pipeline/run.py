@@ -13,18 +13,21 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import anyio
 
+from autotune.ground.decision import Decision
 from autotune.ground.errors import error_summary
 from autotune.ground.records import RunRecord
 from autotune.ground.types import ChatRequest, Chunk, EngineStats
 from autotune.hardware.os_tune import gc_paused
 from autotune.hardware.sampler import Sampler
+from autotune.pipeline.admission import Place
 from autotune.pipeline.kv import Ticket
 from autotune.pipeline.reply import Reply
+from autotune.pipeline.runaway import RepetitionGuard
 from autotune.tuning.planner import Plan
 
 __all__ = ["ChatRun", "RunOwner", "Turn"]
@@ -48,7 +51,7 @@ class RunOwner(Protocol):
 
     sampler: Sampler
 
-    def release(self, seconds: float) -> None:
+    def release(self, seconds: float, place: Place | None = None) -> None:
         """Give the admission place back."""
 
     async def commit(self, turn: Turn, reply: dict[str, Any]) -> None:
@@ -88,6 +91,10 @@ class ChatRun:
         self._last_text = ""
         #: The slot reserved for this run (engines with slots), released when it finishes.
         self.kv_ticket: Ticket | None = None
+        #: Watches a reply with no token limit for the same text over and over.
+        self._guard: RepetitionGuard | None = None
+        #: The admission place this run holds (a background one may be asked to yield).
+        self.place: Place | None = None
 
     # -- what the reply said so far
 
@@ -127,6 +134,10 @@ class ChatRun:
                 async for chunk in self._stream:
                     self._add(chunk)
                     yield chunk
+                    stop = self._stop_reason()
+                    if stop is not None:
+                        yield self._stop(stop)
+                        break
             await self._commit()  # before the caller sends its last byte
         except (asyncio.CancelledError, GeneratorExit):
             status = "cancelled"
@@ -164,6 +175,34 @@ class ChatRun:
             if self._last_text:
                 yield self._last_text
 
+    def watch_runaway(self, min_span: int) -> None:
+        """Stop the reply once ``min_span`` characters of it are one text repeated."""
+        self._guard = RepetitionGuard(min_span)
+
+    def _stop_reason(self) -> Decision | None:
+        """Why the reply must end now: it repeats itself, or a person's turn waits for the
+        place this background run holds. None: go on."""
+        loop = self._guard.feed(self._last_text) if self._guard else None
+        if loop is not None:
+            return Decision("runaway", "stopped", f"{loop.describe()}: stopped")
+        if self.place is not None and self.place.yield_now.is_set():
+            return Decision("priority", "yielded", "a person's turn was waiting: stopped here")
+        return None
+
+    def _stop(self, decision: Decision) -> Chunk:
+        """End the reply here, cut as by a token limit (``length``), the plan saying why. The
+        engine's generation stops when its stream closes."""
+        self.plan.decisions.append(decision)
+        self.record.decisions.append(asdict(decision))
+        self.record.plan = self.plan.summary()
+        first = self.reply.first_chunk
+        head: dict[str, Any] = {
+            k: first[k] for k in ("id", "object", "created", "model") if k in first
+        }
+        final = Chunk({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+        self._add(final)
+        return final
+
     def _add(self, chunk: Chunk) -> None:
         self._last_text = self.reply.add(chunk)
         if self.record.ttft_ms is None and self.reply.ttft_ms is not None:
@@ -184,7 +223,7 @@ class ChatRun:
             try:
                 await _close(self._stream)
             finally:  # even if a second cancel lands while the stream closes
-                self.owner.release(time.monotonic() - self._started)
+                self.owner.release(time.monotonic() - self._started, self.place)
                 self._complete_record(status, error)
                 self.owner.finished(self)
 

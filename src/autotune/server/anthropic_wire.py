@@ -1,78 +1,29 @@
-"""Pure translation between Anthropic's Messages API and the OpenAI chat shapes the pipeline runs.
+"""Pure translation of Anthropic's Messages requests into the OpenAI chat shapes the pipeline
+runs, and Anthropic's error bodies.
 
-In: a Messages request (system prompt as a string or text blocks; content blocks ``text``,
+A Messages request (system prompt as a string or text blocks; content blocks ``text``,
 ``image``, ``tool_use``, ``tool_result``, ``thinking``) becomes OpenAI chat messages and
 parameters; every top-level field is forwarded, owned, accepted or refused by :data:`FIELDS`,
-never dropped silently. Out: the engine's ``chat.completion.chunk`` stream becomes
-Anthropic's event sequence (``message_start``, ``content_block_start`` / ``_delta`` /
-``_stop``, ``message_delta``, ``message_stop``) or one ``message``, with stop reasons
-(``end_turn``, ``max_tokens``, ``stop_sequence``, ``tool_use``) and usage in Anthropic's terms
-(``cache_read_input_tokens`` are the prompt tokens the engine took from its cache).
-
-Stop sequences are matched here, on the text as it streams, rather than by the engine:
-OpenAI-style engines do not say which sequence (or the end-of-turn token) ended a reply, and
-Anthropic's answer names it. :class:`StopScanner` holds back at most the longest sequence's
-length of text, so streaming stays token by token.
+never dropped silently. The way back, events and messages, is :mod:`.anthropic_stream`.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from autotune.ground.errors import InvalidRequest
-from autotune.ground.types import EngineStats
-from autotune.server.fields import unknown_field
+from autotune.server.fields import ANTHROPIC, check_fields
+from autotune.server.wire_kit import bad as _bad
+from autotune.server.wire_kit import function_tools, system_prompt
 
-__all__ = [
-    "FIELDS",
-    "ChatParts",
-    "Event",
-    "EventStream",
-    "StopScanner",
-    "error_body",
-    "error_type",
-    "to_chat",
-    "to_messages",
-    "usage",
-]
-
-Event = tuple[str, dict[str, Any]]
+__all__ = ["FIELDS", "ChatParts", "error_body", "error_type", "to_chat", "to_messages"]
 
 # ---------------------------------------------------------------------- the field table
 
-#: Each top-level field of a Messages request: (action, why). Actions as in server/fields.py:
-#: ``own`` (autotune translates it), ``forward`` (sent to the engine in OpenAI terms),
-#: ``accept`` (metadata; changes nothing in the answer) or ``refuse`` (a 400 naming it).
-FIELDS: dict[str, tuple[str, str]] = {
-    "model": ("own", "the engine is chosen by model name"),
-    "messages": ("own", "translated to chat messages; the newest is never cut"),
-    "system": ("own", "the system prompt (a string or text blocks)"),
-    "max_tokens": ("forward", "as max_tokens"),
-    "stream": ("own", "Anthropic's server-sent events"),
-    "stop_sequences": ("own", "matched by autotune on the streamed text, so the answer names one"),
-    "temperature": ("forward", "an older Messages field Claude Code still sends"),
-    "top_p": ("forward", "an older Messages field"),
-    "top_k": ("forward", "an older Messages field; llama.cpp, vLLM and Ollama take it"),
-    "tools": ("forward", "custom tools as functions; server tools are refused by type"),
-    "tool_choice": ("forward", "auto, any, tool or none, as OpenAI's tool_choice"),
-    "thinking": ("own", "enabled: the engine's reasoning text becomes thinking blocks"),
-    "output_config": ("forward", "effort as reasoning_effort, format as a JSON schema"),
-    "metadata": ("accept", "metadata; a user id names a user, not a conversation"),
-    "service_tier": ("accept", "a local engine has one tier"),
-    "cache_control": ("accept", "autotune's prompt caching is automatic"),
-    "inference_geo": ("accept", "the engine runs on this machine"),
-    "speed": ("accept", "a local engine has one speed"),
-    "diagnostics": ("accept", "metadata"),
-    "user_profile_id": ("accept", "metadata"),
-    "workspace_id": ("accept", "metadata"),
-    "container": ("refuse", "code-execution containers are a service of Anthropic's platform"),
-    "mcp_servers": ("refuse", "remote MCP servers are a service of Anthropic's platform"),
-    "context_management": ("refuse", "autotune manages the context itself"),
-}
+#: What happens to each top-level field (see :mod:`autotune.server.fields`).
+FIELDS = ANTHROPIC
 
 #: Tool ``type`` values that are custom (client-run) tools; any other is a server tool.
 _CUSTOM_TOOL_TYPES = (None, "custom")
@@ -112,10 +63,6 @@ class ChatParts:
     stop_sequences: list[str] = field(default_factory=list)
     #: The client asked for thinking: the engine's reasoning text becomes thinking blocks.
     thinking: bool = False
-
-
-def _bad(message: str, param: str) -> InvalidRequest:
-    return InvalidRequest(message, param=param)
 
 
 def _text_of(value: Any, where: str) -> str:
@@ -241,11 +188,7 @@ def _assistant(content: Any, where: str) -> dict[str, Any]:
 
 def to_messages(system: Any, messages: Any) -> list[dict[str, Any]]:
     """Anthropic ``system`` + ``messages`` as OpenAI chat messages."""
-    out: list[dict[str, Any]] = []
-    if system is not None:
-        text = _text_of(system, "system")
-        if text:
-            out.append({"role": "system", "content": text})
+    out = system_prompt(_text_of(system, "system") if system is not None else None)
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must hold at least one message.", "messages")
     for i, m in enumerate(messages):
@@ -260,28 +203,21 @@ def to_messages(system: Any, messages: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _tools(tools: Any) -> list[dict[str, Any]]:
-    if not isinstance(tools, list):
-        raise _bad("'tools' must be a list.", "tools")
-    out = []
-    for i, tool in enumerate(tools):
-        where = f"tools[{i}]"
-        if not isinstance(tool, Mapping):
-            raise _bad(f"{where} must be an object.", where)
-        if tool.get("type") not in _CUSTOM_TOOL_TYPES:
-            raise _bad(
-                f"{where}: the server tool {tool.get('type')!r} runs on Anthropic's platform and "
-                "is not offered by local engines; define it as a custom tool instead.",
-                f"{where}.type",
-            )
-        schema = tool.get("input_schema")
-        if not isinstance(schema, Mapping):
-            raise _bad(f"{where}.input_schema must be a JSON schema object.", where)
-        function: dict[str, Any] = {"name": _string(tool, "name", where), "parameters": schema}
-        if isinstance(tool.get("description"), str):
-            function["description"] = tool["description"]
-        out.append({"type": "function", "function": function})
-    return out
+def _tool(tool: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """One custom tool as an OpenAI function (a server tool is refused by type)."""
+    if tool.get("type") not in _CUSTOM_TOOL_TYPES:
+        raise _bad(
+            f"{where}: the server tool {tool.get('type')!r} runs on Anthropic's platform and "
+            "is not offered by local engines; define it as a custom tool instead.",
+            f"{where}.type",
+        )
+    schema = tool.get("input_schema")
+    if not isinstance(schema, Mapping):
+        raise _bad(f"{where}.input_schema must be a JSON schema object.", where)
+    function: dict[str, Any] = {"name": _string(tool, "name", where), "parameters": schema}
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    return function
 
 
 def _tool_choice(choice: Any, params: dict[str, Any]) -> None:
@@ -318,21 +254,6 @@ def _output_config(config: Any, params: dict[str, Any]) -> None:
         }
 
 
-def _check_fields(body: Mapping[str, Any], pass_unknown: bool) -> dict[str, Any]:
-    """Refuse what autotune cannot honour; return unknown fields to pass through."""
-    extra: dict[str, Any] = {}
-    for name, value in body.items():
-        rule = FIELDS.get(name)
-        if rule is None:
-            if pass_unknown:
-                extra[name] = value
-                continue
-            raise unknown_field(name, "Anthropic")
-        if rule[0] == "refuse":
-            raise InvalidRequest(f"{name!r} is not supported: {rule[1]}.", param=name)
-    return extra
-
-
 def _thinking(value: Any) -> bool:
     if value is None:
         return False
@@ -344,13 +265,20 @@ def _thinking(value: Any) -> bool:
 def to_chat(body: Mapping[str, Any], *, pass_unknown: bool = False) -> ChatParts:
     """A Messages request (as sent, no ``None`` values) in the pipeline's terms; raises
     :class:`InvalidRequest` naming the field it cannot honour."""
-    params = _check_fields(body, pass_unknown)
+    params = check_fields(
+        body,
+        table=FIELDS,
+        pass_unknown=pass_unknown,
+        schema="Anthropic",
+        extensions=False,
+        forwarded=False,
+    )
     messages = to_messages(body.get("system"), body.get("messages"))
     for name in ("max_tokens", "temperature", "top_p", "top_k"):
         if body.get(name) is not None:
             params[name] = body[name]
     if body.get("tools"):
-        params["tools"] = _tools(body["tools"])
+        params["tools"] = function_tools(body["tools"], _tool)
     if body.get("tool_choice") is not None:
         _tool_choice(body["tool_choice"], params)
         if params["tool_choice"] != "none" and not params.get("tools"):
@@ -361,261 +289,3 @@ def to_chat(body: Mapping[str, Any], *, pass_unknown: bool = False) -> ChatParts
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
         raise _bad("'stop_sequences' must be a list of non-empty strings.", "stop_sequences")
     return ChatParts(messages, params, list(stops), _thinking(body.get("thinking")))
-
-
-# ---------------------------------------------------------------------- stop sequences
-
-
-class StopScanner:
-    """Finds the first stop sequence in text that arrives piece by piece.
-
-    :meth:`feed` returns the text that is safe to emit now; text that could be the start
-    of a stop sequence is held back until the next piece says otherwise.
-    """
-
-    def __init__(self, sequences: Sequence[str]) -> None:
-        self.sequences = [s for s in sequences if s]
-        self._hold = max((len(s) for s in self.sequences), default=1) - 1
-        self._pending = ""
-        #: Characters emitted so far (the reply's text up to the match, once matched).
-        self.emitted = 0
-        self.matched: str | None = None
-
-    def feed(self, text: str) -> str:
-        if self.matched is not None:
-            return ""
-        if not self.sequences:
-            self.emitted += len(text)
-            return text
-        buffer = self._pending + text
-        hits = [(buffer.find(s), s) for s in self.sequences if s in buffer]
-        if hits:
-            at, self.matched = min(hits)
-            self._pending = ""
-            self.emitted += at
-            return buffer[:at]
-        keep = min(self._hold, len(buffer))
-        out, self._pending = buffer[: len(buffer) - keep], buffer[len(buffer) - keep :]
-        self.emitted += len(out)
-        return out
-
-    def flush(self) -> str:
-        out, self._pending = self._pending, ""
-        self.emitted += len(out)
-        return out
-
-
-# ---------------------------------------------------------------------- reply → Anthropic
-
-
-def usage(stats: EngineStats | None, estimate: int = 0, output: int = 0) -> dict[str, Any]:
-    """Anthropic usage from the engine's counters: ``input_tokens`` are the prompt tokens the
-    engine computed, ``cache_read_input_tokens`` those it took from its cache."""
-    prompt = stats.prompt_tokens if stats and stats.prompt_tokens is not None else estimate
-    cached = stats.cached_tokens if stats and stats.cached_tokens else 0
-    completion = stats.completion_tokens if stats and stats.completion_tokens else output
-    return {
-        "input_tokens": max(0, prompt - cached),
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": cached,
-        "output_tokens": completion,
-    }
-
-
-def _stop_reason(finish: str | None, matched: str | None, tool_calls: bool) -> str:
-    if matched is not None:
-        return "stop_sequence"
-    if tool_calls or finish == "tool_calls":
-        return "tool_use"
-    if finish == "length":
-        return "max_tokens"
-    if finish == "content_filter":
-        return "refusal"
-    return "end_turn"
-
-
-def _tool_input(arguments: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(arguments) if arguments.strip() else {}
-    except json.JSONDecodeError:
-        return {"_unparsed_arguments": arguments}
-    return parsed if isinstance(parsed, dict) else {"_unparsed_arguments": arguments}
-
-
-def new_message_id() -> str:
-    return "msg_" + uuid.uuid4().hex[:24]
-
-
-class EventStream:
-    """Turns the engine's chat chunks into Anthropic's events, and remembers the blocks so
-    :meth:`message` can answer a non-streaming request with the same content.
-
-    Feed it every chunk's dict with :meth:`feed`; when the stream ends (or the scanner
-    matched a stop sequence) call :meth:`finish`.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        *,
-        input_estimate: int = 0,
-        stop_sequences: Sequence[str] = (),
-        thinking: bool = False,
-        message_id: str | None = None,
-    ) -> None:
-        self.id = message_id or new_message_id()
-        self.model = model
-        self.input_estimate = input_estimate
-        self.thinking = thinking
-        self.scanner = StopScanner(stop_sequences)
-        #: Content blocks so far, in Anthropic's shape (tool inputs as raw JSON text).
-        self.blocks: list[dict[str, Any]] = []
-        self._open: str | None = None  # "text", "thinking" or "tool:<openai index>"
-        self._finish: str | None = None
-        self._deltas = 0
-        self.stop_reason: str | None = None
-        self.final_usage: dict[str, Any] | None = None
-
-    @property
-    def stopped(self) -> bool:
-        """A stop sequence was found: the rest of the engine's stream is not wanted."""
-        return self.scanner.matched is not None
-
-    def start(self) -> list[Event]:
-        message: dict[str, Any] = {
-            "id": self.id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": usage(None, self.input_estimate, 0),
-        }
-        return [("message_start", {"type": "message_start", "message": message})]
-
-    def feed(self, data: Mapping[str, Any]) -> list[Event]:
-        events: list[Event] = []
-        for choice in data.get("choices") or ():
-            if choice.get("index", 0) != 0 or self.stopped:
-                continue
-            delta = choice.get("delta") or {}
-            if delta.get("reasoning_content") and self.thinking:
-                events += self._delta("thinking", delta["reasoning_content"])
-            if delta.get("content"):
-                self._deltas += 1
-                text = self.scanner.feed(delta["content"])
-                if text:
-                    events += self._delta("text", text)
-            for call in delta.get("tool_calls") or ():
-                events += self._tool_delta(call)
-            if choice.get("finish_reason"):
-                self._finish = choice["finish_reason"]
-        return events
-
-    def finish(self, stats: EngineStats | None) -> list[Event]:
-        """The closing events: the held-back text, block stops, ``message_delta`` with the
-        stop reason and usage, ``message_stop``."""
-        events: list[Event] = []
-        if not self.stopped:
-            rest = self.scanner.flush()
-            if rest:
-                events += self._delta("text", rest)
-        events += self._close()
-        tools = any(b["type"] == "tool_use" for b in self.blocks)
-        self.stop_reason = _stop_reason(self._finish, self.scanner.matched, tools)
-        self.final_usage = usage(None if self.stopped else stats, self.input_estimate, self._deltas)
-        delta = {"stop_reason": self.stop_reason, "stop_sequence": self.scanner.matched}
-        events.append(
-            ("message_delta", {"type": "message_delta", "delta": delta, "usage": self.final_usage})
-        )
-        events.append(("message_stop", {"type": "message_stop"}))
-        return events
-
-    def message(self) -> dict[str, Any]:
-        """The whole reply as one Anthropic ``message`` (after :meth:`finish`)."""
-        content = []
-        for block in self.blocks:
-            if block["type"] == "tool_use":
-                block = {**block, "input": _tool_input(block.get("_json", ""))}
-            content.append({k: v for k, v in block.items() if k != "_json"})
-        return {
-            "id": self.id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.model,
-            "content": content,
-            "stop_reason": self.stop_reason,
-            "stop_sequence": self.scanner.matched,
-            "usage": self.final_usage or usage(None, self.input_estimate, self._deltas),
-        }
-
-    # -- blocks
-
-    def _begin(self, kind: str, block: dict[str, Any]) -> list[Event]:
-        events = self._close()
-        self._open = kind
-        self.blocks.append(block)
-        shown = {k: v for k, v in block.items() if k != "_json"}
-        index = len(self.blocks) - 1
-        return [
-            *events,
-            (
-                "content_block_start",
-                {"type": "content_block_start", "index": index, "content_block": shown},
-            ),
-        ]
-
-    def _close(self) -> list[Event]:
-        if self._open is None:
-            return []
-        events: list[Event] = []
-        index = len(self.blocks) - 1
-        if self._open == "thinking":
-            events.append(self._block_delta({"type": "signature_delta", "signature": ""}))
-        self._open = None
-        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
-        return events
-
-    def _block_delta(self, delta: dict[str, Any]) -> Event:
-        index = len(self.blocks) - 1
-        body = {"type": "content_block_delta", "index": index, "delta": delta}
-        return ("content_block_delta", body)
-
-    def _delta(self, kind: str, text: str) -> list[Event]:
-        events: list[Event] = []
-        if self._open != kind:
-            empty = (
-                {"type": "text", "text": ""}
-                if kind == "text"
-                else {
-                    "type": "thinking",
-                    "thinking": "",
-                    "signature": "",
-                }
-            )
-            events += self._begin(kind, empty)
-        block = self.blocks[-1]
-        block[kind] += text
-        name = "text_delta" if kind == "text" else "thinking_delta"
-        events.append(self._block_delta({"type": name, kind: text}))
-        return events
-
-    def _tool_delta(self, call: Mapping[str, Any]) -> list[Event]:
-        events: list[Event] = []
-        key = f"tool:{call.get('index', 0)}"
-        fn = call.get("function") or {}
-        if self._open != key:
-            block: dict[str, Any] = {
-                "type": "tool_use",
-                "id": call.get("id") or "toolu_" + uuid.uuid4().hex[:24],
-                "name": fn.get("name") or "",
-                "input": {},
-                "_json": "",
-            }
-            events += self._begin(key, block)
-        piece = fn.get("arguments") or ""
-        if piece:
-            self.blocks[-1]["_json"] += piece
-            events.append(self._block_delta({"type": "input_json_delta", "partial_json": piece}))
-        return events

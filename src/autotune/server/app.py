@@ -11,9 +11,8 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from autotune import __version__
-from autotune.backends.registry import BackendSet
 from autotune.ground.config import Settings, get_settings
-from autotune.runtime import open_runtime
+from autotune.runtime import BackendSet, open_runtime
 from autotune.server import (
     admin,
     anthropic_api,
@@ -25,7 +24,7 @@ from autotune.server import (
     openai,
     responses_api,
 )
-from autotune.server.errors import install_error_handlers, reject_lone_surrogates
+from autotune.server.errors import ErrorShapes, install_error_handlers, reject_lone_surrogates
 from autotune.server.metrics import Metrics
 from autotune.server.middleware import (
     ApiKeyMiddleware,
@@ -88,7 +87,10 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
         lifespan=lifespan,
         dependencies=[Depends(reject_lone_surrogates)],
     )
-    install_error_handlers(app)
+    # Errors answer in the shape of the API whose path was called (OpenAI's elsewhere).
+    shapes = ErrorShapes((anthropic_api.ERRORS, ollama_api.ERRORS, responses_api.ERRORS))
+    app.state.error_shapes = shapes
+    install_error_handlers(app, shapes)
     app.include_router(openai.router)
     app.include_router(anthropic_api.router)
     app.include_router(responses_api.router)
@@ -102,11 +104,13 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
     # Outermost last: CORS (a preflight is answered before the key check), the key, the
     # Host/Origin guard, the body limit, then the 500 guard right around the routes.
     origins = [o.strip() for o in (settings.cors_origins or "").split(",") if o.strip()]
-    app.add_middleware(InternalErrorMiddleware)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(HostGuardMiddleware, hosts=allowed_hosts(settings), cors_origins=origins)
+    app.add_middleware(InternalErrorMiddleware, shapes=shapes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, shapes=shapes)
+    app.add_middleware(
+        HostGuardMiddleware, hosts=allowed_hosts(settings), cors_origins=origins, shapes=shapes
+    )
     if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, shapes=shapes)
     if origins:
         app.add_middleware(
             CORSMiddleware,

@@ -14,47 +14,30 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from autotune.ground.errors import BackendError, InvalidRequest
 from autotune.pipeline import ChatRun
 from autotune.pipeline.complete import CompletionInput, start_completion
+from autotune.server.driver import CALL, STREAM_RESPONSES, Call
 from autotune.server.errors import error_body
-from autotune.server.fields import ENGINE_EXTENSIONS, unknown_field
-from autotune.server.shapes import ClientGone, close_run, watching
+from autotune.server.fields import COMPLETIONS, check_fields
+from autotune.server.headers import HEADER_DOCS, AutotuneHeaders
+from autotune.server.schemas import as_sent
 
-__all__ = ["FIELDS", "LegacyLogprobs", "completion_params", "router"]
+__all__ = ["FIELDS", "LegacyLogprobs", "completion_headers", "completion_params", "router"]
 
 router = APIRouter()
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 #: OpenAI's documented default for ``max_tokens`` on this endpoint.
 DEFAULT_MAX_TOKENS = 16
 
-#: Each field of a completions request: (action, why), as in server/fields.py.
-FIELDS: dict[str, tuple[str, str]] = {
-    "model": ("own", "the engine is chosen by model name"),
-    "prompt": ("own", "never cut; a prompt that cannot fit is a 400"),
-    "suffix": ("own", "fill-in-the-middle on the engine (llama.cpp /infill)"),
-    "stream": ("own", "server-sent events"),
-    "stream_options": ("own", "include_usage adds the engine's usage chunk"),
-    "echo": ("own", "the prompt is put before the completion here"),
-    "max_tokens": ("forward", "also sizes the context; 16 when left out, as OpenAI"),
-    "temperature": ("forward", "sent to the engine"),
-    "top_p": ("forward", "sent to the engine"),
-    "stop": ("forward", "sent to the engine"),
-    "seed": ("forward", "sent to the engine"),
-    "presence_penalty": ("forward", "sent to the engine"),
-    "frequency_penalty": ("forward", "sent to the engine"),
-    "logit_bias": ("forward", "sent to the engine"),
-    "logprobs": ("forward", "the engine's, in the legacy shape"),
-    "n": ("forward", "refused above what the engine can answer at once"),
-    "best_of": ("own", "1 (or equal to n) only: autotune does not rank samples"),
-    "user": ("accept", "metadata; it changes nothing in the answer"),
-}
+#: What happens to each top-level field (see :mod:`autotune.server.fields`).
+FIELDS = COMPLETIONS
 
 
 class CompletionBody(BaseModel):
@@ -82,16 +65,7 @@ class CompletionBody(BaseModel):
 
 def completion_params(body: Mapping[str, Any], *, pass_unknown: bool = False) -> dict[str, Any]:
     """The fields to forward; a 400 naming what cannot be honoured."""
-    params: dict[str, Any] = {}
-    for name, value in body.items():
-        rule = FIELDS.get(name)
-        if rule is None:
-            if name in ENGINE_EXTENSIONS or pass_unknown:
-                params[name] = value
-                continue
-            raise unknown_field(name)
-        if rule[0] == "forward":
-            params[name] = value
+    params = check_fields(body, table=FIELDS, pass_unknown=pass_unknown)
     best_of = body.get("best_of")
     if best_of not in (None, 1, body.get("n", 1)):
         raise InvalidRequest(
@@ -167,106 +141,110 @@ def _usage(run: ChatRun) -> dict[str, Any] | None:
     return usage
 
 
-async def _stream(run: ChatRun, model: str, echo: str, include_usage: bool) -> AsyncIterator[bytes]:
-    head = {"id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion", "model": model}
-    created = int(time.time())
-    logprobs = LegacyLogprobs(len(echo))
+class _Answer:
+    """A run as ``text_completion`` events, or one ``text_completion``."""
 
-    def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        data = {**head, "created": created, "choices": choices, **extra}
-        return b"data: " + _dumps(data).encode() + b"\n\n"
+    def __init__(
+        self, run: ChatRun, model: str, echo: str, *, include_usage: bool, logprobs: bool
+    ) -> None:
+        self.run, self.model, self.echo = run, model, echo
+        self.include_usage, self.logprobs = include_usage, logprobs
 
-    try:
-        if echo:
-            yield frame([{"index": 0, "text": echo, "logprobs": None, "finish_reason": None}])
+    async def frames(self) -> AsyncIterator[bytes]:
+        run, echo = self.run, self.echo
+        head = {"id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion", "model": self.model}
+        created = int(time.time())
+        logprobs = LegacyLogprobs(len(echo))
+
+        def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            data = {**head, "created": created, "choices": choices, **extra}
+            return b"data: " + _dumps(data).encode() + b"\n\n"
+
+        try:
+            if echo:
+                yield frame([{"index": 0, "text": echo, "logprobs": None, "finish_reason": None}])
+            async for chunk in run:
+                choices = [_choice(c, logprobs) for c in chunk.data.get("choices") or ()]
+                if choices:
+                    yield frame(choices)
+            usage = _usage(run)
+            if self.include_usage and usage is not None:
+                yield frame([], usage=usage)
+        except BackendError as exc:
+            body = error_body(str(exc), status=exc.status, code=exc.code)
+            yield b"data: " + _dumps(body).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    async def whole(self) -> dict[str, Any]:
+        run = self.run
+        logprobs = LegacyLogprobs(len(self.echo))
         async for chunk in run:
-            choices = []
             for c in chunk.data.get("choices") or ():
-                choices.append(
-                    {
-                        "index": c.get("index", 0),
-                        "text": c.get("text") or "",
-                        "logprobs": logprobs.add(c.get("logprobs")),
-                        "finish_reason": c.get("finish_reason"),
-                    }
-                )
-            if choices:
-                yield frame(choices)
+                logprobs.add(c.get("logprobs"))
+        choice = {
+            "index": 0,
+            "text": self.echo + run.reply.text,
+            "logprobs": logprobs.data if self.logprobs else None,
+            "finish_reason": run.reply.finish_reason or "stop",
+        }
+        answer: dict[str, Any] = {
+            "id": "cmpl-" + uuid.uuid4().hex,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [choice],
+        }
         usage = _usage(run)
-        if include_usage and usage is not None:
-            yield frame([], usage=usage)
-    except BackendError as exc:
-        body = error_body(str(exc), status=exc.status, code=exc.code)
-        yield b"data: " + _dumps(body).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
+        if usage is not None:
+            answer["usage"] = usage
+        return answer
 
 
-async def _collect(run: ChatRun, model: str, echo: str, want_logprobs: bool) -> dict[str, Any]:
-    logprobs = LegacyLogprobs(len(echo))
-    async for chunk in run:
-        for c in chunk.data.get("choices") or ():
-            logprobs.add(c.get("logprobs"))
-    choice = {
-        "index": 0,
-        "text": echo + run.reply.text,
-        "logprobs": logprobs.data if want_logprobs else None,
-        "finish_reason": run.reply.finish_reason or "stop",
+def _choice(c: Mapping[str, Any], logprobs: LegacyLogprobs) -> dict[str, Any]:
+    return {
+        "index": c.get("index", 0),
+        "text": c.get("text") or "",
+        "logprobs": logprobs.add(c.get("logprobs")),
+        "finish_reason": c.get("finish_reason"),
     }
-    answer: dict[str, Any] = {
-        "id": "cmpl-" + uuid.uuid4().hex,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [choice],
-    }
-    usage = _usage(run)
-    if usage is not None:
-        answer["usage"] = usage
-    return answer
 
 
-@router.post(
-    "/v1/completions",
-    responses={200: {"content": {"text/event-stream": {}}}, 400: {}, 404: {}, 413: {}, 429: {}},
-)
-async def create_completion(
-    body: CompletionBody,
-    request: Request,
-    x_autotune_profile: Literal["fast", "balanced", "quality"] | None = Header(
-        None, description="Tuning profile for this request (default: the server's)."
-    ),
-) -> Response:
-    """A text completion (fill-in-the-middle with ``suffix``) through autotune's pipeline."""
-    settings = request.app.state.settings
-    raw = body.model_dump(exclude_unset=True, exclude_none=True)
+@router.post("/v1/completions", responses=STREAM_RESPONSES, openapi_extra=HEADER_DOCS)
+async def create_completion(body: CompletionBody, call: Call = CALL) -> Response:
+    """A text completion (fill-in-the-middle with ``suffix``) through autotune's pipeline.
+    ``X-Conversation-Id`` and ``X-Autotune-Overflow: truncate-oldest`` are refused (400): a
+    completion is not a conversation, and its prompt is never cut."""
+    headers = completion_headers(call.headers)
     prompt = _prompt(body.prompt)
     inp = CompletionInput(
         prompt=prompt,
         model=body.model,
         suffix=body.suffix,
-        params=completion_params(raw, pass_unknown=settings.pass_unknown_fields),
-        profile=x_autotune_profile,
+        params=completion_params(as_sent(body), pass_unknown=call.pass_unknown),
+        profile=headers.profile,
     )
-    pipeline = request.app.state.pipeline
-    try:
-        run = await watching(start_completion(pipeline, inp), request, close_run)
-    except ClientGone:
-        return Response(status_code=499)
-    model = body.model or run.model
     echo = prompt if body.echo else ""
-    headers = {"X-Autotune-Plan": run.plan.summary()}
-    if body.stream:
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(
-            _stream(run, model, echo, include_usage),
-            media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    include_usage = bool((body.stream_options or {}).get("include_usage"))
+    wants_logprobs = body.logprobs is not None
+
+    def answer(run: ChatRun) -> _Answer:
+        model = body.model or run.model
+        return _Answer(run, model, echo, include_usage=include_usage, logprobs=wants_logprobs)
+
+    started = start_completion(call.pipeline, inp)
+    return await call.drive(started, answer, stream=bool(body.stream))
+
+
+def completion_headers(headers: AutotuneHeaders) -> AutotuneHeaders:
+    """autotune's headers on a text completion: a 400 for what it cannot honour."""
+    headers = headers.without_conversation(
+        "a text completion is not a conversation; send chat messages to /v1/chat/completions "
+        "to store one"
+    )
+    if headers.overflow == "truncate-oldest":
+        raise InvalidRequest(
+            "X-Autotune-Overflow: truncate-oldest cannot be honoured here: a prompt is never "
+            "cut (one that cannot fit is refused).",
+            param="X-Autotune-Overflow",
         )
-    try:
-        answer = await watching(_collect(run, model, echo, body.logprobs is not None), request)
-    except ClientGone:
-        return Response(status_code=499)
-    except BackendError as exc:
-        status = exc.status if exc.status >= 400 else 502
-        return JSONResponse(error_body(str(exc), status=status, code=exc.code), status, headers)
-    return JSONResponse(answer, headers=headers)
+    return headers

@@ -1,4 +1,9 @@
-"""The conversation endpoints: create, list, read, delete and export as Markdown."""
+"""The conversation endpoints: create, list, read, delete and export as Markdown.
+
+An id must match the one pattern (:mod:`autotune.ground.ids`) to be created. One stored before
+every face checked it (``a b``, ``x/../y``, a mis-decoded ``é``) stays readable, exportable and
+deletable by its exact text: an id outside the pattern is looked up before it is refused.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,23 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.responses import PlainTextResponse, RedirectResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 
+from autotune.ground.ids import CONVERSATION_ID_PATTERN, CONVERSATION_ID_RULE, is_conversation_id
+from autotune.operations.conversations import delete_conversation
 from autotune.server.errors import error_response
 from autotune.server.schemas import ConversationCreate
 from autotune.store.conversations import ConversationStore
 
 __all__ = ["CONVERSATION_ID_PATTERN", "content_disposition", "router"]
 
-#: What a conversation id may be, wherever one is given (the API, ``X-Conversation-Id``).
-CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-
 router = APIRouter(prefix="/api/conversations")
 
 ConversationId = Annotated[
     str,
     Path(
-        pattern=CONVERSATION_ID_PATTERN,
-        description="1 to 128 letters, digits and _ . : -",
+        description=f"{CONVERSATION_ID_RULE} (an id stored before this rule is found by its "
+        "exact text too)",
     ),
 ]
 
@@ -36,6 +40,14 @@ def _store(request: Request) -> ConversationStore:
 
 
 def _not_found(conv_id: str) -> Response:
+    """404 for an id that could exist; 400 saying what an id may be for one that cannot."""
+    if not is_conversation_id(conv_id):
+        return error_response(
+            f"{conv_id[:100]!r} is not a conversation id: an id is {CONVERSATION_ID_RULE}.",
+            status=400,
+            param="conv_id",
+            code="invalid_request",
+        )
     return error_response(f"No conversation {conv_id!r}.", status=404, code="not_found")
 
 
@@ -77,10 +89,7 @@ async def get(conv_id: ConversationId, request: Request) -> Any:
 
 @router.delete("/{conv_id}", status_code=204)
 async def delete(conv_id: ConversationId, request: Request) -> Response:
-    deleted = await asyncio.to_thread(_store(request).delete, conv_id)
-    kv = request.app.state.pipeline.kv
-    if kv is not None:  # its saved KV goes with it
-        await asyncio.to_thread(kv.store.forget_conversation, conv_id)
+    deleted = await delete_conversation(request.app.state.runtime, conv_id)
     return Response(status_code=204) if deleted else _not_found(conv_id)
 
 
@@ -97,18 +106,21 @@ async def export(conv_id: ConversationId, request: Request) -> Response:
 
 
 @router.api_route("/{rest:path}", methods=["GET", "DELETE"], include_in_schema=False)
-async def not_an_id(rest: str) -> Response:
-    """Anything else under /api/conversations/ holds an id no conversation can have
-    (``a/b``): a 400 that says what an id may be, rather than a bare 404."""
+async def slashed(rest: str, request: Request) -> Response:
+    """An id with a ``/`` in it (``a/b``, or ``a/b/export``): no new conversation can have one,
+    but one stored before the id rule is found by its exact text; anything else is a 400
+    that says what an id may be, rather than a bare 404."""
     if not rest:  # /api/conversations/ is the list, as before
         return RedirectResponse("/api/conversations", status_code=307)
-    return error_response(
-        f"{rest[:100]!r} is not a conversation id: an id is 1 to 128 letters, digits and "
-        "'_', '.', ':' or '-'.",
-        status=400,
-        param="conv_id",
-        code="invalid_request",
-    )
+    store = _store(request)
+    if await asyncio.to_thread(store.get, rest, with_messages=False) is not None:
+        if request.method == "DELETE":
+            return await delete(rest, request)
+        return JSONResponse(await get(rest, request))
+    stem, _, tail = rest.rpartition("/")
+    if request.method == "GET" and tail == "export" and stem:
+        return await export(stem, request)
+    return _not_found(rest)
 
 
 def content_disposition(filename: str) -> str:

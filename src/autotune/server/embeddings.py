@@ -2,8 +2,8 @@
 
 Both are thin faces over :func:`autotune.pipeline.embed.embed` (the admission queue,
 telemetry, the model asked for: autotune's offline MiniLM as ``all-minilm``, an embedding
-GGUF on the embedded engine, or the upstream engine's model). OpenAI's errors come from the
-app's handlers; the Ollama route answers ``{"error": "..."}`` through its own route class.
+GGUF on the embedded engine, or the upstream engine's model). Errors answer in the shape of
+the API whose path was called: OpenAI's, or Ollama's ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autotune.ground.errors import InvalidRequest
 from autotune.pipeline.embed import Embeddings, embed
-from autotune.server.ollama_api import OllamaRoute
 
 __all__ = ["ollama_router", "router"]
 
 router = APIRouter()
-
-
-ollama_router = APIRouter(route_class=OllamaRoute)
+#: ``/api/embed``: its errors answer in Ollama's shape (the path is Ollama's).
+ollama_router = APIRouter()
 
 
 class EmbeddingRequest(BaseModel):
@@ -41,9 +39,10 @@ class EmbeddingRequest(BaseModel):
 
 
 class OllamaEmbedRequest(BaseModel):
-    """``POST /api/embed`` (Ollama)."""
+    """``POST /api/embed`` (Ollama's fields; any other is a 400 naming it, before the model
+    is looked for)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=512)
     input: str | list[str]

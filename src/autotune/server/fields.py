@@ -1,11 +1,13 @@
-"""Every OpenAI chat-completions request field, and what autotune does with it: one table.
+"""Every top-level request field of every API face, and what autotune does with it: one table
+per API (OpenAI chat :data:`FIELDS`, :data:`COMPLETIONS`, :data:`ANTHROPIC`,
+:data:`RESPONSES`), checked one way (:func:`check_fields`).
 
 A field is **forwarded** to the engine in its terms (backends translate or refuse what their
 engine lacks: Ollama's backend maps ``response_format`` to ``format``, for instance),
 **owned** by autotune itself, **accepted** as metadata that changes nothing in the answer,
-or **refused** with a 400 naming it. Nothing is dropped silently. A test checks that every
-field of the ``openai`` package's request type is in :data:`FIELDS`, so a new OpenAI field
-cannot slip through unclassified.
+or **refused** with a 400 naming it. Nothing is dropped silently. Tests check that every
+field of the official clients' request types is in its table, so a new field cannot slip
+through unclassified.
 
 Fields outside OpenAI's schema are refused too (``unknown_parameter``), except the sampling
 extensions local engines share (llama.cpp's ``top_k``, ``min_p`` …), unless
@@ -20,7 +22,16 @@ from typing import Any
 
 from autotune.ground.errors import InvalidRequest
 
-__all__ = ["ENGINE_EXTENSIONS", "FIELDS", "Rule", "check_fields", "unknown_field"]
+__all__ = [
+    "ANTHROPIC",
+    "COMPLETIONS",
+    "ENGINE_EXTENSIONS",
+    "FIELDS",
+    "RESPONSES",
+    "Rule",
+    "check_fields",
+    "unknown_field",
+]
 
 Check = Callable[[Any, Mapping[str, Any]], str | None]
 
@@ -35,6 +46,32 @@ class Rule:
     #: For forwarded or accepted fields: returns a refusal reason for values autotune
     #: cannot honour, or None.
     check: Check | None = None
+    #: A refused field sent empty (``false``, ``0``) asks for nothing, and passes.
+    empty_ok: bool = False
+
+    def refuses(self, value: Any) -> bool:
+        return self.action == "refuse" and not (self.empty_ok and value in (None, False, 0))
+
+
+def own(why: str) -> Rule:
+    return Rule("own", why)
+
+
+def forward(why: str) -> Rule:
+    return Rule("forward", why)
+
+
+def accept(why: str) -> Rule:
+    return Rule("accept", why)
+
+
+def refuse(why: str) -> Rule:
+    return Rule("refuse", why)
+
+
+def refuse_given(why: str) -> Rule:
+    """Refused unless sent empty (``false``, ``0``)."""
+    return Rule("refuse", why, empty_ok=True)
 
 
 def _tool_choice(value: Any, body: Mapping[str, Any]) -> str | None:
@@ -161,24 +198,130 @@ def unknown_field(name: str, schema: str = "OpenAI") -> InvalidRequest:
     )
 
 
-def check_fields(body: Mapping[str, Any], *, pass_unknown: bool = False) -> dict[str, Any]:
-    """The fields to forward; raises :class:`InvalidRequest` naming a field autotune refuses.
-
-    ``body`` is the request as the client sent it (no ``None`` values).
-    """
-    forward: dict[str, Any] = {}
+def check_fields(
+    body: Mapping[str, Any],
+    *,
+    table: Mapping[str, Rule] | None = None,
+    pass_unknown: bool = False,
+    schema: str = "OpenAI",
+    extensions: bool = True,
+    forwarded: bool = True,
+) -> dict[str, Any]:
+    """Check ``body`` (as the client sent it, no ``None`` values) against ``table`` (OpenAI
+    chat's by default): raises :class:`InvalidRequest` naming a field autotune refuses, or
+    one outside ``schema``'s API (unless ``pass_unknown``, or one of the engines' sampling
+    ``extensions``). Returns what to send to the engine: the unknown fields let through, and
+    with ``forwarded`` the fields the table forwards (a face that translates them itself
+    leaves that off)."""
+    table = FIELDS if table is None else table
+    out: dict[str, Any] = {}
     for name, value in body.items():
-        rule = FIELDS.get(name)
+        rule = table.get(name)
         if rule is None:
-            if name in ENGINE_EXTENSIONS or pass_unknown:
-                forward[name] = value
+            if (extensions and name in ENGINE_EXTENSIONS) or pass_unknown:
+                out[name] = value
                 continue
-            raise unknown_field(name)
-        if rule.action == "refuse":
+            raise unknown_field(name, schema)
+        if rule.refuses(value):
             raise InvalidRequest(f"{name!r} is not supported: {rule.why}.", param=name)
         problem = rule.check(value, body) if rule.check else None
         if problem is not None:
             raise InvalidRequest(f"{name!r} cannot be honoured: {problem}.", param=name)
-        if rule.action == "forward":
-            forward[name] = value
-    return forward
+        if forwarded and rule.action == "forward":
+            out[name] = value
+    return out
+
+
+# ---------------------------------------------------------------------- the other APIs
+
+#: ``POST /v1/completions``.
+COMPLETIONS: dict[str, Rule] = {
+    "model": own("the engine is chosen by model name"),
+    "prompt": own("never cut; a prompt that cannot fit is a 400"),
+    "suffix": own("fill-in-the-middle on the engine (llama.cpp /infill)"),
+    "stream": own("server-sent events"),
+    "stream_options": own("include_usage adds the engine's usage chunk"),
+    "echo": own("the prompt is put before the completion here"),
+    "max_tokens": forward("also sizes the context; 16 when left out, as OpenAI"),
+    "temperature": forward("sent to the engine"),
+    "top_p": forward("sent to the engine"),
+    "stop": forward("sent to the engine"),
+    "seed": forward("sent to the engine"),
+    "presence_penalty": forward("sent to the engine"),
+    "frequency_penalty": forward("sent to the engine"),
+    "logit_bias": forward("sent to the engine"),
+    "logprobs": forward("the engine's, in the legacy shape"),
+    "n": forward("refused above what the engine can answer at once"),
+    "best_of": own("1 (or equal to n) only: autotune does not rank samples"),
+    "user": accept("metadata; it changes nothing in the answer"),
+}
+
+
+#: ``POST /v1/messages`` (Anthropic): forwarded fields are translated by the face.
+ANTHROPIC: dict[str, Rule] = {
+    "model": own("the engine is chosen by model name"),
+    "messages": own("translated to chat messages; the newest is never cut"),
+    "system": own("the system prompt (a string or text blocks)"),
+    "max_tokens": forward("as max_tokens"),
+    "stream": own("Anthropic's server-sent events"),
+    "stop_sequences": own("matched by autotune on the streamed text, so the answer names one"),
+    "temperature": forward("an older Messages field Claude Code still sends"),
+    "top_p": forward("an older Messages field"),
+    "top_k": forward("an older Messages field; llama.cpp, vLLM and Ollama take it"),
+    "tools": forward("custom tools as functions; server tools are refused by type"),
+    "tool_choice": forward("auto, any, tool or none, as OpenAI's tool_choice"),
+    "thinking": own("enabled: the engine's reasoning text becomes thinking blocks"),
+    "output_config": forward("effort as reasoning_effort, format as a JSON schema"),
+    "metadata": accept("metadata; a user id names a user, not a conversation"),
+    "service_tier": accept("a local engine has one tier"),
+    "cache_control": accept("autotune's prompt caching is automatic"),
+    "inference_geo": accept("the engine runs on this machine"),
+    "speed": accept("a local engine has one speed"),
+    "diagnostics": accept("metadata"),
+    "user_profile_id": accept("metadata"),
+    "workspace_id": accept("metadata"),
+    "container": refuse("code-execution containers are a service of Anthropic's platform"),
+    "mcp_servers": refuse("remote MCP servers are a service of Anthropic's platform"),
+    "context_management": refuse("autotune manages the context itself"),
+}
+
+
+#: ``POST /v1/responses``: forwarded fields are translated by the face.
+RESPONSES: dict[str, Rule] = {
+    "model": own("the engine is chosen by model name"),
+    "input": own("translated to chat messages; the newest is never cut"),
+    "instructions": own("the system prompt of this request"),
+    "stream": own("the Responses event stream"),
+    "stream_options": accept("events are never obfuscated on loopback"),
+    "store": own("stores the turn in a conversation so previous_response_id can resume it"),
+    "previous_response_id": own("resumes the stored conversation (and the engine's cache)"),
+    "conversation": own("an autotune conversation id, as X-Conversation-Id"),
+    "max_output_tokens": forward("as max_tokens"),
+    "temperature": forward("sent to the engine"),
+    "top_p": forward("sent to the engine"),
+    "tools": forward("function tools; built-in tools are refused by type"),
+    "tool_choice": forward("auto, none, required or one function"),
+    "parallel_tool_calls": forward("sent to the engine"),
+    "text": forward("format as response_format (JSON mode, JSON schema)"),
+    "reasoning": forward("effort as reasoning_effort"),
+    "truncation": own("auto: the start of the newest input may be cut to fit"),
+    "include": accept("no extra output is produced here"),
+    "metadata": accept("metadata; it changes nothing in the answer"),
+    "user": accept("metadata"),
+    "safety_identifier": accept("metadata"),
+    "prompt_cache_key": accept("autotune's prompt caching is automatic"),
+    "prompt_cache_retention": accept("autotune's prompt caching is automatic"),
+    "prompt_cache_options": accept("autotune's prompt caching is automatic"),
+    "service_tier": accept("a local engine has one tier"),
+    "max_tool_calls": accept("autotune runs no built-in tools"),
+    "background": refuse_given("background responses are not offered; stream instead"),
+    "background_options": refuse_given("background responses are not offered"),
+    "prompt": refuse_given("stored prompt templates are a service of OpenAI's platform"),
+    "top_logprobs": refuse_given(
+        "logprobs are offered on /v1/chat/completions and /v1/completions"
+    ),
+    "context_management": refuse_given("autotune manages the context itself"),
+    "moderation": refuse_given("moderation is a service of OpenAI's platform"),
+    "image": refuse_given("image generation is not offered by local engines here"),
+    "access_programs": refuse_given("a service of OpenAI's platform"),
+}

@@ -1,11 +1,11 @@
 """ASGI middleware: the Host/Origin guard, the API key check, the request-body size limit and
-the last-resort 500 (pure ASGI, stream-safe)."""
+the last-resort 500 (pure ASGI, stream-safe), each answered in the shape of the API whose
+path was called (:class:`~autotune.server.errors.ErrorShapes`)."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import logging
 import traceback
 import uuid
@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autotune.server.dashboard import is_dashboard_asset_request, is_public_dashboard_request
-from autotune.server.errors import error_body
+from autotune.server.errors import ErrorShapes, Refusal
 
 __all__ = [
     "ApiKeyMiddleware",
@@ -42,26 +42,15 @@ def is_loopback(host: str) -> bool:
 
 
 async def _reply(
+    shapes: ErrorShapes,
+    scope: Scope,
+    receive: Receive,
     send: Send,
-    status: int,
-    message: str,
-    headers: list[tuple[bytes, bytes]] | None = None,
-    *,
-    code: str | None = None,
+    refusal: Refusal,
 ) -> None:
-    body = json.dumps(error_body(message, status=status, code=code)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    """Answer ``refusal`` before any route, in the shape of the API at the request's path."""
+    response = shapes.for_path(scope.get("path", "")).response(refusal)
+    await response(scope, receive, send)
 
 
 def bearer_token_matches(header: bytes, api_key: str) -> bool:
@@ -76,9 +65,10 @@ def bearer_token_matches(header: bytes, api_key: str) -> bool:
 class ApiKeyMiddleware:
     """With a key configured, every request needs ``Authorization: Bearer <key>`` (else 401)."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, shapes: ErrorShapes | None = None) -> None:
         self.app = app
         self.api_key = api_key
+        self.shapes = shapes or ErrorShapes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The dashboard's page files hold no data: a browser must load them before it can
@@ -88,12 +78,12 @@ class ApiKeyMiddleware:
             return
         given = dict(scope.get("headers") or []).get(b"authorization", b"")
         if not bearer_token_matches(given, self.api_key):
-            await _reply(
-                send,
-                401,
+            refusal = Refusal(
                 "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
-                [(b"www-authenticate", b"Bearer")],
+                401,
+                headers={"WWW-Authenticate": "Bearer"},
             )
+            await _reply(self.shapes, scope, receive, send, refusal)
             return
         await self.app(scope, receive, send)
 
@@ -109,9 +99,10 @@ class _TooLarge(HTTPException):
 class BodyLimitMiddleware:
     """Refuse request bodies over ``limit`` bytes with 413, by header or while reading."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, shapes: ErrorShapes | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.shapes = shapes or ErrorShapes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,7 +112,7 @@ class BodyLimitMiddleware:
         too_big = f"Request body over the {self.limit}-byte limit (AUTOTUNE_MAX_BODY_BYTES)."
         if length is not None and length.isdigit():
             if int(length) > self.limit:
-                await _reply(send, 413, too_big)
+                await _reply(self.shapes, scope, receive, send, Refusal(too_big, 413))
                 return
             # The HTTP server holds a body to its Content-Length: nothing to count (hot path).
             await self.app(scope, receive, send)
@@ -162,9 +153,15 @@ class HostGuardMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, *, hosts: Iterable[str] = (), cors_origins: Iterable[str] = ()
+        self,
+        app: ASGIApp,
+        *,
+        hosts: Iterable[str] = (),
+        cors_origins: Iterable[str] = (),
+        shapes: ErrorShapes | None = None,
     ) -> None:
         self.app = app
+        self.shapes = shapes or ErrorShapes()
         names = {_host_name(h) for h in hosts if h.strip()}
         self.any_host = "*" in names
         self.suffixes = tuple(n for n in names if n.startswith("."))
@@ -198,26 +195,26 @@ class HostGuardMiddleware:
         if host is not None:
             name = _host_name(host.decode("latin-1"))
             if not self.host_allowed(name):
-                await _reply(
-                    send,
-                    403,
+                refusal = Refusal(
                     f"This server does not answer to the host name {name[:100]!r} (a guard "
                     "against DNS rebinding). If you reach it by that name on purpose, add it "
                     "to AUTOTUNE_ALLOWED_HOSTS.",
+                    403,
                     code="host_not_allowed",
                 )
+                await _reply(self.shapes, scope, receive, send, refusal)
                 return
         origin = headers.get(b"origin")
         if origin is not None and not self.origin_allowed(origin.decode("latin-1")):
             shown = origin.decode("latin-1")[:100]
-            await _reply(
-                send,
-                403,
+            refusal = Refusal(
                 f"Requests from the web page at {shown!r} are refused (a guard against "
                 "cross-site requests). To let that site call this server, add it to "
                 "AUTOTUNE_CORS_ORIGINS.",
+                403,
                 code="origin_not_allowed",
             )
+            await _reply(self.shapes, scope, receive, send, refusal)
             return
         await self.app(scope, receive, send)
 
@@ -227,8 +224,9 @@ class InternalErrorMiddleware:
     server log gets the id, the exception's type and its stack (file, line, function), never
     the exception's text, which can quote a prompt."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, shapes: ErrorShapes | None = None) -> None:
         self.app = app
+        self.shapes = shapes or ErrorShapes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -256,25 +254,13 @@ class InternalErrorMiddleware:
             )
             if started:
                 return  # the reply is under way: the client sees it end early
-            body = json.dumps(
-                error_body(
-                    f"Internal error (request id {request_id}); the server log has the details.",
-                    status=500,
-                    code="internal_error",
-                )
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"x-request-id", request_id.encode()),
-                    ],
-                }
+            refusal = Refusal(
+                f"Internal error (request id {request_id}); the server log has the details.",
+                500,
+                code="internal_error",
+                headers={"X-Request-Id": request_id},
             )
-            await send({"type": "http.response.body", "body": body})
+            await _reply(self.shapes, scope, receive, send, refusal)
 
 
 def _exception_chain(exc: BaseException) -> str:

@@ -6,80 +6,72 @@ Apps written for Ollama (the official clients, Open WebUI, Continue, LangChain's
 :meth:`~autotune.pipeline.Pipeline.start` exactly as ``/v1/chat/completions`` does — the same
 admission, planner, context window, conversation store (``X-Conversation-Id``), telemetry
 and ``X-Autotune-Plan`` header; this module only translates (:mod:`.ollama_wire`). Errors
-answer in Ollama's shape, ``{"error": "..."}``, with a real 4xx/5xx status, through the
-route class :class:`OllamaRoute` (the app's own handlers answer in OpenAI's shape).
+answer in Ollama's shape, ``{"error": "..."}``, with a real 4xx/5xx status, on every path
+of Ollama's API (:data:`ERRORS`), those raised before a route included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from autotune.backends.base import Backend
-from autotune.ground.errors import BackendError, InvalidRequest, ModelNotFound, NotSupported
-from autotune.ground.types import ModelEntry, ModelMeta, PullProgress
-from autotune.models.template import read_chat_template, template_capabilities
-from autotune.pipeline import ChatInput, ChatRun, Pipeline
+from autotune.ground.errors import BackendError, InvalidRequest, ModelNotFound
+from autotune.ground.types import PullProgress
+from autotune.operations.engines import load_ahead, unload
+from autotune.operations.inventory import described, file_identity, loaded_models, model_details
+from autotune.operations.pull import prepare_pull
+from autotune.pipeline import ChatRun, Pipeline
 from autotune.pipeline.complete import CompletionInput, start_completion
+from autotune.server.completions import completion_headers
+from autotune.server.driver import CALL, Call
+from autotune.server.errors import ErrorShape
+from autotune.server.headers import HEADER_DOCS
+from autotune.server.ollama_models import details, model_info, ps_entry, tag_entry
+from autotune.server.ollama_reply import ReplyShape, created_at, done_fields
 from autotune.server.ollama_wire import (
     OLLAMA_API_VERSION,
+    OLLAMA_PATHS,
     ChatBody,
     GenerateBody,
     ModelBody,
     PullBody,
-    ReplyShape,
     Translated,
-    created_at,
-    details,
-    done_fields,
     is_completion,
-    model_info,
-    ps_entry,
-    tag_entry,
     translate,
     validation_message,
 )
-from autotune.server.shapes import ClientGone, close_run, shaped_route, watching
 
-__all__ = ["OllamaRoute", "error_response", "router"]
+__all__ = ["ERRORS", "router"]
 
-T = TypeVar("T")
 _NDJSON = "application/x-ndjson"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_HEX64 = re.compile(r"^(?:sha256[-:])?([0-9a-f]{64})$")
 _ERRORS: dict[int | str, dict[str, Any]] = {status: {} for status in (400, 404, 413, 429, 503)}
 
 
-def error_response(
-    message: str,
-    status: int,
-    headers: Mapping[str, str] | None = None,
-    exc: BackendError | None = None,
-) -> JSONResponse:
-    """Ollama's error shape: ``{"error": "..."}`` with the status (and Ollama's own wording
-    for an unknown model, which apps look for)."""
+def _error(exc: BackendError) -> dict[str, Any]:
+    """Ollama's error shape, ``{"error": "..."}`` (with Ollama's own wording for an unknown
+    model, which apps look for)."""
     if isinstance(exc, ModelNotFound):
-        message = f"model '{exc.model}' not found" + (f" ({exc.hint})" if exc.hint else "")
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+        return {"error": f"model '{exc.model}' not found" + (f" ({exc.hint})" if exc.hint else "")}
+    return {"error": str(exc)}
 
 
-#: A route whose errors answer in Ollama's shape.
-OllamaRoute = shaped_route(
-    error_response, "OllamaRoute", lambda exc: validation_message(exc.errors())
-)
+def _invalid(exc: RequestValidationError) -> InvalidRequest:
+    return InvalidRequest(validation_message(exc.errors()))
 
 
-router = APIRouter(route_class=OllamaRoute, tags=["ollama"])
+#: Ollama's error shape, for every path of Ollama's API (those autotune does not offer too).
+ERRORS = ErrorShape("Ollama", _error, paths=OLLAMA_PATHS, describe=_invalid)
+
+router = APIRouter(tags=["ollama"])
 
 
 def _pipeline(request: Request) -> Pipeline:
@@ -92,56 +84,31 @@ def _line(obj: dict[str, Any]) -> bytes:
 
 # --------------------------------------------------------------------------- chat & generate
 
-_Profile = Literal["fast", "balanced", "quality"]
-_Overflow = Literal["refuse", "truncate-oldest"]
-
-
-class _Headers:
-    """autotune's own request headers, the same as on ``/v1/chat/completions``."""
-
-    def __init__(
-        self,
-        x_autotune_profile: _Profile | None = Header(
-            None, description="Tuning profile for this request (default: the server's)."
-        ),
-        x_conversation_id: str | None = Header(
-            None, max_length=128, description="Store and resume this conversation."
-        ),
-        x_autotune_overflow: _Overflow | None = Header(
-            None, description="When the newest message cannot fit: refuse (400) or cut its start."
-        ),
-    ) -> None:
-        self.profile = x_autotune_profile
-        self.conversation_id = x_conversation_id
-        self.overflow = x_autotune_overflow
-
 
 @router.post(
     "/api/chat",
     responses={200: {"content": {_NDJSON: {}}}, **_ERRORS},
     summary="Ollama chat (NDJSON stream unless stream is false)",
+    openapi_extra=HEADER_DOCS,
 )
-async def chat(body: ChatBody, request: Request, headers: _Headers = Depends()) -> Response:
+async def chat(body: ChatBody, call: Call = CALL) -> Response:
     """Ollama's ``/api/chat`` through autotune's pipeline."""
     arrived = time.monotonic_ns()
     translated = translate(body)
     shape = _shape(body.model, "chat", translated)
-    return await _answer(request, body.model, translated, shape, body.stream, headers, arrived)
+    return await _answer(call, body.model, translated, shape, body.stream, arrived)
 
 
 @router.post(
     "/api/generate",
     responses={200: {"content": {_NDJSON: {}}}, **_ERRORS},
     summary="Ollama generate: the prompt as a user message (NDJSON stream unless stream is false)",
+    openapi_extra=HEADER_DOCS,
 )
-async def generate(
-    body: GenerateBody,
-    request: Request,
-    headers: _Headers = Depends(),
-) -> Response:
+async def generate(body: GenerateBody, call: Call = CALL) -> Response:
     """Ollama's ``/api/generate``: ``system`` and ``prompt`` become chat messages; a ``raw``
     prompt or a ``suffix`` (fill-in-the-middle) is completed as it is, like
-    ``/v1/completions``."""
+    ``/v1/completions`` (which keeps no conversation: ``X-Conversation-Id`` is a 400 there)."""
     arrived = time.monotonic_ns()
     translated = translate(body)
     shape = _shape(body.model, "generate", translated)
@@ -152,12 +119,10 @@ async def generate(
             model=body.model,
             suffix=body.suffix or None,
             params=translated.params,
-            profile=headers.profile,
+            profile=completion_headers(call.headers).profile,
             source="ollama",
         )
-    return await _answer(
-        request, body.model, translated, shape, body.stream, headers, arrived, completion
-    )
+    return await _answer(call, body.model, translated, shape, body.stream, arrived, completion)
 
 
 def _shape(model: str, kind: str, translated: Translated) -> ReplyShape:
@@ -166,114 +131,89 @@ def _shape(model: str, kind: str, translated: Translated) -> ReplyShape:
 
 
 async def _answer(
-    request: Request,
+    call: Call,
     model: str,
     translated: Translated,
     shape: ReplyShape,
     stream: bool | None,
-    headers: _Headers,
     arrived: int,
     completion: CompletionInput | None = None,
 ) -> Response:
     streaming = stream is not False  # Ollama streams unless told not to
     if completion is not None:
-        started = start_completion(_pipeline(request), completion)
-        return await _reply(request, started, shape, streaming, arrived)
-    if not translated.messages:
-        return await _load_or_unload(request, model, translated.keep_alive, shape, streaming)
-    inp = ChatInput(
-        messages=translated.messages,
-        model=model,
-        params=translated.params,
-        profile=headers.profile,
-        conversation_id=headers.conversation_id,
-        overflow=headers.overflow,
-        min_context=translated.min_context,
-        keep_alive=translated.keep_alive,
-    )
-    return await _reply(request, _pipeline(request).start(inp), shape, streaming, arrived)
-
-
-async def _reply(
-    request: Request, started: Awaitable[ChatRun], shape: ReplyShape, streaming: bool, arrived: int
-) -> Response:
-    """Wait for the run to start (watching the client), then stream it as NDJSON or answer
-    it whole."""
-    try:
-        run = await watching(started, request, close_run)
-    except ClientGone:
-        return Response(status_code=499)
-    waited = time.monotonic_ns() - arrived
-    out_headers = {"X-Autotune-Plan": run.plan.summary()}
-    if run.conversation_id:
-        out_headers["X-Conversation-Id"] = run.conversation_id
-    if streaming:
-        return StreamingResponse(
-            _stream(run, shape, arrived, waited),
-            media_type=_NDJSON,
-            headers={**out_headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        started = start_completion(call.pipeline, completion)
+    elif not translated.messages:
+        return await _load_or_unload(call, model, translated.keep_alive, shape, streaming)
+    else:
+        inp = call.chat(
+            translated.messages,
+            model,
+            translated.params,
+            min_context=translated.min_context,
+            keep_alive=translated.keep_alive,
+            streamed=streaming,
         )
-    try:
-        whole = await watching(_whole(run, shape, arrived, waited), request)
-    except ClientGone:
-        return Response(status_code=499)
-    return JSONResponse(whole, headers=out_headers)
+        started = call.pipeline.start(inp)
+
+    def answer(run: ChatRun) -> _Answer:
+        return _Answer(run, shape, arrived, time.monotonic_ns() - arrived)
+
+    return await call.drive(started, answer, stream=streaming, media_type=_NDJSON)
 
 
-def _done(run: ChatRun, arrived: int, waited: int) -> dict[str, Any]:
-    return done_fields(
-        run.stats,
-        total_ns=time.monotonic_ns() - arrived,
-        waited_ns=waited,
-        finish_reason=run.finish_reason,
-        usage=run.usage,
-    )
+class _Answer:
+    """A run as Ollama's NDJSON objects, or one object, the last with Ollama's timings."""
 
+    def __init__(self, run: ChatRun, shape: ReplyShape, arrived: int, waited: int) -> None:
+        self.run, self.shape, self.arrived, self.waited = run, shape, arrived, waited
 
-async def _stream(
-    run: ChatRun, shape: ReplyShape, arrived: int, waited: int
-) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in run:
-            piece = shape.piece(chunk.data)
-            if piece is not None:
-                yield _line(piece)
-    except BackendError as exc:  # the headers are gone: report it the way Ollama streams do
-        yield _line({"error": str(exc)})
-        return
-    for obj in shape.closing(run.reply.tool_calls, _done(run, arrived, waited)):
-        yield _line(obj)
+    def _done(self) -> dict[str, Any]:
+        run = self.run
+        return done_fields(
+            run.stats,
+            total_ns=time.monotonic_ns() - self.arrived,
+            waited_ns=self.waited,
+            finish_reason=run.finish_reason,
+            usage=run.usage,
+        )
 
+    async def frames(self) -> AsyncIterator[bytes]:
+        run, shape = self.run, self.shape
+        try:
+            async for chunk in run:
+                piece = shape.piece(chunk.data)
+                if piece is not None:
+                    yield _line(piece)
+        except BackendError as exc:  # the headers are gone: report it the way Ollama streams do
+            yield _line(_error(exc))
+            return
+        for obj in shape.closing(run.reply.tool_calls, self._done()):
+            yield _line(obj)
 
-async def _whole(run: ChatRun, shape: ReplyShape, arrived: int, waited: int) -> dict[str, Any]:
-    async for _ in run:
-        pass
-    main = run.reply.choices.get(0)
-    return shape.whole(
-        run.reply.text,
-        thinking=main.texts.get("reasoning_content") if main else None,
-        calls=run.reply.tool_calls,
-        probs=main.logprobs if main else None,
-        done=_done(run, arrived, waited),
-    )
+    async def whole(self) -> dict[str, Any]:
+        run = self.run
+        async for _ in run:
+            pass
+        main = run.reply.choices.get(0)
+        return self.shape.whole(
+            run.reply.text,
+            thinking=main.texts.get("reasoning_content") if main else None,
+            calls=run.reply.tool_calls,
+            probs=main.logprobs if main else None,
+            done=self._done(),
+        )
 
 
 async def _load_or_unload(
-    request: Request, model: str, keep_alive: float | None, shape: ReplyShape, streaming: bool
+    call: Call, model: str, keep_alive: float | None, shape: ReplyShape, streaming: bool
 ) -> Response:
-    """A request without messages: Ollama's way to unload (``keep_alive: 0``) or preload.
-
-    autotune loads a model at its first message, sized for that conversation (a load now
-    would be sized blind and could mean a second load), so "load" only checks the model is
-    there."""
-    backend, name = await _pipeline(request).backends.resolve(model)
-    reason = "load"
+    """A request without messages: Ollama's way to unload (``keep_alive: 0``) or preload."""
+    runtime = call.runtime
     if keep_alive == 0:
-        if not backend.capabilities.unload:
-            raise NotSupported(f"The {backend.name} engine does not let autotune unload models.")
-        await backend.unload(name)
-        reason = "unload"
-    obj = shape.loaded(reason)
+        await unload(runtime, model)
+    else:
+        await load_ahead(runtime, model)
+    obj = shape.loaded("unload" if keep_alive == 0 else "load")
     if streaming:
         return Response(_line(obj), media_type=_NDJSON)
     return JSONResponse(obj)
@@ -282,58 +222,17 @@ async def _load_or_unload(
 # --------------------------------------------------------------------------- models
 
 
-def _file_facts(path: str | None, name: str) -> tuple[str, float | None]:
-    """A digest for the model and its file's mtime: the file's own sha256 where the store
-    names files by it (Ollama blobs, Hugging Face LFS blobs), else a digest of its path, size
-    and time (hashing gigabytes for a listing is not an option)."""
-    if not path:
-        return hashlib.sha256(name.encode()).hexdigest(), None
-    try:
-        real = Path(path).resolve()
-        stat = real.stat()
-    except OSError:
-        return hashlib.sha256(path.encode()).hexdigest(), None
-    match = _HEX64.match(real.name)
-    if match:
-        return match.group(1), stat.st_mtime
-    identity = f"{real}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-    return hashlib.sha256(identity).hexdigest(), stat.st_mtime
-
-
-async def _meta(backend: Backend | None, name: str) -> ModelMeta | None:
-    if backend is None:
-        return None
-    try:
-        return await backend.model_meta(name)
-    except BackendError:
-        return None
-
-
-async def _entries(pipeline: Pipeline) -> list[ModelEntry]:
-    inventory = await pipeline.backends.inventory()
-    seen: dict[str, ModelEntry] = {}
-    for engine in pipeline.backends.order:
-        for entry in inventory.get(engine, []):
-            seen.setdefault(entry.name, entry)
-    return list(seen.values())
-
-
 @router.get("/api/tags", summary="Ollama: every model autotune can serve")
 async def tags(request: Request) -> dict[str, Any]:
     """Every model the engines in use can serve, with Ollama's fields."""
-    pipeline = _pipeline(request)
-    entries = await _entries(pipeline)
-    metas = await asyncio.gather(
-        *(_meta(pipeline.backends.get(e.backend), e.name) for e in entries)
-    )
-    paths = [e.path or (m.path if m else None) for e, m in zip(entries, metas, strict=True)]
+    models = await described(_pipeline(request).backends)
     facts = await asyncio.to_thread(
-        lambda: [_file_facts(path, e.name) for path, e in zip(paths, entries, strict=True)]
+        lambda: [file_identity(e.path or (m.path if m else None), e.name) for e, m in models]
     )
     return {
         "models": [
             tag_entry(entry, meta, digest=digest, modified=mtime)
-            for entry, meta, (digest, mtime) in zip(entries, metas, facts, strict=True)
+            for (entry, meta), (digest, mtime) in zip(models, facts, strict=True)
         ]
     }
 
@@ -344,18 +243,17 @@ async def show(body: ModelBody, request: Request) -> dict[str, Any]:
     asked = body.model or body.name
     if not asked:
         raise InvalidRequest("Missing required field 'model'.", param="model")
-    backend, name = await _pipeline(request).backends.resolve(asked)
-    meta = await _meta(backend, name) or ModelMeta(name=name)
-    template = await asyncio.to_thread(read_chat_template, meta.path) if meta.path else None
-    digest, mtime = await asyncio.to_thread(_file_facts, meta.path, name)
-    where = f"FROM {meta.path}" if meta.path else f"# served by the {backend.name} engine"
+    found = await model_details(_pipeline(request).backends, asked)
+    meta, name = found.meta, found.name
+    digest, mtime = await asyncio.to_thread(file_identity, meta.path, name)
+    where = f"FROM {meta.path}" if meta.path else f"# served by the {found.engine} engine"
     return {
         "modelfile": f"# autotune: {name}\n{where}\n",
         "parameters": "",
-        "template": template or "",
+        "template": found.template or "",
         "details": details(None, meta),
         "model_info": model_info(meta),
-        "capabilities": template_capabilities(template),
+        "capabilities": found.capabilities,
         "modified_at": created_at(mtime or 0),
         "digest": digest,
     }
@@ -364,22 +262,10 @@ async def show(body: ModelBody, request: Request) -> dict[str, Any]:
 @router.get("/api/ps", summary="Ollama: the models loaded now")
 async def ps(request: Request) -> dict[str, Any]:
     """The models resident in the engines' memory."""
-    backends = _pipeline(request).backends
     models = []
-    for engine in backends.order:
-        backend = backends.backends[engine]
-        if not backend.capabilities.running_models:
-            continue
-        try:
-            running = await backend.running_models()
-        except BackendError:
-            continue
-        for model in running:
-            meta = await _meta(backend, model.name)
-            digest, _ = await asyncio.to_thread(
-                _file_facts, meta.path if meta else None, model.name
-            )
-            models.append(ps_entry(model, meta, digest=digest))
+    for model, meta in await loaded_models(_pipeline(request).backends):
+        digest, _ = await asyncio.to_thread(file_identity, meta.path if meta else None, model.name)
+        models.append(ps_entry(model, meta, digest=digest))
     return {"models": models}
 
 
@@ -409,54 +295,15 @@ async def pull(body: PullBody, request: Request) -> Response:
     name = body.model or body.name
     if not name:
         raise InvalidRequest("Missing required field 'model'.", param="model")
-    steps = await _pull_steps(request, name)
+    job = await prepare_pull(request.app.state.runtime, name)
+    job.check()
+    steps = job.steps()
     if body.stream is not False:
         return StreamingResponse(_pull_stream(steps), media_type=_NDJSON)
     last: dict[str, Any] = {"status": "success"}
     async for step in steps:
         last = _progress(step)
     return JSONResponse(last)
-
-
-async def _pull_steps(request: Request, name: str) -> AsyncIterator[PullProgress]:
-    """The progress of pulling ``name`` (a plan that cannot be pulled raises before any step)."""
-    backends = _pipeline(request).backends
-    ollama = next((b for b in backends.backends.values() if b.capabilities.pull), None)
-    if ollama is not None:
-        return _refreshing(ollama.pull(name), request, name)
-    if "embedded" not in backends.backends:
-        raise NotSupported(
-            "No engine in use here can pull models: Ollama pulls its own, and autotune pulls "
-            "GGUF files for its embedded engine (AUTOTUNE_BACKEND=embedded)."
-        )
-    from autotune.backends.hub import Hub, judge
-    from autotune.hardware.profile import effective_budget
-
-    settings = request.app.state.settings
-    budget = effective_budget(request.app.state.hardware, settings.memory_budget)
-    hub = Hub(token=settings.hf_token)
-    plan = await hub.plan(name, budget_bytes=budget)
-    judge(plan)
-    return _refreshing(_with_manifest(hub.pull(plan)), request, name)
-
-
-async def _with_manifest(steps: AsyncIterator[PullProgress]) -> AsyncIterator[PullProgress]:
-    yield PullProgress("pulling manifest")
-    async for step in steps:
-        yield step
-
-
-async def _refreshing(
-    steps: AsyncIterator[PullProgress], request: Request, name: str
-) -> AsyncIterator[PullProgress]:
-    """The steps, with the engines' model lists refreshed before ``success`` is told, so the
-    model answers to its name at once."""
-    from autotune.backends.hub import refresh_after_pull
-
-    async for step in steps:
-        if step.status == "success":
-            await refresh_after_pull(_pipeline(request).backends, name)
-        yield step
 
 
 def _progress(step: PullProgress) -> dict[str, Any]:
@@ -475,7 +322,7 @@ async def _pull_stream(steps: AsyncIterator[PullProgress]) -> AsyncIterator[byte
         async for step in steps:
             yield _line(_progress(step))
     except BackendError as exc:
-        yield _line({"error": str(exc)})
+        yield _line(_error(exc))
     finally:
         with contextlib.suppress(Exception):
             await steps.aclose()  # type: ignore[attr-defined]

@@ -1,12 +1,11 @@
-"""Pure translation between Ollama's native API and autotune's pipeline, both ways.
+"""Pure translation of Ollama's native requests into autotune's pipeline.
 
-In: an Ollama ``/api/chat`` or ``/api/generate`` body becomes the pieces of a
+An Ollama ``/api/chat`` or ``/api/generate`` body becomes the pieces of a
 :class:`~autotune.pipeline.ChatInput` — OpenAI-shaped messages, OpenAI/llama.cpp sampling
 fields, the least context asked for, a keep-alive in seconds. Every field and option is in
 one of the tables below: translated, or refused with a 400 that names it (never dropped
-silently). Out: the pipeline's OpenAI chunks become Ollama's NDJSON objects, the last one
-with ``done``, ``done_reason`` and the engine's timings in nanoseconds; models, running
-models and metadata become ``/api/tags``, ``/api/ps`` and ``/api/show`` entries.
+silently). The way back is :mod:`.ollama_reply` (replies) and :mod:`.ollama_models`
+(listings).
 
 The request bodies are the official ``ollama`` package's pydantic types (``ollama._types``),
 with the few fields whose client-side shape differs from the wire (images are base64
@@ -18,40 +17,28 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ollama import _types as ollama_types
 from pydantic import ConfigDict, Field, ValidationError
 
 from autotune.ground.errors import InvalidRequest
-from autotune.ground.types import EngineStats, ModelEntry, ModelMeta, RunningModel
 
 __all__ = [
     "OLLAMA_API_VERSION",
+    "OLLAMA_PATHS",
     "ChatBody",
     "GenerateBody",
     "ModelBody",
     "PullBody",
-    "ReplyShape",
     "Translated",
     "WireMessage",
     "WireToolCall",
-    "chat_message",
     "chat_messages",
-    "created_at",
-    "details",
-    "done_fields",
     "generate_messages",
-    "logprobs",
-    "model_info",
     "parse_keep_alive",
-    "ps_entry",
-    "tag_entry",
-    "tool_calls",
     "translate",
     "validation_message",
 ]
@@ -59,12 +46,29 @@ __all__ = [
 #: The Ollama API version this face speaks (``GET /api/version``): clients gate features
 #: such as ``think``, tool calls and JSON-schema ``format`` on it.
 OLLAMA_API_VERSION = "0.12.0"
+#: The paths of Ollama's API (docs/api.md), offered here or not: their errors, an unknown
+#: route's 404 included, are answered in Ollama's shape.
+OLLAMA_PATHS = (
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+    "/api/tags",
+    "/api/show",
+    "/api/ps",
+    "/api/pull",
+    "/api/push",
+    "/api/create",
+    "/api/copy",
+    "/api/delete",
+    "/api/blobs",
+    "/api/version",
+)
 
 _THINK_LEVELS = ("low", "medium", "high")
 _ROLES = ("system", "user", "assistant", "tool")
 #: How base64 image data starts, by type (the data: URL llama.cpp reads names it).
 _IMAGE_HEADS = (("/9j/", "image/jpeg"), ("R0lG", "image/gif"), ("UklGR", "image/webp"))
-_FOREVER = timedelta(days=365 * 292)  # what Ollama shows for a negative keep_alive
 _GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -502,216 +506,6 @@ def translate(body: ChatBody | GenerateBody) -> Translated:
     return out
 
 
-# --------------------------------------------------------------------------- replies
-
-
-def created_at(now: float | None = None) -> str:
-    """RFC 3339 UTC with microseconds and ``Z``, as Ollama writes ``created_at``."""
-    moment = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def _ns(ms: float | None) -> int | None:
-    return None if ms is None else max(0, int(ms * 1_000_000))
-
-
-def done_fields(
-    stats: EngineStats | None,
-    *,
-    total_ns: int,
-    waited_ns: int,
-    finish_reason: str | None,
-    usage: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """``done``, ``done_reason`` and the timings of Ollama's last object, in nanoseconds.
-
-    The counts and durations are the engine's own (``prompt_eval_count`` is the whole
-    prompt, cached part included, as Ollama counts it); ``total_duration`` is autotune's wall
-    clock from the request's arrival. ``load_duration`` is the engine's figure when it gives
-    one, else, when the engine says it (re)loaded, the wait for its first token less the
-    prompt's evaluation; else 0. Figures the engine did not report are left out."""
-    fields: dict[str, Any] = {
-        "done": True,
-        "done_reason": "length" if finish_reason == "length" else "stop",
-        "total_duration": max(0, total_ns),
-    }
-    prompt_ns = _ns(stats.prompt_ms) if stats else None
-    if stats is not None and stats.load_ms is not None:
-        fields["load_duration"] = _ns(stats.load_ms)
-    elif stats is not None and stats.reloaded:
-        fields["load_duration"] = max(0, waited_ns - (prompt_ns or 0))
-    else:
-        fields["load_duration"] = 0
-    prompt = stats.prompt_tokens if stats else None
-    completion = stats.completion_tokens if stats else None
-    if prompt is None and usage:
-        prompt = usage.get("prompt_tokens")
-    if completion is None and usage:
-        completion = usage.get("completion_tokens")
-    for key, value in (
-        ("prompt_eval_count", prompt),
-        ("prompt_eval_duration", prompt_ns),
-        ("eval_count", completion),
-        ("eval_duration", _ns(stats.decode_ms) if stats else None),
-    ):
-        if value is not None:
-            fields[key] = int(value)
-    return fields
-
-
-def tool_calls(calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI tool calls (arguments as a JSON string) in Ollama's shape (an object)."""
-    out = []
-    for index, call in enumerate(calls):
-        function = call.get("function") or {}
-        raw = function.get("arguments") or "{}"
-        try:
-            arguments = json.loads(raw) if isinstance(raw, str) else dict(raw)
-        except json.JSONDecodeError:
-            arguments = {"_raw": raw}  # the model wrote no valid JSON: keep what it wrote
-        if not isinstance(arguments, dict):
-            arguments = {"value": arguments}
-        converted: dict[str, Any] = {
-            "function": {"index": index, "name": function.get("name", ""), "arguments": arguments}
-        }
-        if call.get("id"):
-            converted["id"] = call["id"]
-        out.append(converted)
-    return out
-
-
-def logprobs(
-    content: Sequence[Mapping[str, Any]] | None, *, top: bool = True
-) -> list[dict[str, Any]] | None:
-    """OpenAI ``logprobs.content`` entries as Ollama's ``logprobs`` list; ``top``: with the
-    alternatives (llama.cpp sends 20 unasked; Ollama only sends what ``top_logprobs`` asks)."""
-    if not content:
-        return None
-    return [
-        {
-            "token": entry.get("token", ""),
-            "logprob": entry.get("logprob", 0.0),
-            **(
-                {
-                    "top_logprobs": [
-                        {"token": t.get("token", ""), "logprob": t.get("logprob", 0.0)}
-                        for t in entry["top_logprobs"]
-                    ]
-                }
-                if top and entry.get("top_logprobs")
-                else {}
-            ),
-        }
-        for entry in content
-    ]
-
-
-def chat_message(
-    content: str,
-    *,
-    thinking: str | None = None,
-    calls: Sequence[Mapping[str, Any]] = (),
-) -> dict[str, Any]:
-    """An assistant ``message`` object of ``/api/chat``."""
-    message: dict[str, Any] = {"role": "assistant", "content": content}
-    if thinking:
-        message["thinking"] = thinking
-    if calls:
-        message["tool_calls"] = tool_calls(calls)
-    return message
-
-
-# --------------------------------------------------------------------------- models
-
-
-def _parameter_size(count: int | None) -> str:
-    if not count:
-        return ""
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= scale:
-            value = count / scale
-            return f"{value:.2f}".rstrip("0").rstrip(".") + unit
-    return str(count)
-
-
-def details(entry: ModelEntry | None, meta: ModelMeta | None) -> dict[str, Any]:
-    """Ollama's ``details``: format, family, parameter size, quantisation level."""
-    family = (entry.family if entry else None) or (
-        meta.family or meta.architecture if meta else None
-    )
-    parameter_size = (entry.parameter_size if entry else None) or _parameter_size(
-        meta.parameter_count if meta else None
-    )
-    quant = (entry.quantization if entry else None) or (meta.quantization if meta else None)
-    gguf = bool((entry and entry.path) or (meta and meta.path))
-    return {
-        "parent_model": "",
-        "format": "gguf" if gguf else "",
-        "family": family or "",
-        "families": [family] if family else None,
-        "parameter_size": parameter_size or "",
-        "quantization_level": quant or "",
-    }
-
-
-def tag_entry(
-    entry: ModelEntry, meta: ModelMeta | None, *, digest: str, modified: float | None
-) -> dict[str, Any]:
-    """One model of ``/api/tags``."""
-    stamp = entry.modified_at or created_at(modified if modified is not None else 0)
-    return {
-        "name": entry.name,
-        "model": entry.name,
-        "modified_at": stamp,
-        "size": entry.size_bytes or (meta.size_bytes if meta else None) or 0,
-        "digest": digest,
-        "details": details(entry, meta),
-    }
-
-
-def ps_entry(running: RunningModel, meta: ModelMeta | None, *, digest: str) -> dict[str, Any]:
-    """One model of ``/api/ps``; a model kept for ever shows an expiry centuries ahead."""
-    if running.expires_at is None:
-        expires = datetime.now(tz=timezone.utc) + _FOREVER
-    else:
-        expires = datetime.fromtimestamp(running.expires_at, tz=timezone.utc)
-    entry_details = details(None, meta)
-    if running.quantization and not entry_details["quantization_level"]:
-        entry_details["quantization_level"] = running.quantization
-    return {
-        "name": running.name,
-        "model": running.name,
-        "size": running.size_bytes or 0,
-        "size_vram": running.vram_bytes or 0,
-        "digest": digest,
-        "details": entry_details,
-        "expires_at": expires.isoformat().replace("+00:00", "Z"),
-        "context_length": running.context_length,
-    }
-
-
-def model_info(meta: ModelMeta) -> dict[str, Any]:
-    """``/api/show`` ``model_info`` from the model's metadata, under the GGUF key names."""
-    arch = meta.architecture or meta.family or "unknown"
-    keys: dict[str, Any] = {
-        "general.architecture": arch,
-        "general.parameter_count": meta.parameter_count,
-        "general.quantization": meta.quantization,
-        f"{arch}.block_count": meta.block_count,
-        f"{arch}.context_length": meta.context_length,
-        f"{arch}.embedding_length": meta.embedding_length,
-        f"{arch}.attention.head_count": meta.head_count,
-        f"{arch}.attention.head_count_kv": meta.head_count_kv,
-        f"{arch}.attention.key_length": meta.key_length,
-        f"{arch}.attention.value_length": meta.value_length,
-        f"{arch}.attention.sliding_window": meta.sliding_window,
-        f"{arch}.vocab_size": meta.vocab_size,
-        f"{arch}.expert_count": meta.expert_count,
-        f"{arch}.expert_used_count": meta.expert_used_count,
-    }
-    return {k: v for k, v in keys.items() if v is not None}
-
-
 # --------------------------------------------------------------------------- errors
 
 
@@ -730,77 +524,3 @@ def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
     if kind == "extra_forbidden":
         return f"Unknown field {where!r}: it is not part of Ollama's API."
     return f"Invalid value for {where!r}: {first.get('msg', 'invalid')}."
-
-
-# --------------------------------------------------------------------------- reply shapes
-
-
-@dataclass
-class ReplyShape:
-    """Builds Ollama's reply objects for one request: ``kind`` is ``chat`` or ``generate``."""
-
-    model: str
-    kind: str = "chat"
-    #: Thinking is left out of the reply (the client sent ``think: false``).
-    no_thinking: bool = False
-    #: The client asked for alternatives with each token's log probability.
-    top_logprobs: bool = False
-
-    def _base(self) -> dict[str, Any]:
-        return {"model": self.model, "created_at": created_at()}
-
-    def _body(self, content: str, thinking: str | None, calls: Sequence[Any]) -> dict[str, Any]:
-        thinking = None if self.no_thinking else thinking
-        if self.kind == "chat":
-            return {"message": chat_message(content, thinking=thinking, calls=calls)}
-        body: dict[str, Any] = {"response": content}
-        if thinking:
-            body["thinking"] = thinking
-        return body
-
-    def piece(self, data: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The streamed object for one OpenAI chunk, or None when it carries no text."""
-        choices = data.get("choices") or ()
-        choice = next((c for c in choices if c.get("index", 0) == 0), None)
-        if choice is None:
-            return None
-        delta = choice.get("delta") or {}
-        content = delta.get("content") or choice.get("text") or ""  # chat, or a completion
-        thinking = delta.get("reasoning_content") or None
-        probs = logprobs((choice.get("logprobs") or {}).get("content"), top=self.top_logprobs)
-        if not content and (not thinking or self.no_thinking) and not probs:
-            return None
-        out = {**self._base(), **self._body(content, thinking, ()), "done": False}
-        if probs:
-            out["logprobs"] = probs
-        return out
-
-    def closing(
-        self, calls: Sequence[Mapping[str, Any]], done: Mapping[str, Any]
-    ) -> list[dict[str, Any]]:
-        """The last streamed objects: the tool calls, whole (as Ollama sends them), then done."""
-        out = []
-        if calls and self.kind == "chat":
-            out.append({**self._base(), **self._body("", None, calls), "done": False})
-        out.append({**self._base(), **self._body("", None, ()), **done})
-        return out
-
-    def whole(
-        self,
-        content: str,
-        *,
-        thinking: str | None,
-        calls: Sequence[Mapping[str, Any]],
-        probs: Sequence[Mapping[str, Any]] | None,
-        done: Mapping[str, Any],
-    ) -> dict[str, Any]:
-        """The one object of a reply that was not streamed."""
-        out = {**self._base(), **self._body(content, thinking, calls), **done}
-        converted = logprobs(probs, top=self.top_logprobs)
-        if converted:
-            out["logprobs"] = converted
-        return out
-
-    def loaded(self, reason: str) -> dict[str, Any]:
-        """The reply to a request without messages: ``done_reason`` ``load`` or ``unload``."""
-        return {**self._base(), **self._body("", None, ()), "done": True, "done_reason": reason}

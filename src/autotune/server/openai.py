@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any, Literal, TypeVar
+from typing import Any
 
-from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from autotune.ground.errors import BackendError
-from autotune.pipeline import ChatInput, ChatRun, Pipeline
+from autotune.operations.inventory import served_names
+from autotune.pipeline import ChatRun, Pipeline
+from autotune.server.driver import CALL, Call
 from autotune.server.errors import error_body
+from autotune.server.headers import HEADER_DOCS
 from autotune.server.schemas import ChatCompletionRequest, forwardable_params
-from autotune.server.shapes import ClientGone, close_run, watching
 
 __all__ = ["aggregate", "router"]
 
 router = APIRouter()
-T = TypeVar("T")
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -36,75 +37,46 @@ def _pipeline(request: Request) -> Pipeline:
         429: {},
         503: {},
     },
+    openapi_extra=HEADER_DOCS,
 )
-async def chat_completions(
-    body: ChatCompletionRequest,
-    request: Request,
-    x_autotune_profile: Literal["fast", "balanced", "quality"] | None = Header(
-        None, description="Tuning profile for this request (default: the server's)."
-    ),
-    x_conversation_id: str | None = Header(
-        None,
-        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",  # = conversations_api.CONVERSATION_ID_PATTERN
-        description="Store and resume this conversation (1-128 letters, digits, _ . : -).",
-    ),
-    x_autotune_overflow: Literal["refuse", "truncate-oldest"] | None = Header(
-        None,
-        description="When the newest message cannot fit: refuse with a 400 (the default) or "
-        "cut its start and say so in X-Autotune-Plan.",
-    ),
-) -> Response:
+async def chat_completions(body: ChatCompletionRequest, call: Call = CALL) -> Response:
     """Chat completion through autotune's pipeline (OpenAI schema; SSE when ``stream``)."""
-    inp = ChatInput(
-        messages=[m.model_dump(exclude_none=True) for m in body.messages],
-        model=body.model,
-        params=forwardable_params(
-            body, pass_unknown=request.app.state.settings.pass_unknown_fields
-        ),
-        profile=x_autotune_profile,
-        conversation_id=x_conversation_id,
-        overflow=x_autotune_overflow,
-    )
-    try:  # waiting for a place, a load or a long prefill: a client that leaves frees it all
-        run = await watching(_pipeline(request).start(inp), request, close_run)
-    except ClientGone:
-        return Response(status_code=499)
-    model_id = body.model or run.model
-    headers = {"X-Autotune-Plan": run.plan.summary()}
-    if run.conversation_id:
-        headers["X-Conversation-Id"] = run.conversation_id
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            _sse(run, model_id, include_usage),
-            media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    try:
-        completion = await watching(aggregate(run, model_id), request)
-    except ClientGone:
-        return Response(status_code=499)
-    except BackendError as exc:
-        status = exc.status if exc.status >= 400 else 502
-        return JSONResponse(error_body(str(exc), status=status, code=exc.code), status, headers)
-    return JSONResponse(completion, headers=headers)
+    params = forwardable_params(body, pass_unknown=call.pass_unknown)
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def answer(run: ChatRun) -> _Answer:
+        return _Answer(run, body.model or run.model, include_usage)
+
+    inp = call.chat(messages, body.model, params, streamed=bool(body.stream))
+    started = call.pipeline.start(inp)
+    return await call.drive(started, answer, stream=bool(body.stream))
 
 
-async def _sse(run: ChatRun, model_id: str, include_usage: bool) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in run:
-            data = chunk.data
-            if not include_usage:
-                if not data.get("choices"):
-                    continue  # the usage-only chunk the client did not ask for
-                data.pop("usage", None)
-            data["model"] = model_id
-            yield b"data: " + _dumps(data).encode() + b"\n\n"
-    except BackendError as exc:
-        # Headers are gone already: report the failure the way OpenAI streams do.
-        body = error_body(str(exc), status=exc.status, code=exc.code)
-        yield b"data: " + _dumps(body).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
+class _Answer:
+    """A run as ``chat.completion.chunk`` events, or one ``chat.completion``."""
+
+    def __init__(self, run: ChatRun, model_id: str, include_usage: bool) -> None:
+        self.run, self.model_id, self.include_usage = run, model_id, include_usage
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.run:
+                data = chunk.data
+                if not self.include_usage:
+                    if not data.get("choices"):
+                        continue  # the usage-only chunk the client did not ask for
+                    data.pop("usage", None)
+                data["model"] = self.model_id
+                yield b"data: " + _dumps(data).encode() + b"\n\n"
+        except BackendError as exc:
+            # Headers are gone already: report the failure the way OpenAI streams do.
+            body = error_body(str(exc), status=exc.status, code=exc.code)
+            yield b"data: " + _dumps(body).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    async def whole(self) -> dict[str, Any]:
+        return await aggregate(self.run, self.model_id)
 
 
 async def aggregate(run: ChatRun, model_id: str) -> dict[str, Any]:
@@ -116,13 +88,11 @@ async def aggregate(run: ChatRun, model_id: str) -> dict[str, Any]:
 
 
 async def _models(request: Request) -> dict[str, dict[str, Any]]:
-    inventory = await _pipeline(request).backends.inventory()
-    seen: dict[str, dict[str, Any]] = {}
-    for backend, models in inventory.items():
-        for m in models:
-            if m.name not in seen:
-                seen[m.name] = {"id": m.name, "object": "model", "created": 0, "owned_by": backend}
-    return seen
+    served = await served_names(_pipeline(request).backends)
+    return {
+        name: {"id": name, "object": "model", "created": 0, "owned_by": engine}
+        for name, (engine, _) in served.items()
+    }
 
 
 @router.get("/v1/models")

@@ -12,48 +12,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 
 from autotune.ground.errors import BackendError, InvalidRequest
-from autotune.pipeline import ChatInput, ChatRun, Pipeline
-from autotune.server.errors import error_body, error_response
+from autotune.ground.ids import CONVERSATION_ID_RULE, is_conversation_id, new_conversation_id
+from autotune.pipeline import ChatRun, Pipeline
+from autotune.server.driver import CALL, STREAM_RESPONSES, Call, EventAnswer
+from autotune.server.errors import ErrorShape, error_response
+from autotune.server.headers import HEADER_DOCS
+from autotune.server.responses_schema import ResponsesRequest
 from autotune.server.responses_wire import ResponseStream, to_chat
-from autotune.server.shapes import ClientGone, close_run, watching
-from autotune.store.conversations import new_conversation_id
+from autotune.server.schemas import as_sent
 from autotune.store.responses import ResponseStore
 
-__all__ = ["router"]
+__all__ = ["ERRORS", "router"]
 
 router = APIRouter()
+#: OpenAI's error shape; fields named as the Responses API names them (``input[0].content``).
+ERRORS = ErrorShape("OpenAI", paths=("/v1/responses",), brackets=True)
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-
-
-class ResponsesRequest(BaseModel):
-    """``POST /v1/responses``; every other field is checked by responses_wire.FIELDS."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = Field(None, min_length=1, max_length=512)
-    input: str | list[dict[str, Any]]
-    instructions: str | None = None
-    stream: bool | None = None
-    store: bool | None = None
-    previous_response_id: str | None = Field(None, min_length=1, max_length=128)
-    conversation: str | dict[str, Any] | None = None
-    max_output_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-    truncation: Literal["auto", "disabled"] | None = None
 
 
 def _pipeline(request: Request) -> Pipeline:
@@ -71,9 +52,9 @@ def _conversation_param(value: Any) -> str | None:
     if value is None:
         return None
     cid = value.get("id") if isinstance(value, dict) else value
-    if not isinstance(cid, str) or not _CONVERSATION_ID.match(cid):
+    if not isinstance(cid, str) or not is_conversation_id(cid):
         raise InvalidRequest(
-            "'conversation' must be a conversation id (letters, digits, _.:-, at most 128).",
+            f"'conversation' must be a conversation id ({CONVERSATION_ID_RULE}).",
             param="conversation",
         )
     return cid
@@ -105,112 +86,74 @@ async def _conversation(
     return new_conversation_id() if raw.get("store", True) else None
 
 
-async def _finish(
-    run: ChatRun, stream: ResponseStream, responses: ResponseStore, store: bool
-) -> list[dict[str, Any]]:
-    """The closing events, once the response is on record (so it can be resumed at once)."""
-    events = stream.finish(run.stats)
-    if store and run.conversation_id:
-        await asyncio.to_thread(
-            responses.put, stream.id, run.conversation_id, run.model, stream.response()
-        )
-    return events
-
-
-async def _events(
-    run: ChatRun, stream: ResponseStream, responses: ResponseStore, store: bool
-) -> AsyncIterator[dict[str, Any]]:
-    for event in stream.start():
-        yield event
-    async for chunk in run:
-        for event in stream.feed(chunk.data):
-            yield event
-    for event in await _finish(run, stream, responses, store):
-        yield event
-
-
 def _frame(event: dict[str, Any]) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + _dumps(event).encode() + b"\n\n"
 
 
-async def _sse(
-    run: ChatRun, stream: ResponseStream, responses: ResponseStore, store: bool
-) -> AsyncIterator[bytes]:
-    try:
-        async for event in _events(run, stream, responses, store):
-            yield _frame(event)
-    except BackendError as exc:
-        # Headers are gone already: report the failure as the Responses stream does.
-        for event in stream.failed(str(exc), exc.code):
-            yield _frame(event)
+class _Answer(EventAnswer):
+    """A run as the Responses event stream, or one ``response``; a stored response is put
+    on record before its closing events, so it can be resumed at once."""
+
+    def __init__(
+        self, run: ChatRun, stream: ResponseStream, responses: ResponseStore, store: bool
+    ) -> None:
+        self.run, self.stream, self.responses, self.store = run, stream, responses, store
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        run, stream = self.run, self.stream
+        for event in stream.start():
+            yield event
+        async for chunk in run:
+            for event in stream.feed(chunk.data):
+                yield event
+        closing = stream.finish(run.stats)
+        if self.store and run.conversation_id:
+            await asyncio.to_thread(
+                self.responses.put, stream.id, run.conversation_id, run.model, stream.response()
+            )
+        for event in closing:
+            yield event
+
+    def frame(self, event: dict[str, Any]) -> bytes:
+        return _frame(event)
+
+    def failed(self, exc: BackendError) -> list[bytes]:
+        return [_frame(event) for event in self.stream.failed(str(exc), exc.code)]
+
+    def result(self) -> dict[str, Any]:
+        return self.stream.response()
 
 
-async def _collect(
-    run: ChatRun, stream: ResponseStream, responses: ResponseStore, store: bool
-) -> dict[str, Any]:
-    async for _ in _events(run, stream, responses, store):
-        pass
-    return stream.response()
-
-
-@router.post(
-    "/v1/responses",
-    responses={200: {"content": {"text/event-stream": {}}}, 400: {}, 404: {}, 413: {}, 429: {}},
-)
-async def create_response(
-    body: ResponsesRequest,
-    request: Request,
-    x_autotune_profile: Literal["fast", "balanced", "quality"] | None = Header(
-        None, description="Tuning profile for this request (default: the server's)."
-    ),
-    x_conversation_id: str | None = Header(
-        None, max_length=128, description="Store and resume this conversation."
-    ),
-) -> Response:
+@router.post("/v1/responses", responses=STREAM_RESPONSES, openapi_extra=HEADER_DOCS)
+async def create_response(body: ResponsesRequest, call: Call = CALL) -> Response:
     """A response through autotune's pipeline (OpenAI's Responses schema; SSE when ``stream``)."""
-    settings = request.app.state.settings
-    raw = body.model_dump(exclude_unset=True, exclude_none=True)
-    parts = to_chat(raw, pass_unknown=settings.pass_unknown_fields)
-    responses = _responses(request)
+    raw = as_sent(body)
+    parts = to_chat(raw, pass_unknown=call.pass_unknown)
+    responses = _responses(call.request)
     store = bool(raw.get("store", True))
-    inp = ChatInput(
-        messages=parts.messages,
-        model=body.model,
-        params=parts.params,
-        profile=x_autotune_profile,
-        conversation_id=await _conversation(raw, x_conversation_id, responses),
-        persist=store,
-        overflow=parts.overflow,
-        source="responses",
-    )
-    pipeline = _pipeline(request)
-    try:
-        run = await watching(pipeline.start(inp), request, close_run)
-    except ClientGone:
-        return Response(status_code=499)
-    stream = ResponseStream(
-        raw,
-        body.model or run.model,
-        input_estimate=pipeline.tokens.count(run.model, run.request.messages),
-    )
-    stream.conversation_id = run.conversation_id if store else None
-    headers = {"X-Autotune-Plan": run.plan.summary()}
-    if run.conversation_id and store:
-        headers["X-Conversation-Id"] = run.conversation_id
-    if body.stream:
-        return StreamingResponse(
-            _sse(run, stream, responses, store),
-            media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    pipeline = call.pipeline
+
+    def answer(run: ChatRun) -> _Answer:
+        stream = ResponseStream(
+            raw,
+            body.model or run.model,
+            input_estimate=pipeline.tokens.count(run.model, run.request.messages),
         )
-    try:
-        answer = await watching(_collect(run, stream, responses, store), request)
-    except ClientGone:
-        return Response(status_code=499)
-    except BackendError as exc:
-        status = exc.status if exc.status >= 400 else 502
-        return JSONResponse(error_body(str(exc), status=status, code=exc.code), status, headers)
-    return JSONResponse(answer, headers=headers)
+        stream.conversation_id = run.conversation_id if store else None
+        return _Answer(run, stream, responses, store)
+
+    inp = call.chat(
+        parts.messages,
+        body.model,
+        parts.params,
+        conversation_id=await _conversation(raw, call.headers.conversation_id, responses),
+        persist=store,
+        overflow=call.headers.overflow or parts.overflow,
+        source="responses",
+        streamed=bool(body.stream),
+    )
+    started = pipeline.start(inp)
+    return await call.drive(started, answer, stream=bool(body.stream), conversation_header=store)
 
 
 @router.get("/v1/responses/{response_id}", responses={404: {}})

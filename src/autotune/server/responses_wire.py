@@ -19,9 +19,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from autotune.ground.errors import InvalidRequest
 from autotune.ground.types import EngineStats
-from autotune.server.fields import unknown_field
+from autotune.server.fields import RESPONSES, check_fields
+from autotune.server.wire_kit import bad as _bad
+from autotune.server.wire_kit import (
+    call_piece,
+    deltas,
+    function_tools,
+    system_prompt,
+    token_counts,
+)
 
 __all__ = [
     "FIELDS",
@@ -34,50 +41,11 @@ __all__ = [
 
 Event = dict[str, Any]
 
-#: Each field of a Responses request: (action, why); actions as in server/fields.py.
-FIELDS: dict[str, tuple[str, str]] = {
-    "model": ("own", "the engine is chosen by model name"),
-    "input": ("own", "translated to chat messages; the newest is never cut"),
-    "instructions": ("own", "the system prompt of this request"),
-    "stream": ("own", "the Responses event stream"),
-    "stream_options": ("accept", "events are never obfuscated on loopback"),
-    "store": ("own", "stores the turn in a conversation so previous_response_id can resume it"),
-    "previous_response_id": ("own", "resumes the stored conversation (and the engine's cache)"),
-    "conversation": ("own", "an autotune conversation id, as X-Conversation-Id"),
-    "max_output_tokens": ("forward", "as max_tokens"),
-    "temperature": ("forward", "sent to the engine"),
-    "top_p": ("forward", "sent to the engine"),
-    "tools": ("forward", "function tools; built-in tools are refused by type"),
-    "tool_choice": ("forward", "auto, none, required or one function"),
-    "parallel_tool_calls": ("forward", "sent to the engine"),
-    "text": ("forward", "format as response_format (JSON mode, JSON schema)"),
-    "reasoning": ("forward", "effort as reasoning_effort"),
-    "truncation": ("own", "auto: the start of the newest input may be cut to fit"),
-    "include": ("accept", "no extra output is produced here"),
-    "metadata": ("accept", "metadata; it changes nothing in the answer"),
-    "user": ("accept", "metadata"),
-    "safety_identifier": ("accept", "metadata"),
-    "prompt_cache_key": ("accept", "autotune's prompt caching is automatic"),
-    "prompt_cache_retention": ("accept", "autotune's prompt caching is automatic"),
-    "prompt_cache_options": ("accept", "autotune's prompt caching is automatic"),
-    "service_tier": ("accept", "a local engine has one tier"),
-    "max_tool_calls": ("accept", "autotune runs no built-in tools"),
-    "background": ("refuse", "background responses are not offered; stream instead"),
-    "background_options": ("refuse", "background responses are not offered"),
-    "prompt": ("refuse", "stored prompt templates are a service of OpenAI's platform"),
-    "top_logprobs": ("refuse", "logprobs are offered on /v1/chat/completions and /v1/completions"),
-    "context_management": ("refuse", "autotune manages the context itself"),
-    "moderation": ("refuse", "moderation is a service of OpenAI's platform"),
-    "image": ("refuse", "image generation is not offered by local engines here"),
-    "access_programs": ("refuse", "a service of OpenAI's platform"),
-}
+#: What happens to each top-level field (see :mod:`autotune.server.fields`).
+FIELDS = RESPONSES
 
 _ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 _TEXT_PARTS = ("input_text", "output_text", "text")
-
-
-def _bad(message: str, param: str) -> InvalidRequest:
-    return InvalidRequest(message, param=param)
 
 
 def new_response_id() -> str:
@@ -179,11 +147,7 @@ def _item(item: Any, where: str, out: list[dict[str, Any]]) -> None:
 
 def to_messages(instructions: Any, items: Any) -> list[dict[str, Any]]:
     """``instructions`` and ``input`` as chat messages."""
-    out: list[dict[str, Any]] = []
-    if instructions is not None:
-        text = _text(instructions, "instructions")
-        if text:
-            out.append({"role": "system", "content": text})
+    out = system_prompt(_text(instructions, "instructions") if instructions is not None else None)
     if isinstance(items, str):
         out.append({"role": "user", "content": items})
     elif isinstance(items, list):
@@ -196,28 +160,23 @@ def to_messages(instructions: Any, items: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _tools(tools: Any) -> list[dict[str, Any]]:
-    if not isinstance(tools, list):
-        raise _bad("'tools' must be a list.", "tools")
-    out = []
-    for i, tool in enumerate(tools):
-        where = f"tools[{i}]"
-        kind = tool.get("type") if isinstance(tool, Mapping) else None
-        if kind != "function":
-            raise _bad(
-                f"{where}: the built-in tool {kind!r} is not offered by local engines; only "
-                "function tools are.",
-                f"{where}.type",
-            )
-        name = tool.get("name")
-        if not isinstance(name, str) or not name:
-            raise _bad(f"{where}.name must be a non-empty string.", f"{where}.name")
-        function: dict[str, Any] = {"name": name}
-        for key in ("description", "parameters", "strict"):
-            if tool.get(key) is not None:
-                function[key] = tool[key]
-        out.append({"type": "function", "function": function})
-    return out
+def _tool(tool: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """One function tool (a built-in tool is refused by type)."""
+    kind = tool.get("type")
+    if kind != "function":
+        raise _bad(
+            f"{where}: the built-in tool {kind!r} is not offered by local engines; only "
+            "function tools are.",
+            f"{where}.type",
+        )
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise _bad(f"{where}.name must be a non-empty string.", f"{where}.name")
+    function: dict[str, Any] = {"name": name}
+    for key in ("description", "parameters", "strict"):
+        if tool.get(key) is not None:
+            function[key] = tool[key]
+    return function
 
 
 def _tool_choice(choice: Any) -> Any:
@@ -250,24 +209,12 @@ def _text_format(text: Any, params: dict[str, Any]) -> None:
         raise _bad("text.format.type must be text, json_object or json_schema.", "text.format")
 
 
-def _check_fields(body: Mapping[str, Any], pass_unknown: bool) -> dict[str, Any]:
-    extra: dict[str, Any] = {}
-    for name, value in body.items():
-        rule = FIELDS.get(name)
-        if rule is None:
-            if pass_unknown:
-                extra[name] = value
-                continue
-            raise unknown_field(name)
-        if rule[0] == "refuse" and value not in (None, False, 0):
-            raise InvalidRequest(f"{name!r} is not supported: {rule[1]}.", param=name)
-    return extra
-
-
 def to_chat(body: Mapping[str, Any], *, pass_unknown: bool = False) -> ChatParts:
     """A Responses request (as sent, no ``None`` values) in the pipeline's terms; raises
     :class:`InvalidRequest` naming what it cannot honour."""
-    params = _check_fields(body, pass_unknown)
+    params = check_fields(
+        body, table=FIELDS, pass_unknown=pass_unknown, extensions=False, forwarded=False
+    )
     messages = to_messages(body.get("instructions"), body.get("input"))
     if body.get("max_output_tokens") is not None:
         params["max_tokens"] = body["max_output_tokens"]
@@ -275,7 +222,7 @@ def to_chat(body: Mapping[str, Any], *, pass_unknown: bool = False) -> ChatParts
         if body.get(name) is not None:
             params[name] = body[name]
     if body.get("tools"):
-        params["tools"] = _tools(body["tools"])
+        params["tools"] = function_tools(body["tools"], _tool)
     if body.get("tool_choice") is not None:
         params["tool_choice"] = _tool_choice(body["tool_choice"])
         if params["tool_choice"] not in ("auto", "none") and not params.get("tools"):
@@ -297,9 +244,7 @@ def to_chat(body: Mapping[str, Any], *, pass_unknown: bool = False) -> ChatParts
 def usage(stats: EngineStats | None, estimate: int = 0, output: int = 0) -> dict[str, Any]:
     """Responses usage from the engine's counters (estimates when it gave none). The engine
     keeps every prompt it computed in its cache: those tokens are the cache writes."""
-    prompt = stats.prompt_tokens if stats and stats.prompt_tokens is not None else estimate
-    cached = stats.cached_tokens if stats and stats.cached_tokens else 0
-    completion = stats.completion_tokens if stats and stats.completion_tokens else output
+    prompt, cached, completion = token_counts(stats, estimate, output)
     return {
         "input_tokens": prompt,
         "input_tokens_details": {
@@ -382,17 +327,12 @@ class ResponseStream:
 
     def feed(self, data: Mapping[str, Any]) -> list[Event]:
         events: list[Event] = []
-        for choice in data.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
+        for delta, finish in deltas(data):
             if delta.get("content"):
                 self._deltas += 1
                 events += self._text(delta["content"])
-            for call in delta.get("tool_calls") or ():
-                events += self._call(call)
-            if choice.get("finish_reason"):
-                self._finish = choice["finish_reason"]
+            events += [e for call in delta.get("tool_calls") or () for e in self._call(call)]
+            self._finish = finish or self._finish
         return events
 
     def finish(self, stats: EngineStats | None) -> list[Event]:
@@ -462,31 +402,29 @@ class ResponseStream:
         return events
 
     def _call(self, call: Mapping[str, Any]) -> list[Event]:
+        piece = call_piece(call)
         events: list[Event] = []
-        key = f"call:{call.get('index', 0)}"
-        fn = call.get("function") or {}
-        if self._open != key:
+        if self._open != f"call:{piece.index}":
             events += self._close()
-            self._open = key
-            item = {
+            self._open = f"call:{piece.index}"
+            opened = {
                 "type": "function_call",
                 "id": "fc_" + uuid.uuid4().hex,
-                "call_id": call.get("id") or "call_" + uuid.uuid4().hex[:24],
-                "name": fn.get("name") or "",
+                "call_id": piece.id or "call_" + uuid.uuid4().hex[:24],
+                "name": piece.name,
                 "arguments": "",
                 "status": "in_progress",
             }
-            events.append(self._item_added(item))
-        piece = fn.get("arguments") or ""
-        if piece:
+            events.append(self._item_added(opened))
+        if piece.arguments:
             item = self.output[-1]
-            item["arguments"] += piece
+            item["arguments"] += piece.arguments
             events.append(
                 self._event(
                     "response.function_call_arguments.delta",
                     item_id=item["id"],
                     output_index=len(self.output) - 1,
-                    delta=piece,
+                    delta=piece.arguments,
                 )
             )
         return events

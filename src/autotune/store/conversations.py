@@ -6,11 +6,11 @@ import builtins
 import json
 import sqlite3
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from autotune.ground.ids import new_conversation_id
 from autotune.store.db import Database
 
 __all__ = [
@@ -25,10 +25,6 @@ __all__ = [
 
 #: OpenAI message fields kept beside role and content.
 _EXTRA_KEYS = ("name", "tool_calls", "tool_call_id")
-
-
-def new_conversation_id() -> str:
-    return "conv_" + uuid.uuid4().hex[:16]
 
 
 @dataclass

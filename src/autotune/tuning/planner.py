@@ -171,7 +171,14 @@ class Plan:
         return parts
 
     #: Decisions made after planning (context fit, KV cache, overflow) shown by key.
-    header_keys: ClassVar[tuple[str, ...]] = ("context", "overflow", "kv_cache")
+    header_keys: ClassVar[tuple[str, ...]] = (
+        "context",
+        "overflow",
+        "kv_cache",
+        "kv_reused",
+        "runaway",
+        "priority",
+    )
 
 
 def bucket_for(tokens: int, cap: int) -> int:

@@ -1,0 +1,54 @@
+"""The agents' harness: ``agents.claude(prompt)`` / ``agents.codex(prompt)`` run the real CLIs
+(installed by ``make agents``) against ``autotune serve`` on the embedded engine, every exchange
+recorded (tests/agent_harness.py). The model they are given is the tool-capable test model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent_harness import AgentRun, Exchange, Recorder, agents_missing, run_claude, run_codex
+from autotune.ground.config import Settings
+from autotune.server.app import create_app
+from autotune.server.runner import BackgroundServer
+from tool_model import TOOL_MODEL
+
+#: The key the agents send (autotune asks for none on loopback; any key is taken).
+AGENT_KEY = "sk-test-not-a-secret"
+
+
+@dataclass
+class Agents:
+    """Runs an agent against the recording server; returns its run and its new exchanges."""
+
+    url: str
+    recorder: Recorder
+    folder: Path
+
+    def claude(self, prompt: str, name: str = "claude") -> tuple[AgentRun, list[Exchange]]:
+        return self._run(run_claude, prompt, name)
+
+    def codex(self, prompt: str, name: str = "codex") -> tuple[AgentRun, list[Exchange]]:
+        return self._run(run_codex, prompt, name)
+
+    def _run(
+        self, runner: Callable[..., AgentRun], prompt: str, name: str
+    ) -> tuple[AgentRun, list[Exchange]]:
+        before = len(self.recorder.exchanges)
+        done = runner(self.url, AGENT_KEY, TOOL_MODEL, prompt, self.folder / name)
+        return done, self.recorder.exchanges[before:]
+
+
+@pytest.fixture(scope="module")
+def agents(tmp_path_factory: pytest.TempPathFactory, tool_models_dir: Path) -> Iterator[Agents]:
+    missing = agents_missing()
+    if missing:
+        pytest.fail(f"the agents are not installed: {missing}")
+    folder = tmp_path_factory.mktemp("agents")
+    settings = Settings(home=folder / "autotune", backend="embedded", recall=False)
+    recorder = Recorder(create_app(settings))
+    with BackgroundServer(recorder) as server:  # type: ignore[arg-type]  # any ASGI app
+        yield Agents(server.url, recorder, folder)
