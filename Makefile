@@ -71,7 +71,7 @@ test: $(STAMP) $(TOOL_GGUF) $(AGENTS_STAMP) $(VLLM_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
