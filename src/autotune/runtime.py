@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +56,12 @@ class Runtime:
     loads: LoadedModels | None = None
     #: Models a warm start is loading now (``/health`` shows them).
     warming: set[str] = field(default_factory=set)
-    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _tasks: set[asyncio.Future[Any]] = field(default_factory=set)
+    #: One thread for the background writes, so they land in the order they were made (a
+    #: model's load before its unload; with a thread each, the unload could land first).
+    _writer: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="autotune-writes")
+    )
     _indexing: bool = False
 
     async def aclose(self) -> None:
@@ -68,6 +74,7 @@ class Runtime:
             await self.pipeline.kv.aclose()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._writer.shutdown(wait=True)
         self.db.close()
 
     # -- telemetry wiring: writes go to a thread so the event loop never waits on SQLite
@@ -79,7 +86,7 @@ class Runtime:
             with contextlib.suppress(Exception):
                 fn(*args)
             return
-        task = loop.create_task(asyncio.to_thread(fn, *args))
+        task = asyncio.ensure_future(loop.run_in_executor(self._writer, fn, *args))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
