@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import shutil
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,8 @@ from autotune.store.telemetry import TelemetryStore, derive_events
 from autotune.store.tuning import TuningStore
 
 __all__ = ["BackendSet", "Runtime", "open_backends", "open_runtime"]
+
+log = logging.getLogger("autotune.store")
 
 #: Engine events that change which models are loaded.
 _LOAD_EVENTS = ("load", "reload", "unload", "unexpected_unload")
@@ -57,6 +61,13 @@ class Runtime:
     warming: set[str] = field(default_factory=set)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _indexing: bool = False
+    #: A background write failed (logged once) and none has succeeded since.
+    _write_failing: bool = False
+
+    @property
+    def writes_failing(self) -> bool:
+        """A background write (telemetry, events) failed and none has succeeded since."""
+        return self._write_failing
 
     async def aclose(self) -> None:
         await self.pipeline.sampler.stop()
@@ -79,9 +90,27 @@ class Runtime:
             with contextlib.suppress(Exception):
                 fn(*args)
             return
-        task = loop.create_task(asyncio.to_thread(fn, *args))
+        task = loop.create_task(asyncio.to_thread(self._guarded, fn, *args))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _guarded(self, fn: Any, *args: Any) -> None:
+        """A background write (telemetry, events, loaded models): one that fails on a full
+        disk or a read-only folder is dropped with one log line, until writes succeed again,
+        never a request's error or an exception no one retrieves."""
+        try:
+            fn(*args)
+        except (sqlite3.Error, OSError) as exc:
+            if not self._write_failing:
+                self._write_failing = True
+                log.warning(
+                    "telemetry not written (%s: %s); records are dropped until the data "
+                    "folder can be written again (`autotune doctor` checks it)",
+                    type(exc).__name__,
+                    str(exc)[:120],
+                )
+        else:
+            self._write_failing = False
 
     def on_run(self, record: RunRecord) -> None:
         self._write(self._store_run, record)

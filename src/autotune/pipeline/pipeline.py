@@ -42,6 +42,7 @@ from autotune.ground.errors import (
     StorageError,
     UpstreamError,
     error_summary,
+    storage_failure,
 )
 from autotune.ground.records import RunRecord
 from autotune.ground.types import ChatRequest, LoadSettings
@@ -347,12 +348,8 @@ class Pipeline:
         try:
             await asyncio.to_thread(write)
         except (sqlite3.Error, OSError) as exc:
-            full = "full" in str(exc).lower() or getattr(exc, "errno", None) == 28
-            raise StorageError(
-                "The reply could not be stored"
-                + (": the disk is full." if full else f" ({type(exc).__name__}).")
-                + " Free space and send the message again.",
-                disk_full=full,
+            raise storage_failure(exc, "The reply") or StorageError(
+                f"The reply could not be stored ({type(exc).__name__})."
             ) from None
         for hook in self.after_store:
             hook(conv_id)

@@ -12,6 +12,7 @@ from autotune.ground.errors import BackendError
 from autotune.ground.profiles import PROFILES
 from autotune.ground.serialize import to_jsonable
 from autotune.hardware.pressure import pressure_tier
+from autotune.operations.storage import check_data_folder
 
 __all__ = ["router"]
 
@@ -30,8 +31,9 @@ async def health(request: Request) -> dict[str, Any]:
     reachable = {n: (a is True) for n, a in zip(names, answers, strict=False)}
     sample = pipeline.sampler.latest
     primary_ok = reachable.get(names[0], False)
+    storage = check_data_folder(state.settings.home, writes_failing=state.runtime.writes_failing)
     return {
-        "status": "ok" if primary_ok else "degraded",
+        "status": "ok" if primary_ok and storage.ok else "degraded",
         "queue": {
             "running": pipeline.queue.running,
             "queued": pipeline.queue.queued,
@@ -45,6 +47,8 @@ async def health(request: Request) -> dict[str, Any]:
             "swap_used_bytes": sample.swap_used,
         },
         "backends": reachable,
+        # The data folder: a full disk or a read-only folder stores nothing (turns get 507).
+        "storage": storage.as_dict(),
         "primary_backend": names[0],
         # Models a warm start is loading (those loaded when autotune last stopped).
         "warming": sorted(state.runtime.warming),
