@@ -1,8 +1,8 @@
 """A full disk and a read-only data folder, for real: ``autotune serve`` (its own process, the
 embedded engine) with ``AUTOTUNE_HOME`` on a small tmpfs that the test fills (and, once the
-server has stopped, remounts read-only). Every face and conversation creation answer the API's storage error (507, in the
-face's own shape); never a 500, never an exception no one retrieved in the log, and
-``/health`` and ``autotune doctor`` say what is wrong.
+server has stopped, remounts read-only). Every face and conversation creation answer the
+API's storage error (507, in the face's own shape); never a 500, never an exception no one
+retrieved in the log, and ``/health`` and ``autotune doctor`` say what is wrong.
 
 Mounting needs root (CI runs as root); elsewhere the test is skipped and says why.
 """
@@ -25,7 +25,6 @@ import openai
 import pytest
 
 from autotune.operations import storage
-from tests.integration.conftest import ServeProcess
 
 pytestmark = pytest.mark.engine
 
@@ -92,7 +91,7 @@ def _doctor(home: Path) -> tuple[int, dict[str, Any]]:
 
 
 def test_a_full_disk_and_a_read_only_folder_answer_507_on_every_face(
-    small_home: Path, serve_process: Callable[..., ServeProcess]
+    small_home: Path, serve_process: Callable[..., Any]
 ) -> None:
     """Before: turns 2 and 3 and ``POST /api/conversations`` answered 500 on a full disk,
     and telemetry left "Task exception was never retrieved" tracebacks in the log."""

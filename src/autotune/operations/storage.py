@@ -1,4 +1,4 @@
-"""Whether the data folder (``AUTOTUNE_HOME``) can take writes: for ``/health`` and ``autotune doctor``."""
+"""Whether the data folder (AUTOTUNE_HOME) takes writes, for `/health` and `autotune doctor`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOW_BYTES", "FULL_BYTES", "FolderStatus", "check_data_folder", "judge_folder"]
+__all__ = ["FULL_BYTES", "LOW_BYTES", "FolderStatus", "check_data_folder", "judge_folder"]
 
 #: Free bytes under which the folder counts as full: a turn, its telemetry and a KV index
 #: row no longer fit with certainty (SQLite grows its files by pages).
