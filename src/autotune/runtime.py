@@ -16,7 +16,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from autotune.backends.registry import BackendSet, open_backends
+from autotune.backends.registry import BackendSet, open_backends, serving_addresses
 from autotune.ground.config import Settings, get_settings
 from autotune.ground.errors import BackendError
 from autotune.ground.records import RunRecord
@@ -227,16 +227,19 @@ async def open_runtime(
     backends: BackendSet | None = None,
     start_sampler: bool = True,
     index_turns: bool = False,
+    serving: bool = False,
 ) -> Runtime:
     """Probe the engines, open the database and build the pipeline with telemetry attached.
 
     ``index_turns`` embeds each stored turn for semantic recall right away (the terminal
     chat). The server leaves it off: full-text search is kept current by SQLite triggers,
     and loading an embedding model (~5 s, hundreds of MiB) has no place in its request path;
-    ``autotune recall search`` embeds what is pending when it runs.
+    ``autotune recall search`` embeds what is pending when it runs. ``serving``: this
+    process is ``autotune serve``, whose own addresses are never taken for an engine.
     """
     settings = settings or get_settings()
-    engines = backends or await open_backends(settings, requested=backend)
+    own = serving_addresses(settings) if serving else []
+    engines = backends or await open_backends(settings, requested=backend, serving=own)
     hardware = await asyncio.to_thread(detect_hardware)
     db = await asyncio.to_thread(Database, settings.db_path)
     store = ConversationStore(db)

@@ -29,6 +29,7 @@ from autotune.server.middleware import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
     HostGuardMiddleware,
+    IdentityMiddleware,
     InternalErrorMiddleware,
     SiteCorsMiddleware,
     is_loopback,
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await open_runtime(settings, backends=backends)
+        runtime = await open_runtime(settings, backends=backends, serving=True)
         pipeline = runtime.pipeline
         metrics = Metrics(pipeline.queue, lambda: pipeline.sampler.latest.ram_used_fraction)
         pipeline.observers.append(metrics.observe)
@@ -112,4 +113,5 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, shapes=shapes)
     app.add_middleware(SiteCorsMiddleware, **sites)
+    app.add_middleware(IdentityMiddleware)  # says "autotune" on every answer, refusals too
     return app

@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from autotune import __version__
+from autotune.ground.engines import AUTOTUNE_HEADER
 from autotune.server.dashboard import is_dashboard_asset_request, is_public_dashboard_request
 from autotune.server.errors import ErrorShapes, Refusal
 
@@ -23,6 +25,7 @@ __all__ = [
     "ApiKeyMiddleware",
     "BodyLimitMiddleware",
     "HostGuardMiddleware",
+    "IdentityMiddleware",
     "InternalErrorMiddleware",
     "SiteCorsMiddleware",
     "Sites",
@@ -231,6 +234,28 @@ class HostGuardMiddleware:
             await _reply(self.shapes, scope, receive, send, refusal)
             return
         await self.app(scope, receive, send)
+
+
+class IdentityMiddleware:
+    """Every answer says it comes from autotune (``X-Autotune-Version``), so another autotune
+    probing for an engine never takes this one for Ollama or llama-server by mistake."""
+
+    _HEADER = (AUTOTUNE_HEADER.lower().encode(), __version__.encode())
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), self._HEADER]
+            await send(message)
+
+        await self.app(scope, receive, marked)
 
 
 class SiteCorsMiddleware(CORSMiddleware):
