@@ -12,6 +12,7 @@ __all__ = [
     "ModelNotFound",
     "NotSupported",
     "QueueFull",
+    "RequestStopped",
     "StorageError",
     "UnsupportedOption",
     "UpstreamError",
@@ -174,6 +175,44 @@ class QueueFull(BackendError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RequestStopped(BackendError):
+    """autotune stopped a running request: over ``AUTOTUNE_MAX_REQUEST_SECONDS`` (504), cancelled
+    by the operator (499, as a cancelled call is), or the server stopping (503). Before the
+    first byte it is the answer; after it, the stream's error event."""
+
+    def __init__(self, message: str, *, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    @classmethod
+    def over_time(cls, seconds: float) -> RequestStopped:
+        return cls(
+            f"The request ran for longer than {seconds:g} s (AUTOTUNE_MAX_REQUEST_SECONDS) and "
+            "was stopped; ask for fewer tokens (max_tokens) or a shorter prompt.",
+            status=504,
+            code="request_timeout",
+        )
+
+    @classmethod
+    def cancelled(cls, request_id: str) -> RequestStopped:
+        return cls(
+            f"The request {request_id} was cancelled by the operator of this autotune "
+            "(DELETE /api/requests/{id}).",
+            status=499,
+            code="request_cancelled",
+        )
+
+    @classmethod
+    def shutting_down(cls) -> RequestStopped:
+        return cls(
+            "autotune is shutting down: the request was stopped before it finished (nothing "
+            "of it was stored). Send it again once autotune is back.",
+            status=503,
+            code="server_shutting_down",
+        )
 
 
 def error_summary(exc: BaseException) -> str:

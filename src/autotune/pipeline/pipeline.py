@@ -54,6 +54,7 @@ from autotune.pipeline.gather import Gatherer, TunedLookup
 from autotune.pipeline.inputs import ChatInput, Opener, validate
 from autotune.pipeline.kv import KvManager, Prompt, preview_of
 from autotune.pipeline.run import ChatRun, Turn
+from autotune.pipeline.running import RunningRequests
 from autotune.pipeline.state import EngineState
 from autotune.store.conversations import ConversationStore
 from autotune.tuning.planner import Plan
@@ -113,6 +114,8 @@ class Pipeline:
             concurrency=lambda: self.queue.max_concurrent,
         )
         self.recent: list[RunRecord] = []
+        #: The requests running now, each stopped at AUTOTUNE_MAX_REQUEST_SECONDS.
+        self.running = RunningRequests(settings.max_request_seconds)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
