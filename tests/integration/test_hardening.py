@@ -116,6 +116,18 @@ def test_a_web_page_of_another_site_is_refused_but_listed_and_local_ones_are_not
         assert api.get("/api/profiles", headers={"Origin": origin}).status_code == 200, origin
 
 
+def test_running_requests_are_listed_and_cancelled_only_with_the_key(tmp_path: Path) -> None:
+    key = {"Authorization": "Bearer k3y"}
+    with TestClient(
+        create_app(_settings(tmp_path, api_key="k3y")), base_url="http://127.0.0.1"
+    ) as client:
+        assert client.delete("/api/requests/req_x").status_code == 401
+        assert client.get("/api/requests").status_code == 401
+        assert client.get("/api/requests", headers=key).json()["running"] == []
+        missing = client.delete("/api/requests/req_x", headers=key)
+        assert missing.status_code == 404 and missing.json()["error"]["param"] == "request_id"
+
+
 LOOPBACK_PAGES = ("http://localhost:3000", "http://127.0.0.1:5173", "http://[::1]:8080")
 
 
