@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from autotune import __version__
 from autotune.ground.config import Settings
@@ -78,3 +79,12 @@ def test_serve_refuses_an_engine_url_that_is_its_own_address(tmp_path: Path) -> 
     assert done.returncode == 2, done.stderr
     assert "AUTOTUNE_LLAMACPP_URL" in done.stderr and "own address" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_refusal_says_autotune_too(tmp_path: Path) -> None:
+    """An autotune with a key answers a probe with a 401: that answer names it as well, so it
+    is not taken for an Ollama that merely refused."""
+    app = create_app(Settings(home=tmp_path / "home", backend="embedded", api_key="k3y"))
+    refused = TestClient(app, base_url="http://127.0.0.1").get("/api/version")
+    assert refused.status_code == 401
+    assert refused.headers["X-Autotune-Version"] == __version__

@@ -29,7 +29,6 @@ from autotune.server.middleware import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
     HostGuardMiddleware,
-    IdentityMiddleware,
     InternalErrorMiddleware,
     SiteCorsMiddleware,
     is_loopback,
@@ -113,5 +112,4 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, shapes=shapes)
     app.add_middleware(SiteCorsMiddleware, **sites)
-    app.add_middleware(IdentityMiddleware)  # says "autotune" on every answer, refusals too
     return app

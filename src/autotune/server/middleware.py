@@ -22,10 +22,10 @@ from autotune.server.dashboard import is_dashboard_asset_request, is_public_dash
 from autotune.server.errors import ErrorShapes, Refusal
 
 __all__ = [
+    "IDENTITY",
     "ApiKeyMiddleware",
     "BodyLimitMiddleware",
     "HostGuardMiddleware",
-    "IdentityMiddleware",
     "InternalErrorMiddleware",
     "SiteCorsMiddleware",
     "Sites",
@@ -47,6 +47,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: Every answer says it comes from autotune (its version), so another autotune probing for an
+#: engine never takes this one for Ollama or llama-server by mistake: added to the routes'
+#: answers by :class:`InternalErrorMiddleware` and to every refusal before them.
+IDENTITY = (AUTOTUNE_HEADER.lower().encode(), __version__.encode())
+
+
 async def _reply(
     shapes: ErrorShapes,
     scope: Scope,
@@ -56,6 +62,7 @@ async def _reply(
 ) -> None:
     """Answer ``refusal`` before any route, in the shape of the API at the request's path."""
     response = shapes.for_path(scope.get("path", "")).response(refusal)
+    response.raw_headers.append(IDENTITY)
     await response(scope, receive, send)
 
 
@@ -236,28 +243,6 @@ class HostGuardMiddleware:
         await self.app(scope, receive, send)
 
 
-class IdentityMiddleware:
-    """Every answer says it comes from autotune (``X-Autotune-Version``), so another autotune
-    probing for an engine never takes this one for Ollama or llama-server by mistake."""
-
-    _HEADER = (AUTOTUNE_HEADER.lower().encode(), __version__.encode())
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def marked(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), self._HEADER]
-            await send(message)
-
-        await self.app(scope, receive, marked)
-
-
 class SiteCorsMiddleware(CORSMiddleware):
     """CORS for the web pages :class:`HostGuardMiddleware` lets through: pages on loopback
     (``http://localhost:3000``, ``http://127.0.0.1:5173``, ``http://[::1]:8080``) or allowed
@@ -298,7 +283,7 @@ class SiteCorsMiddleware(CORSMiddleware):
 class InternalErrorMiddleware:
     """An unexpected exception becomes a 500 that says "Internal error" and a request id; the
     server log gets the id, the exception's type and its stack (file, line, function), never
-    the exception's text, which can quote a prompt."""
+    the exception's text, which can quote a prompt. Every answer gets :data:`IDENTITY`."""
 
     def __init__(self, app: ASGIApp, shapes: ErrorShapes | None = None) -> None:
         self.app = app
@@ -314,6 +299,7 @@ class InternalErrorMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                message["headers"] = [*message.get("headers", ()), IDENTITY]
             await send(message)
 
         try:
