@@ -95,8 +95,7 @@ def test_a_full_disk_and_a_read_only_folder_answer_507_on_every_face(
 ) -> None:
     """Before: turns 2 and 3 and ``POST /api/conversations`` answered 500 on a full disk,
     and telemetry left "Task exception was never retrieved" tracebacks in the log."""
-    # KV files off: the engine's save would otherwise fill the 16 MiB on the first turn.
-    server = serve_process(AUTOTUNE_KV_DISK_BUDGET="0").start()
+    server = serve_process().start()
     url = server.url
     oai = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
     claude = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0, timeout=120)
