@@ -51,19 +51,23 @@ class History:
         self.model = model
         self.system = system
         self.turns: list[dict[str, str]] = []
+        #: X-Autotune-Plan of the last OpenAI reply (a whole reply's header ends with what the
+        #: engine reused, by its own count).
+        self.plan = ""
 
     def messages(self) -> list[dict[str, str]]:
         return [{"role": "system", "content": self.system}, *self.turns]
 
     def openai(self, url: str, text: str, **extra: Any) -> str:
         self.turns.append({"role": "user", "content": text})
-        reply = openai_client(url).chat.completions.create(
+        raw = openai_client(url).chat.completions.with_raw_response.create(
             model=self.model,
             messages=self.messages(),  # type: ignore[arg-type]
             max_tokens=extra.pop("max_tokens", 6),
             temperature=0,
             **extra,
         )
+        self.plan, reply = raw.headers.get("x-autotune-plan", ""), raw.parse()
         return self._answered(reply.choices[0].message.content or "")
 
     def ollama(self, url: str, text: str) -> str:
@@ -206,6 +210,8 @@ def test_a_shared_preamble_and_a_resume_on_the_bundled_model(
     second.openai(server.url, "What does the README say about installing?")
     run = last_run(server.url)
     assert run["prompt_tokens"] - run["cached_tokens"] <= 0.1 * preamble_tokens, run
+    reused = f"kv_cache=restored; kv_reused={run['cached_tokens']}/{run['prompt_tokens']}"
+    assert reused in second.plan  # the header says what the engine itself reused
     # The first session's next turn: from disk, and the greedy answer the warm engine gave.
     assert first.openai(server.url, "Now open the first one.") == answer
     assert cached_share(last_run(server.url)) >= 0.9

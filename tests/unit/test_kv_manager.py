@@ -116,6 +116,8 @@ async def test_a_whole_history_resumes_from_disk_after_a_restart(rig: Rig) -> No
     first = await chat.say(pipeline, "Remember these: " + " ".join(f"f{i}" for i in range(3000)))
     second = await chat.say(pipeline, "And the first fact?")
     assert second.record.kv == "hit" and first.record.kv == "miss"
+    cached = second.stats.cached_tokens  # type: ignore[union-attr]
+    assert f"kv_cache=hit; kv_reused={cached}/" in second.plan.summary() and cached > 3000
     await settled(pipeline)
     # Saved once after the long first turn; the short second added too little to save again.
     assert [a[0] for a in engine.slot_actions] == ["save"]
@@ -149,7 +151,9 @@ async def test_a_new_session_with_a_saved_preamble_prefills_only_the_rest(rig: R
 async def test_short_prompts_cost_no_look_up(rig: Rig) -> None:
     pipeline, engine = rig.start()
     run = await Chat().say(pipeline, "Hi there, how are you?")
-    assert engine.lookups == 0 and "kv_cache=short" in run.plan.summary()
+    assert engine.lookups == 0
+    # The choice (too short to look up), then what the engine reused by its own count.
+    assert [d.value for d in run.plan.decisions if d.key == "kv_cache"] == ["short", "miss"]
     await settled(pipeline)
     assert engine.slot_actions == []
     await rig.stop(pipeline, engine)

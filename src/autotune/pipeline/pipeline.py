@@ -57,6 +57,7 @@ from autotune.pipeline.run import ChatRun, Turn
 from autotune.pipeline.running import RunningRequests
 from autotune.pipeline.state import EngineState
 from autotune.store.conversations import ConversationStore
+from autotune.tuning.kv import engine_reuse
 from autotune.tuning.planner import Plan
 
 __all__ = ["ChatInput", "ChatRun", "Observer", "Opener", "Pipeline", "TunedLookup"]
@@ -364,6 +365,10 @@ class Pipeline:
         if run.kv_ticket is not None and self.kv is not None:
             run.record.kv = self.kv.release(run.kv_ticket, stats, run.record.status == "ok")
             run.record.kv_bytes = run.kv_ticket.saved_bytes or None
+        if stats is not None:  # the plan ends with what the engine reused, by its own count
+            run.plan.decisions.extend(
+                engine_reuse(run.record.kv, stats.cached_tokens, stats.prompt_tokens)
+            )
         self._notify(run.record)
 
     def record(self, record: RunRecord) -> None:

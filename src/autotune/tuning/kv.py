@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from autotune.ground.decision import Decision
 from autotune.ground.kv import BLOCK, KvFile, Match, SlotView, TokenChain
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "RamCache",
     "after_turn",
     "best_match",
+    "engine_reuse",
     "kv_outcome",
     "over_budget",
     "plan_slot",
@@ -283,3 +285,17 @@ def kv_outcome(
     if reused:
         return "hit"
     return "saved" if saved_bytes else "miss"
+
+
+def engine_reuse(outcome: str | None, cached: int | None, prompt: int | None) -> list[Decision]:
+    """After a run, what the engine says it reused, for the plan: ``kv_cache`` becomes the
+    outcome by the engine's own count (``restored``, ``hit``, ``saved``, ``miss``; see
+    :func:`kv_outcome`), ``kv_reused`` its cached and prompt tokens. Before the reply only the
+    choice is known (``hit``, ``ram``, ``restore``…), so a stream's header says that; a whole
+    reply's header, the run's record and the dashboard say this. Nothing for an engine that
+    does not count (its ``cached_tokens`` is None)."""
+    if cached is None or not prompt:
+        return []
+    why = f"the engine reused {cached:,} of the prompt's {prompt:,} tokens"
+    final = outcome or kv_outcome(None, cached, prompt, 0)
+    return [Decision("kv_cache", final, why), Decision("kv_reused", f"{cached}/{prompt}", why)]

@@ -175,6 +175,7 @@ class Plan:
         "context",
         "overflow",
         "kv_cache",
+        "kv_reused",
         "runaway",
         "priority",
     )
