@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import shutil
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from autotune.backends.registry import BackendSet, open_backends
+from autotune.backends.registry import BackendSet, open_backends, serving_addresses
 from autotune.ground.config import Settings, get_settings
 from autotune.ground.errors import BackendError
 from autotune.ground.records import RunRecord
@@ -33,6 +35,8 @@ from autotune.store.telemetry import TelemetryStore, derive_events
 from autotune.store.tuning import TuningStore
 
 __all__ = ["BackendSet", "Runtime", "open_backends", "open_runtime"]
+
+log = logging.getLogger("autotune.store")
 
 #: Engine events that change which models are loaded.
 _LOAD_EVENTS = ("load", "reload", "unload", "unexpected_unload")
@@ -63,6 +67,13 @@ class Runtime:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="autotune-writes")
     )
     _indexing: bool = False
+    #: A background write failed (logged once) and none has succeeded since.
+    _write_failing: bool = False
+
+    @property
+    def writes_failing(self) -> bool:
+        """A background write (telemetry, events) failed and none has succeeded since."""
+        return self._write_failing
 
     async def aclose(self) -> None:
         await self.pipeline.sampler.stop()
@@ -86,9 +97,27 @@ class Runtime:
             with contextlib.suppress(Exception):
                 fn(*args)
             return
-        task = asyncio.ensure_future(loop.run_in_executor(self._writer, fn, *args))
+        task = asyncio.ensure_future(loop.run_in_executor(self._writer, self._guarded, fn, *args))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _guarded(self, fn: Any, *args: Any) -> None:
+        """A background write (telemetry, events, loaded models): one that fails on a full
+        disk or a read-only folder is dropped with one log line, until writes succeed again,
+        never a request's error or an exception no one retrieves."""
+        try:
+            fn(*args)
+        except (sqlite3.Error, OSError) as exc:
+            if not self._write_failing:
+                self._write_failing = True
+                log.warning(
+                    "telemetry not written (%s: %s); records are dropped until the data "
+                    "folder can be written again (`autotune doctor` checks it)",
+                    type(exc).__name__,
+                    str(exc)[:120],
+                )
+        else:
+            self._write_failing = False
 
     def on_run(self, record: RunRecord) -> None:
         self._write(self._store_run, record)
@@ -205,16 +234,19 @@ async def open_runtime(
     backends: BackendSet | None = None,
     start_sampler: bool = True,
     index_turns: bool = False,
+    serving: bool = False,
 ) -> Runtime:
     """Probe the engines, open the database and build the pipeline with telemetry attached.
 
     ``index_turns`` embeds each stored turn for semantic recall right away (the terminal
     chat). The server leaves it off: full-text search is kept current by SQLite triggers,
     and loading an embedding model (~5 s, hundreds of MiB) has no place in its request path;
-    ``autotune recall search`` embeds what is pending when it runs.
+    ``autotune recall search`` embeds what is pending when it runs. ``serving``: this
+    process is ``autotune serve``, whose own addresses are never taken for an engine.
     """
     settings = settings or get_settings()
-    engines = backends or await open_backends(settings, requested=backend)
+    own = serving_addresses(settings) if serving else []
+    engines = backends or await open_backends(settings, requested=backend, serving=own)
     hardware = await asyncio.to_thread(detect_hardware)
     db = await asyncio.to_thread(Database, settings.db_path)
     store = ConversationStore(db)

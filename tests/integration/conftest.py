@@ -72,6 +72,8 @@ class ServeProcess:
             **env,
         }
         self.proc: subprocess.Popen[str] | None = None
+        #: What ``serve`` wrote to stderr (its log), read when it stopped.
+        self.log = ""
 
     def start(self) -> ServeProcess:
         self.proc = subprocess.Popen(
@@ -97,7 +99,8 @@ class ServeProcess:
         # uvicorn shuts down gracefully (the lifespan's end: slots saved), then re-raises
         # the signal it caught, so the exit status is -SIGTERM.
         code = self.proc.wait(timeout=60)
-        assert code in (0, -signal.SIGTERM), self.proc.stderr.read() if self.proc.stderr else ""
+        self.log = self.proc.stderr.read() if self.proc.stderr else ""
+        assert code in (0, -signal.SIGTERM), self.log
 
 
 @pytest.fixture

@@ -116,6 +116,54 @@ def test_a_web_page_of_another_site_is_refused_but_listed_and_local_ones_are_not
         assert api.get("/api/profiles", headers={"Origin": origin}).status_code == 200, origin
 
 
+def test_running_requests_are_listed_and_cancelled_only_with_the_key(tmp_path: Path) -> None:
+    key = {"Authorization": "Bearer k3y"}
+    with TestClient(
+        create_app(_settings(tmp_path, api_key="k3y")), base_url="http://127.0.0.1"
+    ) as client:
+        assert client.delete("/api/requests/req_x").status_code == 401
+        assert client.get("/api/requests").status_code == 401
+        assert client.get("/api/requests", headers=key).json()["running"] == []
+        missing = client.delete("/api/requests/req_x", headers=key)
+        assert missing.status_code == 404 and missing.json()["error"]["param"] == "request_id"
+
+
+LOOPBACK_PAGES = ("http://localhost:3000", "http://127.0.0.1:5173", "http://[::1]:8080")
+
+
+def test_pages_on_loopback_and_allowed_sites_get_cors_and_others_a_403(serve: Any) -> None:
+    """Issue 22.2 — before: a preflight from ``http://localhost:3000`` got a 405 and a GET no
+    ``Access-Control-Allow-Origin``, so the browser blocked every page served from localhost."""
+    server = serve(cors_origins="https://app.example")
+    api = httpx.Client(base_url=server.url, timeout=30)
+    for origin in (*LOOPBACK_PAGES, "https://app.example"):
+        preflight = api.options(
+            "/v1/chat/completions",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type, x-conversation-id",
+            },
+        )
+        assert preflight.status_code in (200, 204), (origin, preflight.text)
+        assert preflight.headers["access-control-allow-origin"] == origin
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        assert "x-conversation-id" in preflight.headers["access-control-allow-headers"]
+        answer = api.get("/v1/models", headers={"Origin": origin})
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == origin
+        assert "X-Conversation-Id" in answer.headers["access-control-expose-headers"]
+    for foreign in ("http://evil.example", "http://localhost.evil.example:3000", "null"):
+        preflight = api.options(
+            "/v1/chat/completions",
+            headers={"Origin": foreign, "Access-Control-Request-Method": "POST"},
+        )
+        assert preflight.status_code == 403, foreign
+        assert "access-control-allow-origin" not in preflight.headers
+    # Clients that are not browsers send no Origin and get no CORS headers.
+    assert "access-control-allow-origin" not in api.get("/v1/models").headers
+
+
 # ---------------------------------------------------------------- 4. slow and idle clients
 
 

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from autotune.backends.registry import BackendSet, choose_engines, make_backend, route_model
+from autotune.backends.registry import (
+    BackendSet,
+    check_not_itself,
+    choose_engines,
+    make_backend,
+    points_at,
+    route_model,
+    serving_addresses,
+)
+from autotune.ground.config import Settings
 from autotune.ground.errors import BackendError, ModelNotFound
 from autotune.ground.types import ModelEntry
 from fakes.backend import MODEL, FakeBackend
@@ -90,3 +99,27 @@ def test_every_choosable_engine_in_the_table_can_be_built(tmp_path: Path) -> Non
         assert backend.name == spec.name
     with pytest.raises(BackendError, match="Choose one of"):
         make_backend("bogus", settings)
+
+
+def test_an_engine_url_that_is_serves_own_address_is_known() -> None:
+    own = [("127.0.0.1", 8765), ("127.0.0.1", 11434)]
+    for url in ("http://127.0.0.1:8765/v1", "http://localhost:8765", "http://[::1]:11434"):
+        assert points_at(url, own), url
+    for url in ("http://127.0.0.1:8766", "http://192.0.2.1:8765", "http://127.0.0.1"):
+        assert not points_at(url, own), url
+    assert points_at("http://box.lan:8765", [("0.0.0.0", 8765)])  # listening everywhere
+
+
+def test_serve_refuses_its_own_address_as_its_engine_and_auto_skips_it() -> None:
+    """Issue 22.3: an autotune must never front itself."""
+    settings = Settings(ollama_url="http://localhost:9000", port=9000)
+    own = serving_addresses(settings)
+    with pytest.raises(BackendError, match=r"AUTOTUNE_OLLAMA_URL .* own address"):
+        check_not_itself(settings, "ollama", own)
+    assert check_not_itself(settings, "auto", own) == ["ollama"]  # left out of the probes
+    assert check_not_itself(settings, "embedded", own) == []
+    with_ollama_port = Settings(serve_ollama=True, ollama_port=11434)
+    assert ("127.0.0.1", 11434) in serving_addresses(with_ollama_port)
+    assert check_not_itself(with_ollama_port, "auto", serving_addresses(with_ollama_port)) == [
+        "ollama"
+    ]

@@ -13,18 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import ipaddress
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from autotune.backends.base import Backend
 from autotune.backends.mlx_models import is_apple_silicon, mlx_first
 from autotune.ground.config import Settings, get_settings
-from autotune.ground.engines import AUTO_DETECTED, BACKEND_NAMES, EngineSpec, engine
+from autotune.ground.engines import (
+    AUTO_DETECTED,
+    AUTOTUNE_HEADER,
+    BACKEND_NAMES,
+    EngineSpec,
+    engine,
+)
 from autotune.ground.errors import BackendError, ModelNotFound
 from autotune.ground.types import ModelEntry
 
@@ -32,11 +41,16 @@ __all__ = [
     "BUILDERS",
     "ENGINE_ORDER",
     "BackendSet",
+    "check_not_itself",
     "choose_engines",
     "open_backends",
+    "points_at",
     "probe_engines",
     "route_model",
+    "serving_addresses",
 ]
+
+log = logging.getLogger("autotune.engines")
 
 #: The engines autotune looks for, in order of preference when several run.
 ENGINE_ORDER = AUTO_DETECTED
@@ -81,7 +95,9 @@ def route_model(model: str, inventory: Mapping[str, Iterable[str]], order: list[
 async def probe_engines(
     settings: Settings, engines: Iterable[str] = ENGINE_ORDER
 ) -> dict[str, bool]:
-    """Which engines answer on their URLs, probed concurrently with a short timeout."""
+    """Which engines answer on their URLs, probed concurrently with a short timeout. An
+    autotune answering where an engine was looked for (its :data:`AUTOTUNE_HEADER`) is not
+    that engine, unless its URL was given explicitly (chaining on purpose)."""
 
     async def one(client: httpx.AsyncClient, name: str) -> tuple[str, bool]:
         url = _url(settings, name)
@@ -91,11 +107,85 @@ async def probe_engines(
             response = await client.get(url.rstrip("/") + (engine(name).probe_path or "/"))
         except httpx.HTTPError:
             return name, False
+        if AUTOTUNE_HEADER.lower() in response.headers and not _url_given(settings, name):
+            log.warning(
+                "%s answers as autotune %s, not as %s: not used as an engine (set %s or "
+                "AUTOTUNE_BACKEND=%s to put an autotune in front of it on purpose)",
+                url,
+                response.headers[AUTOTUNE_HEADER],
+                engine(name).label,
+                f"AUTOTUNE_{engine(name).url_setting or ''}".upper(),
+                name,
+            )
+            return name, False
         return name, response.status_code < 500
 
     async with httpx.AsyncClient(timeout=settings.probe_timeout) as client:
         results = await asyncio.gather(*(one(client, e) for e in engines))
     return dict(results)
+
+
+def _url_given(settings: Settings, name: str) -> bool:
+    setting = engine(name).url_setting
+    return setting is not None and setting in settings.model_fields_set
+
+
+_ANY_ADDRESS = ("", "0.0.0.0", "::", "[::]")
+
+
+def serving_addresses(settings: Settings) -> list[tuple[str, int]]:
+    """Where ``autotune serve`` listens with these settings: its host and port, and Ollama's
+    port on 127.0.0.1 with ``--ollama``."""
+    addresses = [(settings.host, settings.port)]
+    if settings.serve_ollama:
+        addresses.append(("127.0.0.1", settings.ollama_port))
+    return addresses
+
+
+def points_at(url: str, addresses: Iterable[tuple[str, int]]) -> bool:
+    """``url`` reaches one of ``addresses`` (host, port): the same port on the same host, on
+    a loopback name for a loopback listener, or on any name for one on every interface."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    host = (parts.hostname or "").lower()
+    for own_host, own_port in addresses:
+        own = own_host.strip("[]").lower()
+        if port != own_port:
+            continue
+        if own in _ANY_ADDRESS or host == own or (_loopback(host) and _loopback(own)):
+            return True
+    return False
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_not_itself(
+    settings: Settings, requested: str, addresses: Sequence[tuple[str, int]]
+) -> list[str]:
+    """The engines whose URL is this autotune's own address: left out of auto-detection
+    (the list returned), refused when chosen explicitly (a BackendError saying which setting:
+    every request would come back to this server)."""
+    names = list(ENGINE_ORDER) if requested == "auto" else [requested]
+    own = [n for n in names if (url := _url(settings, n)) and points_at(url, addresses)]
+    if requested != "auto" and own:
+        spec = engine(own[0])
+        raise BackendError(
+            f"AUTOTUNE_{(spec.url_setting or '').upper()} ({_url(settings, own[0])}) is this "
+            "autotune's own address: every request would come back to it.",
+            hint=f"Point it at {spec.label} itself, or let autotune listen elsewhere "
+            "(AUTOTUNE_PORT).",
+        )
+    return own
 
 
 def make_backend(name: str, settings: Settings) -> Backend:
@@ -325,17 +415,22 @@ def _canonical(model: str, names: list[str]) -> str:
 
 
 async def open_backends(
-    settings: Settings | None = None, requested: str | None = None
+    settings: Settings | None = None,
+    requested: str | None = None,
+    *,
+    serving: Sequence[tuple[str, int]] = (),
 ) -> BackendSet:
-    """Probe for running engines and build the backends to use (``--backend`` wins over auto)."""
+    """Probe for running engines and build the backends to use (``--backend`` wins over auto).
+    ``serving``: the addresses this process serves on, never taken for an engine."""
     settings = settings or get_settings()
     requested = (requested or settings.backend).lower()
     if requested in ("auto", "router") and settings.router_config is not None:
         # A router config names the engines to use: the router alone, no auto-detection.
         return BackendSet({"router": make_backend("router", settings)}, ["router"])
+    itself = check_not_itself(settings, requested, serving)
     reachable: dict[str, bool] = {}
     if requested == "auto":
-        candidates = [e for e in ENGINE_ORDER if _url(settings, e)]
+        candidates = [e for e in ENGINE_ORDER if _url(settings, e) and e not in itself]
         reachable = await probe_engines(settings, candidates)
     order = choose_engines(requested, reachable)
     if requested == "auto":

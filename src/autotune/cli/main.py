@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from autotune import __version__
 from autotune.cli import (
     chat,
+    doctor,
     hardware,
     kv,
     mlx,
@@ -86,6 +87,7 @@ mlx.register(app)
 tune.register(app)
 recall.register(app)
 kv.register(app)
+doctor.register(app)
 pull.register(app)
 
 

@@ -140,6 +140,8 @@ def serve(
     }
     if ctx.obj and ctx.obj.get("backend"):
         updates["backend"] = ctx.obj["backend"]
+    if ollama:
+        updates["serve_ollama"] = True  # its port is this server's own, never an engine's
     settings = _settings(updates)
     if not is_loopback(settings.host) and not settings.api_key:
         raise fail(

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     max_concurrent: int = 1
     max_queued: int = 8
     wait_timeout: float = 120.0
+    max_request_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds one request may run, from its arrival (waiting, loading, prefill "
+        "and reply): past it the request is stopped, its slot freed and the client told why "
+        "(a 504, or an error event once streaming); 0 sets no limit.",
+    )
     runaway_chars: int = Field(
         2048,
         ge=0,
@@ -165,7 +172,7 @@ class Settings(BaseSettings):
             raise ValueError(f"port {value} is outside 1-65535")
         return value
 
-    @field_validator("keep_alive", "wait_timeout", mode="before")
+    @field_validator("keep_alive", "wait_timeout", "max_request_seconds", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value

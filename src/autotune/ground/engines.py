@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AUTOTUNE_HEADER",
     "AUTO_DETECTED",
     "BACKEND_NAMES",
     "COMPAT_KINDS",
@@ -128,6 +129,10 @@ ENGINES: tuple[EngineSpec, ...] = (
 )
 
 _BY_NAME = {spec.name: spec for spec in ENGINES}
+
+#: The response header every autotune server sends (its version): engine discovery knows an
+#: autotune by it, and never takes one for the engine it probed for unless told to.
+AUTOTUNE_HEADER = "X-Autotune-Version"
 
 #: ``--backend`` values besides ``auto``.
 BACKEND_NAMES: tuple[str, ...] = tuple(spec.name for spec in ENGINES if spec.choosable)

@@ -12,10 +12,12 @@ __all__ = [
     "ModelNotFound",
     "NotSupported",
     "QueueFull",
+    "RequestStopped",
     "StorageError",
     "UnsupportedOption",
     "UpstreamError",
     "error_summary",
+    "storage_failure",
 ]
 
 
@@ -95,14 +97,42 @@ class ContextLengthExceeded(InvalidRequest):
 
 
 class StorageError(BackendError):
-    """A turn could not be stored, so the reply is not confirmed (507 when the disk is full)."""
+    """Something the request must store could not be written (a full disk, a read-only data
+    folder), so the reply is not confirmed: 507 Insufficient Storage, in the API's shape."""
 
+    status = 507
     code = "storage_error"
     error_type = "api_error"
 
     def __init__(self, message: str, *, disk_full: bool = False) -> None:
         super().__init__(message)
-        self.status = 507 if disk_full else 500
+        self.disk_full = disk_full
+
+
+#: SQLite's result codes for a store that cannot write (Python names them on the exception).
+_STORE_CANNOT_WRITE = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
+#: errno values of the same: ENOSPC, EDQUOT, EROFS, EACCES, EPERM, EIO.
+_ERRNO_CANNOT_WRITE = {28, 122, 30, 13, 1, 5}
+
+
+def storage_failure(exc: BaseException, what: str) -> StorageError | None:
+    """``exc`` as the storage error a client gets when ``what`` (\"The reply\") could not be
+    written because the disk is full or the data folder cannot be written; None for any
+    other exception (a bug stays a bug)."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    errno = getattr(exc, "errno", None)
+    text = str(exc).lower()
+    full = name == "SQLITE_FULL" or errno in (28, 122) or "disk is full" in text
+    read_only = "readonly" in text or "read-only" in text
+    cannot = name.startswith(_STORE_CANNOT_WRITE) or errno in _ERRNO_CANNOT_WRITE or read_only
+    if not (full or cannot):
+        return None
+    why = "the disk is full" if full else "the data folder cannot be written"
+    return StorageError(
+        f"{what} could not be stored: {why}. Free space (or fix the folder's permissions) "
+        "and send the request again; `autotune doctor` checks the data folder.",
+        disk_full=full,
+    )
 
 
 class ModelLoadError(BackendError):
@@ -145,6 +175,44 @@ class QueueFull(BackendError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RequestStopped(BackendError):
+    """autotune stopped a running request: over ``AUTOTUNE_MAX_REQUEST_SECONDS`` (504), cancelled
+    by the operator (499, as a cancelled call is), or the server stopping (503). Before the
+    first byte it is the answer; after it, the stream's error event."""
+
+    def __init__(self, message: str, *, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    @classmethod
+    def over_time(cls, seconds: float) -> RequestStopped:
+        return cls(
+            f"The request ran for longer than {seconds:g} s (AUTOTUNE_MAX_REQUEST_SECONDS) and "
+            "was stopped; ask for fewer tokens (max_tokens) or a shorter prompt.",
+            status=504,
+            code="request_timeout",
+        )
+
+    @classmethod
+    def cancelled(cls, request_id: str) -> RequestStopped:
+        return cls(
+            f"The request {request_id} was cancelled by the operator of this autotune "
+            "(DELETE /api/requests/{id}).",
+            status=499,
+            code="request_cancelled",
+        )
+
+    @classmethod
+    def shutting_down(cls) -> RequestStopped:
+        return cls(
+            "autotune is shutting down: the request was stopped before it finished (nothing "
+            "of it was stored). Send it again once autotune is back.",
+            status=503,
+            code="server_shutting_down",
+        )
 
 
 def error_summary(exc: BaseException) -> str:

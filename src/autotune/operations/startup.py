@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from autotune.backends.registry import make_backend
+from autotune.backends.registry import check_not_itself, make_backend, serving_addresses
 from autotune.ground.config import Settings
 from autotune.ground.units import MiB, format_bytes
 from autotune.hardware.profile import detect_hardware
@@ -60,7 +60,9 @@ def check_memory_budget(budget: int | None) -> str | None:
 
 def check_engines(settings: Settings) -> None:
     """The engine choice and a router config, checked the way start-up will use them (no I/O:
-    the backend objects are built and closed again); raises BackendError saying why not."""
+    the backend objects are built and closed again), and an engine URL that is ``serve``'s
+    own address; raises BackendError saying why not."""
+    check_not_itself(settings, settings.backend, serving_addresses(settings))
     names = []
     if settings.backend in ("auto", "router") and settings.router_config is not None:
         names = ["router"]

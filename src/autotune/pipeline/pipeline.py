@@ -42,6 +42,7 @@ from autotune.ground.errors import (
     StorageError,
     UpstreamError,
     error_summary,
+    storage_failure,
 )
 from autotune.ground.records import RunRecord
 from autotune.ground.types import ChatRequest, LoadSettings
@@ -53,6 +54,7 @@ from autotune.pipeline.gather import Gatherer, TunedLookup
 from autotune.pipeline.inputs import ChatInput, Opener, validate
 from autotune.pipeline.kv import KvManager, Prompt, preview_of
 from autotune.pipeline.run import ChatRun, Turn
+from autotune.pipeline.running import RunningRequests
 from autotune.pipeline.state import EngineState
 from autotune.store.conversations import ConversationStore
 from autotune.tuning.kv import engine_reuse
@@ -113,6 +115,8 @@ class Pipeline:
             concurrency=lambda: self.queue.max_concurrent,
         )
         self.recent: list[RunRecord] = []
+        #: The requests running now, each stopped at AUTOTUNE_MAX_REQUEST_SECONDS.
+        self.running = RunningRequests(settings.max_request_seconds)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -348,12 +352,8 @@ class Pipeline:
         try:
             await asyncio.to_thread(write)
         except (sqlite3.Error, OSError) as exc:
-            full = "full" in str(exc).lower() or getattr(exc, "errno", None) == 28
-            raise StorageError(
-                "The reply could not be stored"
-                + (": the disk is full." if full else f" ({type(exc).__name__}).")
-                + " Free space and send the message again.",
-                disk_full=full,
+            raise storage_failure(exc, "The reply") or StorageError(
+                f"The reply could not be stored ({type(exc).__name__})."
             ) from None
         for hook in self.after_store:
             hook(conv_id)

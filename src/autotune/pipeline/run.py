@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import anyio
 
 from autotune.ground.decision import Decision
-from autotune.ground.errors import error_summary
+from autotune.ground.errors import BackendError, error_summary
 from autotune.ground.records import RunRecord
 from autotune.ground.types import ChatRequest, Chunk, EngineStats
 from autotune.hardware.os_tune import gc_paused
@@ -95,6 +95,14 @@ class ChatRun:
         self._guard: RepetitionGuard | None = None
         #: The admission place this run holds (a background one may be asked to yield).
         self.place: Place | None = None
+        #: Chunks streamed so far (one token each on llama.cpp).
+        self.chunks = 0
+        #: Called once the run has finished, whatever way it ended.
+        self.on_finish: list[Callable[[], None]] = []
+        #: Why the run must stop now (its time limit, the operator, a shutdown).
+        self._stopping: BackendError | None = None
+        #: The task waiting for the engine's next chunk, while it waits.
+        self._reader: asyncio.Task[Any] | None = None
 
     # -- what the reply said so far
 
@@ -128,10 +136,10 @@ class ChatRun:
         try:
             with gc_paused():
                 first, self._first = self._first, []
-                for chunk in first:
-                    self._add(chunk)
-                    yield chunk
-                async for chunk in self._stream:
+                for early in first:
+                    self._add(early)
+                    yield early
+                while (chunk := await self._next()) is not None:
                     self._add(chunk)
                     yield chunk
                     stop = self._stop_reason()
@@ -147,6 +155,37 @@ class ChatRun:
             raise
         finally:
             await self._finish(status, error)
+
+    async def _next(self) -> Chunk | None:
+        """The engine's next chunk (None: the stream ended); a stop asked meanwhile
+        (:meth:`stop`) cancels the wait and is raised instead, the engine's generation
+        cancelled with it."""
+        if self._stopping is not None:
+            raise self._stopping
+        reader = self._reader = asyncio.current_task()
+        try:
+            return await anext(self._stream)
+        except StopAsyncIteration:
+            return None
+        except (asyncio.CancelledError, Exception):
+            if self._stopping is None or reader is None:
+                raise  # the engine failed, the client went away, the task is cancelled
+            # This run's own stop cancelled the wait (an engine stream may have turned the
+            # cancel into an error of its own): the stop's error instead.
+            if reader.cancelling():
+                reader.uncancel()
+            raise self._stopping from None
+        finally:
+            self._reader = None
+
+    def stop(self, error: BackendError) -> None:
+        """Stop the run with ``error``: raised into its stream (the face's error event) at
+        once if it waits for the engine, else before its next chunk; nothing is stored."""
+        if self._done or self._stopping is not None:
+            return
+        self._stopping = error
+        if self._reader is not None:
+            self._reader.cancel()
 
     async def aclose(self) -> None:
         """Stop the run early (the engine's generation is cancelled with the connection)."""
@@ -204,6 +243,7 @@ class ChatRun:
         return final
 
     def _add(self, chunk: Chunk) -> None:
+        self.chunks += 1
         self._last_text = self.reply.add(chunk)
         if self.record.ttft_ms is None and self.reply.ttft_ms is not None:
             self.record.ttft_ms = self.reply.ttft_ms
@@ -226,6 +266,8 @@ class ChatRun:
                 self.owner.release(time.monotonic() - self._started, self.place)
                 self._complete_record(status, error)
                 self.owner.finished(self)
+                for hook in self.on_finish:
+                    hook()
 
     def _complete_record(self, status: str, error: str | None) -> None:
         record = self.record

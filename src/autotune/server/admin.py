@@ -7,11 +7,14 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
 
-from autotune.ground.errors import BackendError
+from autotune.ground.errors import BackendError, RequestStopped
 from autotune.ground.profiles import PROFILES
 from autotune.ground.serialize import to_jsonable
 from autotune.hardware.pressure import pressure_tier
+from autotune.operations.storage import check_data_folder
+from autotune.server.errors import error_response
 
 __all__ = ["router"]
 
@@ -30,8 +33,9 @@ async def health(request: Request) -> dict[str, Any]:
     reachable = {n: (a is True) for n, a in zip(names, answers, strict=False)}
     sample = pipeline.sampler.latest
     primary_ok = reachable.get(names[0], False)
+    storage = check_data_folder(state.settings.home, writes_failing=state.runtime.writes_failing)
     return {
-        "status": "ok" if primary_ok else "degraded",
+        "status": "ok" if primary_ok and storage.ok else "degraded",
         "queue": {
             "running": pipeline.queue.running,
             "queued": pipeline.queue.queued,
@@ -45,6 +49,8 @@ async def health(request: Request) -> dict[str, Any]:
             "swap_used_bytes": sample.swap_used,
         },
         "backends": reachable,
+        # The data folder: a full disk or a read-only folder stores nothing (turns get 507).
+        "storage": storage.as_dict(),
         "primary_backend": names[0],
         # Models a warm start is loading (those loaded when autotune last stopped).
         "warming": sorted(state.runtime.warming),
@@ -119,9 +125,30 @@ async def kv_files(request: Request) -> dict[str, Any]:
 
 @router.get("/api/requests")
 async def recent_requests(request: Request, limit: int = Query(50, ge=1, le=200)) -> dict[str, Any]:
-    """The latest requests' telemetry (no prompt text), newest first."""
-    recent = request.app.state.pipeline.recent[-limit:]
-    return {"requests": [r.as_dict() for r in reversed(recent)]}
+    """The latest requests' telemetry (no prompt text), newest first, and the requests running
+    now (``running``: id, model, face, start, tokens so far, state), oldest first."""
+    pipeline = request.app.state.pipeline
+    recent = pipeline.recent[-limit:]
+    return {
+        "requests": [r.as_dict() for r in reversed(recent)],
+        "running": [entry.as_dict() for entry in pipeline.running],
+    }
+
+
+@router.delete("/api/requests/{request_id}", responses={404: {}})
+async def cancel_request(request_id: str, request: Request) -> Response:
+    """Cancel a running request (an id from ``running`` in ``GET /api/requests``): its client
+    gets an error saying the operator cancelled it, its engine generation stops."""
+    entry = request.app.state.pipeline.running.get(request_id)
+    if entry is None:
+        return error_response(
+            f"No running request {request_id!r} (it may have finished).",
+            status=404,
+            param="request_id",
+            code="not_found",
+        )
+    entry.stop(RequestStopped.cancelled(request_id))
+    return JSONResponse({"id": request_id, "cancelled": True}, status_code=202)
 
 
 @router.get("/api/events")

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 
 import psutil
 from fastapi import Depends, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from autotune import __version__
 from autotune.ground.config import Settings, get_settings
@@ -31,6 +30,7 @@ from autotune.server.middleware import (
     BodyLimitMiddleware,
     HostGuardMiddleware,
     InternalErrorMiddleware,
+    SiteCorsMiddleware,
     is_loopback,
 )
 
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await open_runtime(settings, backends=backends)
+        runtime = await open_runtime(settings, backends=backends, serving=True)
         pipeline = runtime.pipeline
         metrics = Metrics(pipeline.queue, lambda: pipeline.sampler.latest.ram_used_fraction)
         pipeline.observers.append(metrics.observe)
@@ -101,22 +101,15 @@ def create_app(settings: Settings | None = None, *, backends: BackendSet | None 
     app.include_router(admin.router)
     app.include_router(conversations_api.router)
     app.include_router(dashboard.router)
-    # Outermost last: CORS (a preflight is answered before the key check), the key, the
-    # Host/Origin guard, the body limit, then the 500 guard right around the routes.
+    # Outermost last: CORS for the pages that may call (a preflight is answered before the
+    # key check; a foreign page's goes on to be refused), the key, the Host/Origin guard
+    # (403), the body limit, then the 500 guard right around the routes.
     origins = [o.strip() for o in (settings.cors_origins or "").split(",") if o.strip()]
+    sites = {"hosts": allowed_hosts(settings), "cors_origins": origins}
     app.add_middleware(InternalErrorMiddleware, shapes=shapes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, shapes=shapes)
-    app.add_middleware(
-        HostGuardMiddleware, hosts=allowed_hosts(settings), cors_origins=origins, shapes=shapes
-    )
+    app.add_middleware(HostGuardMiddleware, **sites, shapes=shapes)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, shapes=shapes)
-    if origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=origins,
-            allow_methods=["*"],
-            allow_headers=["*"],
-            expose_headers=["X-Autotune-Plan", "X-Conversation-Id"],
-        )
+    app.add_middleware(SiteCorsMiddleware, **sites)
     return app

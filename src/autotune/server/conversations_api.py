@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 
+from autotune.ground.errors import storage_failure
 from autotune.ground.ids import CONVERSATION_ID_PATTERN, CONVERSATION_ID_RULE, is_conversation_id
 from autotune.operations.conversations import delete_conversation
 from autotune.server.errors import error_response
@@ -60,14 +62,17 @@ async def create(body: ConversationCreate, request: Request) -> Any:
             return error_response(
                 f"Conversation {body.id!r} already exists.", status=409, code="conflict"
             )
-    conv = await asyncio.to_thread(
-        store.create,
-        id=body.id,
-        title=body.title,
-        model=body.model,
-        profile=body.profile,
-        system=body.system,
-    )
+    try:
+        conv = await asyncio.to_thread(
+            store.create,
+            id=body.id,
+            title=body.title,
+            model=body.model,
+            profile=body.profile,
+            system=body.system,
+        )
+    except (sqlite3.Error, OSError) as exc:
+        raise storage_failure(exc, "The conversation") or exc from None
     return conv.as_dict()
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from fastapi import Depends, Request
@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from autotune.ground.errors import BackendError
 from autotune.pipeline import ChatInput, ChatRun, Pipeline
+from autotune.pipeline.running import Running
 from autotune.runtime import Runtime
 from autotune.server.headers import (
     AutotuneHeaders,
@@ -103,15 +104,22 @@ class EventAnswer(ABC):
 
 
 async def watching(
-    work: Awaitable[T], request: Request, on_gone: Callable[[T], Awaitable[None]] | None = None
+    work: Awaitable[T],
+    request: Request,
+    on_gone: Callable[[T], Awaitable[None]] | None = None,
+    entry: Running | None = None,
 ) -> T:
     """Await ``work`` while watching the client: if it goes away, cancel the work (its queue
-    place, its engine generation) and raise :class:`ClientGone`."""
+    place, its engine generation) and raise :class:`ClientGone`. A request stopped meanwhile
+    (``entry``: its time limit, the operator, a shutdown) cancels the work and raises why."""
     task = asyncio.ensure_future(work)
     while True:
         done, _ = await asyncio.wait({task}, timeout=0.1)
         if done:
             return task.result()
+        if entry is not None and entry.stopped is not None:
+            await _cancel(task, on_gone)
+            raise entry.stopped
         if await request.is_disconnected():
             task.cancel()
             try:
@@ -121,6 +129,17 @@ async def watching(
             if on_gone is not None:
                 await on_gone(result)  # it finished just as the client left
             raise ClientGone()
+
+
+async def _cancel(task: asyncio.Future[T], on_done: Callable[[T], Awaitable[None]] | None) -> None:
+    """Cancel ``task`` and wait for it; what it finished with meanwhile goes to ``on_done``."""
+    task.cancel()
+    try:
+        result = await task
+    except (asyncio.CancelledError, BackendError):
+        return
+    if on_done is not None:
+        await on_done(result)
 
 
 async def close_run(run: ChatRun) -> None:
@@ -145,12 +164,21 @@ async def drive(
     stream: bool,
     media_type: str = "text/event-stream",
     conversation_header: bool = True,
+    entry: Running | None = None,
 ) -> Response:
-    """Start the run, then answer it: a stream of ``answer``'s frames, or its whole body."""
+    """Start the run, then answer it: a stream of ``answer``'s frames, or its whole body.
+    ``entry``: the request among those running (listed, stopped at its time limit, …),
+    closed when the run finishes."""
     try:
-        run = await watching(started, request, close_run)
-    except ClientGone:
-        return Response(status_code=499)
+        run = await watching(started, request, close_run, entry)
+    except BaseException as exc:
+        if entry is not None:
+            entry.close()  # it never started (refused, stopped, the client left)
+        if isinstance(exc, ClientGone):
+            return Response(status_code=499)
+        raise
+    if entry is not None:
+        entry.attach(run)  # closed when the run finishes
     reply = answer(run)
     headers = run_headers(run, conversation=conversation_header)
     if stream:
@@ -174,6 +202,8 @@ class Call:
 
     request: Request
     headers: AutotuneHeaders
+    #: The pipeline inputs :meth:`chat` built (the model asked for is listed while it runs).
+    inputs: list[ChatInput] = field(default_factory=list)
 
     @classmethod
     async def read(cls, request: Request) -> Call:
@@ -202,13 +232,19 @@ class Call:
     ) -> ChatInput:
         """A chat through the pipeline with what the headers ask for (see
         :meth:`AutotuneHeaders.chat`)."""
-        return self.headers.chat(messages, model, params, **more)
+        inp = self.headers.chat(messages, model, params, **more)
+        self.inputs.append(inp)
+        return inp
 
     async def drive(
         self, started: Awaitable[ChatRun], answer: Callable[[ChatRun], Answer], **options: Any
     ) -> Response:
-        """:func:`drive` this call's run (``options``: ``stream`` and the rest of its own)."""
-        return await drive(self.request, started, answer, **options)
+        """:func:`drive` this call's run (``options``: ``stream`` and the rest of its own),
+        listed among the running requests until it finishes."""
+        asked = self.inputs[-1].model if self.inputs else None
+        model = asked or self.pipeline.settings.default_model
+        entry = self.pipeline.running.open(self.request.url.path, model)
+        return await drive(self.request, started, answer, entry=entry, **options)
 
 
 #: ``call: Call = CALL`` in a route's signature.

@@ -12,6 +12,7 @@ is the default.
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from autotune.ground.errors import BackendError, InvalidRequest
+from autotune.ground.errors import BackendError, InvalidRequest, storage_failure
 
 __all__ = [
     "OPENAI",
@@ -245,6 +246,14 @@ def install_error_handlers(app: FastAPI, shapes: ErrorShapes) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "Request failed."
         refusal = Refusal(message, exc.status_code, headers=exc.headers)
         return shapes.for_path(request.url.path).response(refusal)
+
+    @app.exception_handler(sqlite3.Error)
+    async def _store(request: Request, exc: sqlite3.Error) -> JSONResponse:
+        # A full disk or a read-only data folder: the API's storage error (507), not a 500.
+        failure = storage_failure(exc, "What this request changes")
+        if failure is None:
+            raise exc
+        return shapes.for_path(request.url.path).response(failure)
 
     # Anything else is answered by InternalErrorMiddleware: "Internal error" and a request id.
 

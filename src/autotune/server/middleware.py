@@ -13,16 +13,22 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from autotune import __version__
+from autotune.ground.engines import AUTOTUNE_HEADER
 from autotune.server.dashboard import is_dashboard_asset_request, is_public_dashboard_request
 from autotune.server.errors import ErrorShapes, Refusal
 
 __all__ = [
+    "IDENTITY",
     "ApiKeyMiddleware",
     "BodyLimitMiddleware",
     "HostGuardMiddleware",
     "InternalErrorMiddleware",
+    "SiteCorsMiddleware",
+    "Sites",
     "bearer_token_matches",
     "is_loopback",
 ]
@@ -41,6 +47,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: Every answer says it comes from autotune (its version), so another autotune probing for an
+#: engine never takes this one for Ollama or llama-server by mistake: added to the routes'
+#: answers by :class:`InternalErrorMiddleware` and to every refusal before them.
+IDENTITY = (AUTOTUNE_HEADER.lower().encode(), __version__.encode())
+
+
 async def _reply(
     shapes: ErrorShapes,
     scope: Scope,
@@ -50,6 +62,7 @@ async def _reply(
 ) -> None:
     """Answer ``refusal`` before any route, in the shape of the API at the request's path."""
     response = shapes.for_path(scope.get("path", "")).response(refusal)
+    response.raw_headers.append(IDENTITY)
     await response(scope, receive, send)
 
 
@@ -141,27 +154,12 @@ def _host_name(value: str) -> str:
     return value.rstrip(".")
 
 
-class HostGuardMiddleware:
-    """Answers only to its own names, and only to web pages of its own sites (403 otherwise).
+class Sites:
+    """The host names this server answers to and the web pages that may call it: loopback
+    names, the listening address and ``AUTOTUNE_ALLOWED_HOSTS`` (``.example.com`` a domain,
+    ``*`` any); pages on those hosts and the sites in ``AUTOTUNE_CORS_ORIGINS``."""
 
-    DNS rebinding: a web page at ``evil.example`` whose name is re-pointed at 127.0.0.1 reaches
-    this server with ``Host: evil.example``; only loopback names, the listening address and
-    ``AUTOTUNE_ALLOWED_HOSTS`` are answered. Cross-site requests: a browser names the page that
-    sent a request in ``Origin``; pages on loopback or allowed hosts, and the sites in
-    ``AUTOTUNE_CORS_ORIGINS``, may call the API, others may not. Clients that are not browsers
-    send no ``Origin``. The dashboard's static files hold no data and are served to any host.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        hosts: Iterable[str] = (),
-        cors_origins: Iterable[str] = (),
-        shapes: ErrorShapes | None = None,
-    ) -> None:
-        self.app = app
-        self.shapes = shapes or ErrorShapes()
+    def __init__(self, hosts: Iterable[str] = (), cors_origins: Iterable[str] = ()) -> None:
         names = {_host_name(h) for h in hosts if h.strip()}
         self.any_host = "*" in names
         self.suffixes = tuple(n for n in names if n.startswith("."))
@@ -185,6 +183,32 @@ class HostGuardMiddleware:
         except ValueError:
             return False
         return parts.scheme in ("http", "https") and self.host_allowed(_host_name(parts.netloc))
+
+
+class HostGuardMiddleware:
+    """Answers only to its own names, and only to web pages of its own sites (403 otherwise).
+
+    DNS rebinding: a web page at ``evil.example`` whose name is re-pointed at 127.0.0.1 reaches
+    this server with ``Host: evil.example``; only loopback names, the listening address and
+    ``AUTOTUNE_ALLOWED_HOSTS`` are answered. Cross-site requests: a browser names the page that
+    sent a request in ``Origin``; pages on loopback or allowed hosts, and the sites in
+    ``AUTOTUNE_CORS_ORIGINS``, may call the API, others may not. Clients that are not browsers
+    send no ``Origin``. The dashboard's static files hold no data and are served to any host.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        hosts: Iterable[str] = (),
+        cors_origins: Iterable[str] = (),
+        shapes: ErrorShapes | None = None,
+    ) -> None:
+        self.app = app
+        self.shapes = shapes or ErrorShapes()
+        self.sites = Sites(hosts, cors_origins)
+        self.host_allowed = self.sites.host_allowed
+        self.origin_allowed = self.sites.origin_allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or is_dashboard_asset_request(scope):
@@ -219,10 +243,47 @@ class HostGuardMiddleware:
         await self.app(scope, receive, send)
 
 
+class SiteCorsMiddleware(CORSMiddleware):
+    """CORS for the web pages :class:`HostGuardMiddleware` lets through: pages on loopback
+    (``http://localhost:3000``, ``http://127.0.0.1:5173``, ``http://[::1]:8080``) or allowed
+    hosts and the sites in ``AUTOTUNE_CORS_ORIGINS`` get their preflight answered (any
+    method, the headers they ask for) and ``Access-Control-Allow-Origin`` naming them on
+    every response. The outermost layer: a browser's preflight carries no key; a foreign
+    page's requests, its preflight too, go on to be refused (the key, the guard's 403)."""
+
+    def __init__(
+        self, app: ASGIApp, *, hosts: Iterable[str] = (), cors_origins: Iterable[str] = ()
+    ) -> None:
+        super().__init__(
+            app,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            # A public site the user allowed may call this private address (Chrome's
+            # Private Network Access asks in the preflight).
+            allow_private_network=True,
+            expose_headers=["X-Autotune-Plan", "X-Conversation-Id", "Retry-After"],
+        )
+        self.sites = Sites(hosts, cors_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origin = dict(scope.get("headers") or []).get(b"origin")
+        if (
+            scope["type"] == "http"
+            and origin is not None
+            and not self.is_allowed_origin(origin.decode("latin-1"))
+        ):
+            await self.app(scope, receive, send)  # refused further in, in the API's shape
+            return
+        await super().__call__(scope, receive, send)
+
+    def is_allowed_origin(self, origin: str) -> bool:
+        return self.sites.origin_allowed(origin)
+
+
 class InternalErrorMiddleware:
     """An unexpected exception becomes a 500 that says "Internal error" and a request id; the
     server log gets the id, the exception's type and its stack (file, line, function), never
-    the exception's text, which can quote a prompt."""
+    the exception's text, which can quote a prompt. Every answer gets :data:`IDENTITY`."""
 
     def __init__(self, app: ASGIApp, shapes: ErrorShapes | None = None) -> None:
         self.app = app
@@ -238,6 +299,7 @@ class InternalErrorMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                message["headers"] = [*message.get("headers", ()), IDENTITY]
             await send(message)
 
         try:

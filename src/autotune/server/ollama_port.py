@@ -12,6 +12,8 @@ import socket
 
 import httpx
 
+from autotune.ground.engines import AUTOTUNE_HEADER
+
 __all__ = ["OLLAMA_HOST", "OLLAMA_PORT", "bind_ollama_port"]
 
 OLLAMA_HOST = "127.0.0.1"
@@ -42,7 +44,10 @@ def _taken(host: str, port: int) -> str:
     try:
         reply = httpx.get(f"http://{host}:{port}/api/version", timeout=1.0)
         version = reply.json().get("version") if reply.status_code == 200 else None
+        autotune = reply.headers.get(AUTOTUNE_HEADER)
     except (httpx.HTTPError, ValueError, AttributeError):
-        version = None
+        version = autotune = None
     holder = f"Ollama {version} is running there" if version else "another program holds it"
+    if autotune:
+        holder = f"another autotune {autotune} is running there"
     return f"{host}:{port} is taken ({holder}): autotune serves Ollama's API on its own port only."

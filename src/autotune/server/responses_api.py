@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from autotune.ground.errors import BackendError, InvalidRequest
+from autotune.ground.errors import BackendError, InvalidRequest, storage_failure
 from autotune.ground.ids import CONVERSATION_ID_RULE, is_conversation_id, new_conversation_id
 from autotune.pipeline import ChatRun, Pipeline
 from autotune.server.driver import CALL, STREAM_RESPONSES, Call, EventAnswer
@@ -108,9 +109,12 @@ class _Answer(EventAnswer):
                 yield event
         closing = stream.finish(run.stats)
         if self.store and run.conversation_id:
-            await asyncio.to_thread(
-                self.responses.put, stream.id, run.conversation_id, run.model, stream.response()
-            )
+            try:
+                await asyncio.to_thread(
+                    self.responses.put, stream.id, run.conversation_id, run.model, stream.response()
+                )
+            except (sqlite3.Error, OSError) as exc:
+                raise storage_failure(exc, "The response") or exc from None
         for event in closing:
             yield event
 
