@@ -177,6 +177,10 @@ class Plan:
         "kv_cache",
         "runaway",
         "priority",
+        "max_tokens",
+        "system",
+        "tools",
+        "accepted",
     )
 
 
