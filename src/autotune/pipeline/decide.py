@@ -52,7 +52,8 @@ _ESTIMATE_SLACK = 3.0
 _CUT_MARK = "[… autotune cut {n} tokens from the start of this message to fit the context …]\n"
 #: What a background request (not streamed, no token limit) is told.
 BACKGROUND = "not streamed, no token limit: waits behind people's turns and yields its place"
-#: Why a reply without a token limit is watched (pipeline/runaway.py does the watching).
+#: Why a reply without a token limit (or with only a ceiling: an agent's max_tokens) is watched
+#: (pipeline/runaway.py does the watching).
 RUNAWAY_WATCH = "no token limit: a reply that repeats one text over {chars:,} characters is stopped"
 
 
@@ -94,6 +95,9 @@ def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> D
     """The plan for ``req`` given ``snap``; raises the 4xx/503 a refusal is."""
     _choices(req.params, snap)
     max_tokens = _max_tokens(req.params, snap, req.cap_max_tokens)
+    # A ceiling (an agent's 32,000) does not size the context: the context is planned as for
+    # a request without a limit, then the ceiling is capped to what it leaves (_cap).
+    sizing = None if req.cap_max_tokens else max_tokens
     counts = snap.counts
     tools = _tool_tokens(req.params, counts)
     sacred = counts.count(sacred_part(req.messages)) + tools
@@ -103,12 +107,10 @@ def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> D
             capabilities=snap.capabilities,
             meta=snap.meta,
             need_tokens=max(
-                context_need(
-                    _with_headroom(counts.count(req.messages), window) + tools, max_tokens
-                ),
+                context_need(_with_headroom(counts.count(req.messages), window) + tools, sizing),
                 req.min_context or 0,
             ),
-            min_tokens=sacred + min(_reserve(max_tokens), MIN_REPLY) + CONTEXT_MARGIN,
+            min_tokens=sacred + min(_reserve(sizing), MIN_REPLY) + CONTEXT_MARGIN,
             current=snap.current,
             loaded=snap.loaded,
             memory=snap.memory,
@@ -122,7 +124,8 @@ def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> D
     )
     if the_plan.refused:
         raise InsufficientMemory(the_plan.refused)
-    if (max_tokens is None or max_tokens <= 0) and req.runaway_chars > 0:
+    unlimited = max_tokens is None or max_tokens <= 0 or req.cap_max_tokens
+    if unlimited and req.runaway_chars > 0:  # a ceiling (an agent's 32,000) is no real limit
         why = RUNAWAY_WATCH.format(chars=req.runaway_chars)
         the_plan.decisions.append(Decision("runaway", "watch", why))
     if req.background:
