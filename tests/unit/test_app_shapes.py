@@ -8,6 +8,9 @@ and the conversation, not something a recording adds to):
   ``POST /api/show`` ``{"name": model}`` for the model's context, then ``/api/chat`` with
   ``model``, ``messages``, ``options`` (aider sets ``num_ctx``; ``temperature`` 0) and
   ``stream``, the JSON posted without a ``Content-Type`` header.
+* Continue (``provider: ollama``; ``core/llm/llms/Ollama.ts`` of continuedev/continue):
+  ``/api/show`` for the model, then ``/api/chat`` with ``options`` ``num_predict`` and
+  ``num_ctx`` (8,192 unless set), ``keep_alive`` 1800 and, in agent mode, its tools;
 * Open WebUI (its Ollama connection; ``backend/open_webui/utils/payload.py``
   ``convert_payload_openai_to_ollama`` and ``tools/builtin.py`` of the open-webui/open-webui
   source read for this test, main branch of late 2026; the issue saw the same with 0.12):
@@ -221,3 +224,56 @@ def test_open_webui_title_task_gets_its_token_limit(url: str, fake: FakeBackend)
     assert reply.status_code == 200, reply.text
     assert reply.json()["message"]["content"] == "Greeting"
     assert fake.requests[-1].params["max_tokens"] == 1000
+
+
+CONTINUE_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "read_file",
+            "description": "Use this tool to read the contents of an existing file.",
+            "parameters": {
+                "type": "object",
+                "required": ["filepath"],
+                "properties": {"filepath": {"type": "string", "description": "The path"}},
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "run_terminal_command",
+            "description": "Run a terminal command in the current directory.",
+            "parameters": {
+                "type": "object",
+                "required": ["command"],
+                "properties": {"command": {"type": "string", "description": "The command"}},
+            },
+        },
+    },
+]
+
+
+def test_continue_with_its_tools(url: str, fake: FakeBackend) -> None:
+    fake.queue(FakeReply(("Done.",)))
+    chat = {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "<important_rules>Be concise.</important_rules>"},
+            {"role": "user", "content": "What does hello.py do?"},
+        ],
+        "options": {"num_predict": 4096, "num_ctx": 8192},
+        "keep_alive": 1800,
+        "stream": True,
+        "tools": CONTINUE_TOOLS,
+    }
+    with httpx.Client(base_url=url, timeout=30) as http:
+        show = http.post("/api/show", json={"name": MODEL})
+        reply = http.post("/api/chat", json=chat)
+    assert show.status_code == 200 and reply.status_code == 200, reply.text
+    assert "".join(o["message"]["content"] for o in _ndjson(reply)) == "Done."
+    sent = fake.requests[-1]
+    assert [t["function"]["name"] for t in sent.params["tools"]] == [
+        "read_file",
+        "run_terminal_command",
+    ]

@@ -76,6 +76,8 @@ class RequestFacts:
     #: ``max_tokens`` above what the context allows is capped to it (the plan says so)
     #: rather than refused.
     cap_max_tokens: bool = False
+    #: A ceiling is also capped to this many tokens (AUTOTUNE_CEILING_TOKENS; 0: no more).
+    ceiling_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -152,9 +154,12 @@ def _cap(
     asked = int(req.params[name])
     prompt = snap.counts.count(req.messages) + _tool_tokens(req.params, snap.counts)
     room = max(MIN_REPLY, limit - prompt - CONTEXT_MARGIN)
+    why = f"{asked:,} asked; the {limit:,}-token context leaves {room:,} beside the prompt"
+    if req.ceiling_tokens and req.ceiling_tokens < room:
+        room = req.ceiling_tokens
+        why += f"; AUTOTUNE_CEILING_TOKENS={room:,}"
     if asked <= room:
         return {}
-    why = f"{asked:,} asked; the {limit:,}-token context leaves {room:,} beside the prompt"
     the_plan.decisions.append(Decision("max_tokens", room, why))
     return {name: room}
 
