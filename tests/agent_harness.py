@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,12 @@ class Exchange:
     status: int | None = None
     #: The answer's first 4,000 bytes (an error's JSON, or the start of a stream).
     reply: str = ""
+    #: The answer's last 2,000 bytes (the end of a stream: its stop reason, its last event).
+    tail: str = ""
+    #: autotune's ``X-Autotune-Plan`` for the answer, when it sent one.
+    plan: str = ""
+    #: Seconds from the request's arrival to the answer's last byte.
+    seconds: float = 0.0
 
     def error(self) -> str:
         """The error message of a refused request, in any of the APIs' shapes."""
@@ -110,6 +117,7 @@ class Recorder:
         query = scope.get("query_string", b"").decode("latin-1")
         exchange = Exchange(method, scope["path"], query, headers)
         self.exchanges.append(exchange)
+        arrived = time.monotonic()
         parts: list[bytes] = []
 
         async def receive_body() -> Any:
@@ -123,10 +131,17 @@ class Recorder:
         async def send_reply(message: Any) -> None:
             if message["type"] in ("http.response.start", "websocket.http.response.start"):
                 exchange.status = message["status"]
+                for key, value in message.get("headers", ()):
+                    if key.decode("latin-1").lower() == "x-autotune-plan":
+                        exchange.plan = value.decode("latin-1")
             elif message["type"] == "websocket.close" and exchange.status is None:
                 exchange.status = 403  # refused before the handshake (no websocket route)
-            elif message["type"] == "http.response.body" and len(exchange.reply) < 4000:
-                exchange.reply += message.get("body", b"").decode("utf-8", errors="replace")
+            elif message["type"] == "http.response.body":
+                text = message.get("body", b"").decode("utf-8", errors="replace")
+                if len(exchange.reply) < 4000:
+                    exchange.reply += text
+                exchange.tail = (exchange.tail + text)[-2000:]
+                exchange.seconds = time.monotonic() - arrived
             await send(message)
 
         await self.app(scope, receive_body, send_reply)

@@ -11,13 +11,17 @@ from pathlib import Path
 import pytest
 
 from agent_harness import AgentRun, Exchange, Recorder, agents_missing, run_claude, run_codex
-from autotune.ground.config import Settings
+from autotune.ground.config import Settings, get_settings
 from autotune.server.app import create_app
 from autotune.server.runner import BackgroundServer
 from tool_model import TOOL_MODEL
 
 #: The key the agents send (autotune asks for none on loopback; any key is taken).
 AGENT_KEY = "sk-test-not-a-secret"
+#: AUTOTUNE_MAX_REPLY_TOKENS of the agents' serve: Gemma-3-270M does not end its turn after
+#: an agent's ~10k-token prompt (it copies the prompt back for thousands of tokens), so each
+#: reply is bounded to keep the agents' tests to a few minutes of engine time.
+MAX_REPLY = 24
 
 
 @dataclass
@@ -38,7 +42,7 @@ class Agents:
         self, runner: Callable[..., AgentRun], prompt: str, name: str
     ) -> tuple[AgentRun, list[Exchange]]:
         before = len(self.recorder.exchanges)
-        done = runner(self.url, AGENT_KEY, TOOL_MODEL, prompt, self.folder / name)
+        done = runner(self.url, AGENT_KEY, TOOL_MODEL, prompt, self.folder / name, timeout=800)
         return done, self.recorder.exchanges[before:]
 
 
@@ -48,7 +52,17 @@ def agents(tmp_path_factory: pytest.TempPathFactory, tool_models_dir: Path) -> I
     if missing:
         pytest.fail(f"the agents are not installed: {missing}")
     folder = tmp_path_factory.mktemp("agents")
-    settings = Settings(home=folder / "autotune", backend="embedded", recall=False)
-    recorder = Recorder(create_app(settings))
-    with BackgroundServer(recorder) as server:  # type: ignore[arg-type]  # any ASGI app
-        yield Agents(server.url, recorder, folder)
+    with pytest.MonkeyPatch.context() as env:  # the module's agents run in its fixtures
+        env.setenv("AUTOTUNE_MODELS_DIR", str(tool_models_dir))
+        get_settings.cache_clear()
+        settings = Settings(
+            home=folder / "autotune",
+            backend="embedded",
+            recall=False,
+            models_dir=tool_models_dir,
+            max_reply_tokens=MAX_REPLY,
+        )
+        recorder = Recorder(create_app(settings))
+        with BackgroundServer(recorder) as server:  # type: ignore[arg-type]  # any ASGI app
+            yield Agents(server.url, recorder, folder)
+    get_settings.cache_clear()

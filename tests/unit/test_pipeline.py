@@ -174,6 +174,21 @@ async def test_a_ceiling_max_tokens_is_capped_to_the_context_and_the_plan_says_s
     assert "32,000 asked" in capped.reason
 
 
+async def test_max_reply_tokens_caps_a_reply_with_no_limit_or_a_ceiling(
+    fake_pipeline: Pipeline, fake_backend: FakeBackend
+) -> None:
+    """AUTOTUNE_MAX_REPLY_TOKENS: a request with no limit, or only a ceiling, gets at most
+    that many tokens (the plan says so); a client's own limit below it stands."""
+    fake_pipeline.settings = fake_pipeline.settings.model_copy(update={"max_reply_tokens": 48})
+    fake_backend.queue(FakeReply(("a",)), FakeReply(("b",)), FakeReply(("c",)))
+    unlimited = await ask(fake_pipeline, "hi")
+    ceiling = await ask(fake_pipeline, "hi", params={"max_tokens": 32000}, cap_max_tokens=True)
+    own = await ask(fake_pipeline, "hi", params={"max_tokens": 16})
+    assert unlimited.request.params["max_tokens"] == 48 == ceiling.request.params["max_tokens"]
+    assert "max_tokens=48" in unlimited.plan.summary()
+    assert own.request.params["max_tokens"] == 16 and own.plan.last("max_tokens") is None
+
+
 async def test_tool_definitions_count_in_the_context_the_plan_sizes(
     fake_pipeline: Pipeline, fake_backend: FakeBackend
 ) -> None:

@@ -76,8 +76,9 @@ class RequestFacts:
     #: ``max_tokens`` above what the context allows is capped to it (the plan says so)
     #: rather than refused.
     cap_max_tokens: bool = False
-    #: A ceiling is also capped to this many tokens (AUTOTUNE_CEILING_TOKENS; 0: no more).
-    ceiling_tokens: int = 0
+    #: A reply with no limit, or only a ceiling, gets at most this many tokens
+    #: (AUTOTUNE_MAX_REPLY_TOKENS; 0: no such cap).
+    max_reply_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> D
     limit = the_plan.context_limit or snap.engine_context
     capped = _cap(req, snap, the_plan, limit, max_tokens)
     if capped:
-        max_tokens = capped[_max_tokens_name(req.params)]
+        max_tokens = next(iter(capped.values()))
     if window is None or limit is None:
         return Decided(the_plan, list(req.messages), None, capped=capped)
     decided = _fit(req, snap, window, the_plan, limit, _reserve(max_tokens))
@@ -146,18 +147,25 @@ def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> D
 def _cap(
     req: RequestFacts, snap: Snapshot, the_plan: Plan, limit: int | None, max_tokens: int | None
 ) -> dict[str, Any]:
-    """A ``max_tokens`` above what the planned context leaves beside the prompt, capped to it
-    (at least :data:`MIN_REPLY`), when the client's limit is a ceiling; the plan says so."""
-    if not req.cap_max_tokens or not max_tokens or not limit:
-        return {}
+    """The limit the engine is sent in place of the client's, with the plan saying why: a
+    ceiling above what the planned context leaves beside the prompt is capped to that (at
+    least :data:`MIN_REPLY`); a ceiling, or no limit at all, to AUTOTUNE_MAX_REPLY_TOKENS
+    when it is set. Empty when the client's own limit stands."""
     name = _max_tokens_name(req.params)
+    ceiling = req.cap_max_tokens and bool(max_tokens)
+    if not max_tokens and req.max_reply_tokens:  # no limit asked
+        why = f"no limit asked; AUTOTUNE_MAX_REPLY_TOKENS={req.max_reply_tokens:,}"
+        the_plan.decisions.append(Decision("max_tokens", req.max_reply_tokens, why))
+        return {name: req.max_reply_tokens}
+    if not ceiling or not limit:
+        return {}
     asked = int(req.params[name])
     prompt = snap.counts.count(req.messages) + _tool_tokens(req.params, snap.counts)
     room = max(MIN_REPLY, limit - prompt - CONTEXT_MARGIN)
     why = f"{asked:,} asked; the {limit:,}-token context leaves {room:,} beside the prompt"
-    if req.ceiling_tokens and req.ceiling_tokens < room:
-        room = req.ceiling_tokens
-        why += f"; AUTOTUNE_CEILING_TOKENS={room:,}"
+    if req.max_reply_tokens and req.max_reply_tokens < room:
+        room = req.max_reply_tokens
+        why += f"; AUTOTUNE_MAX_REPLY_TOKENS={room:,}"
     if asked <= room:
         return {}
     the_plan.decisions.append(Decision("max_tokens", room, why))

@@ -156,7 +156,7 @@ class Pipeline:
                 background=background,
                 runaway_chars=self.settings.runaway_chars,
                 cap_max_tokens=inp.cap_max_tokens,
-                ceiling_tokens=self.settings.ceiling_tokens,
+                max_reply_tokens=self.settings.max_reply_tokens,
             )
             for attempt in (1, 2):
                 decided = await self._decide(backend, name, facts, view.conversation_id, record)
