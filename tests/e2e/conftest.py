@@ -33,16 +33,24 @@ class Agents:
     folder: Path
 
     def claude(self, prompt: str, name: str = "claude") -> tuple[AgentRun, list[Exchange]]:
-        return self._run(run_claude, prompt, name)
+        return self._run(run_claude, prompt, name, "/v1/messages")
 
     def codex(self, prompt: str, name: str = "codex") -> tuple[AgentRun, list[Exchange]]:
-        return self._run(run_codex, prompt, name)
+        return self._run(run_codex, prompt, name, "/v1/responses")
 
     def _run(
-        self, runner: Callable[..., AgentRun], prompt: str, name: str
+        self, runner: Callable[..., AgentRun], prompt: str, name: str, path: str
     ) -> tuple[AgentRun, list[Exchange]]:
+        """Run the agent until its first request to ``path`` is answered whole (or it ends):
+        what a small model answers next is the agent's business (Claude Code asks again and
+        again after a reply cut at the serve's cap), and costs minutes of engine time."""
         before = len(self.recorder.exchanges)
-        done = runner(self.url, AGENT_KEY, TOOL_MODEL, prompt, self.folder / name, timeout=800)
+
+        def answered() -> bool:
+            new = self.recorder.exchanges[before:]
+            return any(e.method == "POST" and e.path == path and e.done for e in new)
+
+        done = runner(self.url, AGENT_KEY, TOOL_MODEL, prompt, self.folder / name, 800, answered)
         return done, self.recorder.exchanges[before:]
 
 
