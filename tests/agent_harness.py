@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +80,16 @@ class Exchange:
     status: int | None = None
     #: The answer's first 4,000 bytes (an error's JSON, or the start of a stream).
     reply: str = ""
+    #: The answer's last 2,000 bytes (the end of a stream: its stop reason, its last event).
+    tail: str = ""
+    #: autotune's ``X-Autotune-Plan`` for the answer, when it sent one.
+    plan: str = ""
+    #: Seconds from the request's arrival to the answer's last byte.
+    seconds: float = 0.0
+    #: The answer's last byte was sent.
+    done: bool = False
+    #: The names of the server-sent events of a streamed answer, in order.
+    events: list[str] = field(default_factory=list)
 
     def error(self) -> str:
         """The error message of a refused request, in any of the APIs' shapes."""
@@ -110,6 +123,7 @@ class Recorder:
         query = scope.get("query_string", b"").decode("latin-1")
         exchange = Exchange(method, scope["path"], query, headers)
         self.exchanges.append(exchange)
+        arrived = time.monotonic()
         parts: list[bytes] = []
 
         async def receive_body() -> Any:
@@ -123,13 +137,25 @@ class Recorder:
         async def send_reply(message: Any) -> None:
             if message["type"] in ("http.response.start", "websocket.http.response.start"):
                 exchange.status = message["status"]
+                for key, value in message.get("headers", ()):
+                    if key.decode("latin-1").lower() == "x-autotune-plan":
+                        exchange.plan = value.decode("latin-1")
             elif message["type"] == "websocket.close" and exchange.status is None:
                 exchange.status = 403  # refused before the handshake (no websocket route)
-            elif message["type"] == "http.response.body" and len(exchange.reply) < 4000:
-                exchange.reply += message.get("body", b"").decode("utf-8", errors="replace")
+            elif message["type"] == "http.response.body":
+                text = message.get("body", b"").decode("utf-8", errors="replace")
+                if len(exchange.reply) < 4000:
+                    exchange.reply += text
+                exchange.tail = (exchange.tail + text)[-2000:]
+                exchange.events += _EVENT.findall(text)
+                exchange.seconds = time.monotonic() - arrived
+                exchange.done = not message.get("more_body", False)
             await send(message)
 
         await self.app(scope, receive_body, send_reply)
+
+
+_EVENT = re.compile(r"^event: (\S+)", re.M)
 
 
 def _json_or_text(raw: bytes) -> Any:
@@ -150,6 +176,8 @@ class AgentRun:
     stdout: str
     stderr: str
     env: dict[str, str] = field(default_factory=dict)
+    #: Stopped by the caller (``until``) rather than ended by itself.
+    stopped: bool = False
 
 
 def _workspace(folder: Path) -> tuple[Path, Path]:
@@ -162,23 +190,57 @@ def _workspace(folder: Path) -> tuple[Path, Path]:
     return home, work
 
 
-def _run(command: list[str], env: dict[str, str], cwd: Path, timeout: float) -> AgentRun:
+def _run(
+    command: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    timeout: float,
+    until: Callable[[], bool] | None = None,
+) -> AgentRun:
+    """Run the CLI to its end, or stop it once ``until()`` is true (``AgentRun.stopped``);
+    ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
     base = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TMPDIR", "TERM")}
     full = {**base, **env}
-    done = subprocess.run(
-        command,
-        cwd=cwd,
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    return AgentRun(command, done.returncode, done.stdout, done.stderr, env)
+    out, err = cwd.parent / "stdout.txt", cwd.parent / "stderr.txt"  # files: no pipe fills up
+    with out.open("w") as stdout_file, err.open("w") as stderr_file:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=full,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout_file,
+            stderr=stderr_file,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout
+        stopped = False
+        while process.poll() is None:
+            if until is not None and until():
+                process.terminate()
+                stopped = True
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise subprocess.TimeoutExpired(command, timeout)
+            time.sleep(0.5)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
+    return AgentRun(command, process.returncode, stdout, stderr, env, stopped)
 
 
 def run_claude(
-    url: str, key: str, model: str, prompt: str, folder: Path, timeout: float = 300
+    url: str,
+    key: str,
+    model: str,
+    prompt: str,
+    folder: Path,
+    timeout: float = 300,
+    until: Callable[[], bool] | None = None,
 ) -> AgentRun:
     """Claude Code, non-interactive (``-p``), pointed at ``url`` with ``key`` and ``model``."""
     home, work = _workspace(folder)
@@ -188,11 +250,17 @@ def run_claude(
         "ANTHROPIC_API_KEY": key,
     }
     command = ["node", str(_CLAUDE), "-p", prompt, "--model", model]
-    return _run(command, env, work, timeout)
+    return _run(command, env, work, timeout, until)
 
 
 def run_codex(
-    url: str, key: str, model: str, prompt: str, folder: Path, timeout: float = 300
+    url: str,
+    key: str,
+    model: str,
+    prompt: str,
+    folder: Path,
+    timeout: float = 300,
+    until: Callable[[], bool] | None = None,
 ) -> AgentRun:
     """Codex, non-interactive (``exec``), pointed at ``url``/v1 with ``key`` and ``model``."""
     home, work = _workspace(folder)
@@ -208,4 +276,4 @@ def run_codex(
         model,
         prompt,
     ]
-    return _run(command, env, work, timeout)
+    return _run(command, env, work, timeout, until)

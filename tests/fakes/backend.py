@@ -333,6 +333,7 @@ class FakeBackend(Backend):
             prompt_ms=float(prompt - cached),
             decode_ms=float(completion),
             reloaded=reloaded,
+            load_ms=1.0 if reloaded else None,  # as the embedded engine's worker reports a load
             raw={
                 "usage": usage,
                 "timings": {"prompt_n": prompt - cached, "cache_n": cached, **reply.timings},

@@ -7,9 +7,11 @@ server, faces and pipeline over the scripted FakeBackend (tests/fakes/backend.py
 checks what the engine would be sent: the agent's system prompt, its function tools, its prompt,
 and — on the second turn — its tool call and the tool's result, paired by id.
 
-Parts autotune still refuses are taken out first; :data:`REFUSED_TODAY` lists each with the 400
-it gets now (issue 21, the face work, empties it). Everything else in the bodies — fields, tool
-schemas, content blocks, items — passes as recorded.
+Every part passes as recorded (:data:`REFUSED_TODAY`, which listed the parts refused before issue
+21's face work, is empty): Claude Code's system message among the messages, its
+``context_management`` and its 32,000 ``max_tokens``; Codex's ``client_metadata``, its
+``namespace`` tool group (flattened into functions) and ``web_search`` (not offered to the model),
+each said in the plan (:data:`PLAN_NOTES`).
 """
 
 from __future__ import annotations
@@ -35,47 +37,30 @@ PROMPT = "Read hello.txt and tell me what it says."
 Edit = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def _without(field: str) -> Edit:
-    return lambda body: {k: v for k, v in body.items() if k != field}
+#: What each agent sends that autotune refused before issue 21's face work: (what, how it is
+#: taken out, the 400's message). Every recorded body now passes whole.
+REFUSED_TODAY: dict[str, list[tuple[str, Edit, str]]] = {"claude-code": [], "codex": []}
 
-
-def _without_tools(kind: str) -> Edit:
-    return lambda body: {**body, "tools": [t for t in body["tools"] if t.get("type") != kind]}
-
-
-def _without_system_messages(body: dict[str, Any]) -> dict[str, Any]:
-    return {**body, "messages": [m for m in body["messages"] if m["role"] != "system"]}
-
-
-#: What each agent sends that autotune refuses today: (what, how it is taken out, the 400's
-#: message). Measured with bench/agents.py against `autotune serve` and here.
-REFUSED_TODAY: dict[str, list[tuple[str, Edit, str]]] = {
-    "claude-code": [
-        (
-            "a system message inside messages (Claude Code's environment block)",
-            _without_system_messages,
-            "Invalid value 'system' for 'messages.1.role': Input should be 'user' or 'assistant'.",
-        ),
-        (
-            "context_management",
-            _without("context_management"),
-            "'context_management' is not supported: autotune manages the context itself.",
-        ),
-    ],
-    "codex": [
-        ("client_metadata", _without("client_metadata"), "Unknown parameter 'client_metadata'."),
-        (
-            "the namespace tool group multi_agent_v1",
-            _without_tools("namespace"),
-            "tools[4]: the built-in tool 'namespace' is not offered by local engines",
-        ),
-        (
-            "the web_search tool",
-            _without_tools("web_search"),
-            "tools[7]: the built-in tool 'web_search' is not offered by local engines",
-        ),
-    ],
+#: What the plan says of each agent's defaults (X-Autotune-Plan), now that they are accepted.
+PLAN_NOTES = {
+    "claude-code": ("system=1 moved to the start", "accepted=context_management"),
+    "codex": (
+        "tools=flattened multi_agent_v1 dropped web_search",
+        "accepted=client_metadata",
+    ),
 }
+
+
+def _engine_tool_names(tools: list[dict[str, Any]]) -> list[str]:
+    """The function names the engine is given: a namespace group's functions by their own
+    names, built-in tools left out."""
+    names: list[str] = []
+    for tool in tools:
+        if tool.get("type") == "namespace":
+            names += [t["name"] for t in tool["tools"]]
+        elif tool.get("type") in (None, "function", "custom"):
+            names.append(tool["name"])
+    return names
 
 
 def _recordings() -> list[Path]:
@@ -130,8 +115,10 @@ def test_the_recorded_request_reaches_the_engine_whole(
     ) in reply.text
     (sent,) = fake.requests[before:]
     body = recorded["body"]
-    names = [t.get("name") for t in body["tools"]]
+    names = _engine_tool_names(body["tools"])
     assert [t["function"]["name"] for t in sent.params["tools"]] == names
+    plan = reply.headers["x-autotune-plan"]
+    assert all(note in plan for note in PLAN_NOTES[path.parent.name]), plan
     assert sent.messages[0]["role"] == "system" and len(sent.messages[0]["content"]) > 1000
     users = [m for m in sent.messages if m["role"] == "user"]
     assert PROMPT in json.dumps(users[-1]["content"])

@@ -76,6 +76,40 @@ def test_system_prompt_as_a_string_or_text_blocks() -> None:
     assert as_text.params == {"max_tokens": 32}
 
 
+def test_system_messages_among_the_messages_join_the_system_prompt_and_the_plan_says_so() -> None:
+    """Claude Code sends its environment as a system message after the first user turn; it
+    joins the system prompt (every template takes one there), in the order sent."""
+    body = {
+        **BASE,
+        "system": "You are an agent.",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": [{"type": "text", "text": "# Environment"}]},
+            {"role": "assistant", "content": "hello"},
+            {"role": "system", "content": "Shell: bash"},
+            {"role": "user", "content": "bye"},
+        ],
+    }
+    parts = to_chat(body)
+    assert parts.messages == [
+        {"role": "system", "content": "You are an agent.\n\n# Environment\n\nShell: bash"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "bye"},
+    ]
+    assert [(n.key, n.value) for n in parts.notes] == [("system", "2 moved to the start")]
+
+
+def test_context_management_edits_that_change_nothing_are_accepted_and_named() -> None:
+    edits = [
+        {"type": "clear_thinking_20251015", "keep": "all"},
+        {"type": "clear_tool_uses_20250919"},
+    ]
+    parts = to_chat({**BASE, "context_management": {"edits": edits}})
+    assert [(n.key, n.value) for n in parts.notes] == [("accepted", "context_management")]
+    assert "context_management" not in parts.params and parts.messages[-1]["content"] == "hi"
+
+
 def test_a_tool_round_trip_becomes_tool_calls_and_tool_messages() -> None:
     body = {
         **BASE,
@@ -177,7 +211,9 @@ def test_images_become_image_url_parts() -> None:
             "messages[0].content[0].type",
         ),
         ({"messages": [{"role": "user", "content": []}]}, "messages[0].content"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "system", "content": "x"}]}, "messages"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"context_management": {"edits": [{"type": "compact_20260101"}]}}, "context_management"),
         ({"system": [{"type": "image"}]}, "system[0]"),
         ({"stop_sequences": [""]}, "stop_sequences"),
     ],

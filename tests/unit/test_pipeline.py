@@ -159,6 +159,50 @@ async def test_max_tokens_beyond_the_model_is_refused_before_any_load(
     assert fake_backend.loads == []
 
 
+async def test_a_ceiling_max_tokens_is_capped_to_the_context_and_the_plan_says_so(
+    fake_pipeline: Pipeline, fake_backend: FakeBackend
+) -> None:
+    """Issue 21: Claude Code sends max_tokens 32000, its own model's maximum, on a model of
+    8,192 tokens; as a ceiling (Anthropic's face) it is capped to what the context leaves
+    beside the prompt, the engine is sent the cap, and the plan says so."""
+    fake_backend.queue(FakeReply(("ok",)))
+    run = await ask(fake_pipeline, "hi", params={"max_tokens": 32000}, cap_max_tokens=True)
+    capped = run.plan.last("max_tokens")
+    assert capped is not None and 256 <= capped.value < 8192
+    assert run.request.params["max_tokens"] == capped.value
+    assert f"max_tokens={capped.value}" in run.plan.summary()
+    assert "32,000 asked" in capped.reason
+
+
+async def test_max_reply_tokens_caps_a_reply_with_no_limit_or_a_ceiling(
+    fake_pipeline: Pipeline, fake_backend: FakeBackend
+) -> None:
+    """AUTOTUNE_MAX_REPLY_TOKENS: a request with no limit, or only a ceiling, gets at most
+    that many tokens (the plan says so); a client's own limit below it stands."""
+    fake_pipeline.settings = fake_pipeline.settings.model_copy(update={"max_reply_tokens": 48})
+    fake_backend.queue(FakeReply(("a",)), FakeReply(("b",)), FakeReply(("c",)))
+    unlimited = await ask(fake_pipeline, "hi")
+    ceiling = await ask(fake_pipeline, "hi", params={"max_tokens": 32000}, cap_max_tokens=True)
+    own = await ask(fake_pipeline, "hi", params={"max_tokens": 16})
+    assert unlimited.request.params["max_tokens"] == 48 == ceiling.request.params["max_tokens"]
+    assert "max_tokens=48" in unlimited.plan.summary()
+    assert own.request.params["max_tokens"] == 16 and own.plan.last("max_tokens") is None
+
+
+async def test_tool_definitions_count_in_the_context_the_plan_sizes(
+    fake_pipeline: Pipeline, fake_backend: FakeBackend
+) -> None:
+    """An agent's tools are thousands of tokens of the prompt: the context holds them."""
+    tools = [
+        {"type": "function", "function": {"name": f"t{i}", "description": words(200)}}
+        for i in range(10)
+    ]
+    await ask(fake_pipeline, "hi")
+    bare = fake_backend.loads[-1][1].n_ctx
+    await ask(fake_pipeline, "hi", params={"tools": tools})
+    assert fake_backend.loads[-1][1].n_ctx > bare
+
+
 async def test_a_failed_request_does_not_cause_a_reload_back(
     fake_pipeline: Pipeline, fake_backend: FakeBackend
 ) -> None:

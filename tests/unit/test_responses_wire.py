@@ -89,8 +89,13 @@ def test_instructions_and_items_become_chat_messages() -> None:
 @pytest.mark.parametrize(
     ("change", "param"),
     [
-        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
-        ({"tools": [{"type": "file_search", "vector_store_ids": []}]}, "tools[0].type"),
+        ({"tools": [{"type": "custom", "name": "apply_patch"}]}, "tools[0].type"),
+        ({"tools": [{"type": "local_shell"}]}, "tools[0].type"),
+        (
+            {"tools": [{"type": "namespace", "name": "n", "tools": [{"type": "x"}]}]},
+            "tools[0].tools[0].type",
+        ),
+        ({"tools": [{"type": "web_search"}], "tool_choice": "required"}, "tools"),
         ({"background": True}, "background"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
@@ -143,6 +148,66 @@ def test_a_streamed_reply_is_valid_responses_events_and_a_valid_response() -> No
     assert final.usage.total_tokens == 47 and final.status == "completed"
     added = next(e for e in parsed if e.type == "response.output_item.added")
     assert added.item.type == "message" and added.item.content == []  # as it was when sent
+
+
+NAMESPACE = {
+    "type": "namespace",
+    "name": "multi_agent_v1",
+    "description": "Sub-agents.",
+    "tools": [
+        {"type": "function", "name": "spawn_agent", "parameters": {"type": "object"}},
+        {"type": "function", "name": "shell", "parameters": {"type": "object"}},
+    ],
+}
+
+
+def test_namespace_groups_are_flattened_and_built_in_tools_dropped_with_a_note() -> None:
+    """Codex's defaults: a namespace group becomes functions (by their own names unless taken,
+    then ``<namespace>__<name>``), web_search is not offered, and the plan says both."""
+    parts = to_chat({**BASE, "tools": [TOOL, NAMESPACE, {"type": "web_search"}]})
+    names = [t["function"]["name"] for t in parts.params["tools"]]
+    assert names == ["shell", "spawn_agent", "multi_agent_v1__shell"]
+    assert parts.params["tools"][1]["function"]["parameters"] == {"type": "object"}
+    (note,) = parts.notes
+    assert (note.key, note.value) == ("tools", "flattened multi_agent_v1 dropped web_search")
+    only_built_in = to_chat({**BASE, "tools": [{"type": "web_search_preview"}]})
+    assert "tools" not in only_built_in.params
+
+
+def test_a_call_to_a_namespaced_function_goes_back_with_its_namespace() -> None:
+    """In the history Codex sends back a call with its ``namespace``; the engine sees the
+    flattened name. A call the engine makes comes back named as Codex knows the function."""
+    history = [
+        {"role": "user", "content": "go"},
+        {
+            "type": "function_call",
+            "call_id": "c1",
+            "name": "shell",
+            "namespace": "multi_agent_v1",
+            "arguments": "{}",
+        },
+        {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+    ]
+    parts = to_chat({**BASE, "input": history, "tools": [TOOL, NAMESPACE]})
+    assert parts.messages[1]["tool_calls"][0]["function"]["name"] == "multi_agent_v1__shell"
+    stream = ResponseStream({**BASE, "tools": [TOOL, NAMESPACE]}, "m", tools=parts.tools)
+    events = stream.start()
+    for c in [
+        chunk({"tool_calls": [{"index": 0, "id": "c2", "function": {"name": "spawn_agent"}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+        chunk({}, "tool_calls"),
+    ]:
+        events += stream.feed(c)
+    events += stream.finish(None)
+    for event in events:
+        EVENTS.validate_python(event)
+    (call,) = stream.response()["output"]
+    assert (call["name"], call["namespace"]) == ("spawn_agent", "multi_agent_v1")
+
+
+def test_client_metadata_is_accepted_and_named_in_the_plan() -> None:
+    parts = to_chat({**BASE, "client_metadata": {"x-codex-turn-metadata": "{}"}})
+    assert [(n.key, n.value) for n in parts.notes] == [("accepted", "client_metadata")]
 
 
 def test_a_reply_cut_by_max_output_tokens_is_incomplete() -> None:

@@ -88,6 +88,14 @@ class Settings(BaseSettings):
         description="Characters of one text repeated back to back after which a reply to a "
         "request with no token limit is stopped as a runaway; 0 never stops one.",
     )
+    max_reply_tokens: int = Field(
+        0,
+        ge=0,
+        description="Most tokens a reply gets when its request sets no token limit, or only a "
+        "ceiling (Anthropic's max_tokens, where agents send their own model's maximum, e.g. "
+        "32,000); 0: no such cap (a ceiling is capped to what the context leaves beside the "
+        "prompt, and a reply with no limit is watched for runaways).",
+    )
     max_body_bytes: int = 8 * 1024 * 1024
     cors_origins: str | None = None
     kv_disk_budget: int | None = Field(

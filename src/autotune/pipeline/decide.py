@@ -16,6 +16,7 @@ the context fit (:class:`autotune.context.window.ContextWindow`) and the overflo
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +52,8 @@ _ESTIMATE_SLACK = 3.0
 _CUT_MARK = "[… autotune cut {n} tokens from the start of this message to fit the context …]\n"
 #: What a background request (not streamed, no token limit) is told.
 BACKGROUND = "not streamed, no token limit: waits behind people's turns and yields its place"
-#: Why a reply without a token limit is watched (pipeline/runaway.py does the watching).
+#: Why a reply without a token limit (or with only a ceiling: an agent's max_tokens) is watched
+#: (pipeline/runaway.py does the watching).
 RUNAWAY_WATCH = "no token limit: a reply that repeats one text over {chars:,} characters is stopped"
 
 
@@ -71,6 +73,12 @@ class RequestFacts:
     background: bool = False
     #: Characters of repetition that stop a reply with no token limit (0: never).
     runaway_chars: int = MIN_SPAN
+    #: ``max_tokens`` above what the context allows is capped to it (the plan says so)
+    #: rather than refused.
+    cap_max_tokens: bool = False
+    #: A reply with no limit, or only a ceiling, gets at most this many tokens
+    #: (AUTOTUNE_MAX_REPLY_TOKENS; 0: no such cap).
+    max_reply_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,24 +90,30 @@ class Decided:
     compaction: CompactionState | None
     #: Counts were estimates that decided a refusal: load, count exactly, decide again.
     recount: bool = False
+    #: Client parameters replaced for the engine (a ``max_tokens`` capped to the context).
+    capped: dict[str, Any] = field(default_factory=dict)
 
 
 def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> Decided:
     """The plan for ``req`` given ``snap``; raises the 4xx/503 a refusal is."""
     _choices(req.params, snap)
-    max_tokens = _max_tokens(req.params, snap)
+    max_tokens = _max_tokens(req.params, snap, req.cap_max_tokens)
+    # A ceiling (an agent's 32,000) does not size the context: the context is planned as for
+    # a request without a limit, then the ceiling is capped to what it leaves (_cap).
+    sizing = None if req.cap_max_tokens else max_tokens
     counts = snap.counts
-    sacred = counts.count(sacred_part(req.messages))
+    tools = _tool_tokens(req.params, counts)
+    sacred = counts.count(sacred_part(req.messages)) + tools
     the_plan = plan(
         PlanInput(
             profile=req.profile,
             capabilities=snap.capabilities,
             meta=snap.meta,
             need_tokens=max(
-                context_need(_with_headroom(counts.count(req.messages), window), max_tokens),
+                context_need(_with_headroom(counts.count(req.messages), window) + tools, sizing),
                 req.min_context or 0,
             ),
-            min_tokens=sacred + min(_reserve(max_tokens), MIN_REPLY) + CONTEXT_MARGIN,
+            min_tokens=sacred + min(_reserve(sizing), MIN_REPLY) + CONTEXT_MARGIN,
             current=snap.current,
             loaded=snap.loaded,
             memory=snap.memory,
@@ -113,15 +127,56 @@ def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> D
     )
     if the_plan.refused:
         raise InsufficientMemory(the_plan.refused)
-    if (max_tokens is None or max_tokens <= 0) and req.runaway_chars > 0:
+    unlimited = max_tokens is None or max_tokens <= 0 or req.cap_max_tokens
+    if unlimited and req.runaway_chars > 0:  # a ceiling (an agent's 32,000) is no real limit
         why = RUNAWAY_WATCH.format(chars=req.runaway_chars)
         the_plan.decisions.append(Decision("runaway", "watch", why))
     if req.background:
         the_plan.decisions.append(Decision("priority", "background", BACKGROUND))
     limit = the_plan.context_limit or snap.engine_context
+    capped = _cap(req, snap, the_plan, limit, max_tokens)
+    if capped:
+        max_tokens = next(iter(capped.values()))
     if window is None or limit is None:
-        return Decided(the_plan, list(req.messages), None)
-    return _fit(req, snap, window, the_plan, limit, _reserve(max_tokens))
+        return Decided(the_plan, list(req.messages), None, capped=capped)
+    decided = _fit(req, snap, window, the_plan, limit, _reserve(max_tokens))
+    decided.capped.update(capped)
+    return decided
+
+
+def _cap(
+    req: RequestFacts, snap: Snapshot, the_plan: Plan, limit: int | None, max_tokens: int | None
+) -> dict[str, Any]:
+    """The limit the engine is sent in place of the client's, with the plan saying why: a
+    ceiling above what the planned context leaves beside the prompt is capped to that (at
+    least :data:`MIN_REPLY`); a ceiling, or no limit at all, to AUTOTUNE_MAX_REPLY_TOKENS
+    when it is set. Empty when the client's own limit stands."""
+    name = _max_tokens_name(req.params)
+    ceiling = req.cap_max_tokens and bool(max_tokens)
+    if not max_tokens and req.max_reply_tokens:  # no limit asked
+        why = f"no limit asked; AUTOTUNE_MAX_REPLY_TOKENS={req.max_reply_tokens:,}"
+        the_plan.decisions.append(Decision("max_tokens", req.max_reply_tokens, why))
+        return {name: req.max_reply_tokens}
+    if not ceiling or not limit:
+        return {}
+    asked = int(req.params[name])
+    prompt = snap.counts.count(req.messages) + _tool_tokens(req.params, snap.counts)
+    room = max(MIN_REPLY, limit - prompt - CONTEXT_MARGIN)
+    why = f"{asked:,} asked; the {limit:,}-token context leaves {room:,} beside the prompt"
+    if req.max_reply_tokens and req.max_reply_tokens < room:
+        room = req.max_reply_tokens
+        why += f"; AUTOTUNE_MAX_REPLY_TOKENS={room:,}"
+    if asked <= room:
+        return {}
+    the_plan.decisions.append(Decision("max_tokens", room, why))
+    return {name: room}
+
+
+def _tool_tokens(params: Mapping[str, Any], counts: TokenTable) -> int:
+    """The tool definitions, as the template puts them in the prompt (counted as their JSON:
+    an agent's tools are thousands of tokens the context must hold beside the messages)."""
+    tools = params.get("tools")
+    return counts.text(json.dumps(tools, ensure_ascii=False)) if tools else 0
 
 
 def _with_headroom(prompt_tokens: int, window: ContextWindow | None) -> int:
@@ -134,13 +189,20 @@ def _with_headroom(prompt_tokens: int, window: ContextWindow | None) -> int:
     return math.ceil(prompt_tokens / window.high_water)
 
 
-def _max_tokens(params: Mapping[str, Any], snap: Snapshot) -> int | None:
-    """The client's output limit, refused before any load when no context could hold it."""
-    name = "max_completion_tokens" if params.get("max_completion_tokens") else "max_tokens"
+def _max_tokens_name(params: Mapping[str, Any]) -> str:
+    return "max_completion_tokens" if params.get("max_completion_tokens") else "max_tokens"
+
+
+def _max_tokens(params: Mapping[str, Any], snap: Snapshot, ceiling: bool = False) -> int | None:
+    """The client's output limit, refused before any load when no context could hold it
+    (a ``ceiling`` is held to the model's whole context instead, and capped after planning)."""
+    name = _max_tokens_name(params)
     value = params.get(name)
     if not value:
         return None
     trained = snap.meta.context_length if snap.meta else None
+    if trained and int(value) > trained and ceiling:
+        return trained
     if trained and int(value) > trained:
         raise InvalidRequest(
             f"{name} {value} is more than {snap.model}'s whole context of {trained:,} tokens.",
@@ -175,6 +237,7 @@ def _fit(
     """Fit the conversation into ``limit`` with the cache-stable window."""
     counts = snap.counts
     sacred = counts.count(sacred_part(req.messages))
+    limit -= _tool_tokens(req.params, counts)  # the tools' part of the prompt is not cut
     budget = max(256, limit - reserve - CONTEXT_MARGIN)
     if sacred > budget:  # the newest message first; the reply may have less room
         budget = max(budget, limit - MIN_REPLY - CONTEXT_MARGIN)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autotune.backends.base import Backend
+from autotune.ground.decision import Decision
 from autotune.ground.errors import InvalidRequest
 from autotune.ground.profiles import Profile, get_profile
 from autotune.ground.types import ChatRequest, Chunk
@@ -51,6 +52,13 @@ class ChatInput:
     #: Look up saved KV for this prompt (off for fill-in-the-middle: the engine builds that
     #: prompt itself).
     kv_lookup: bool = True
+    #: What the face did with the client's request that the plan should say (fields accepted,
+    #: tools dropped or flattened, system messages moved): added to the plan's decisions.
+    notes: list[Decision] = field(default_factory=list)
+    #: ``max_tokens`` is a ceiling, not a demand (Anthropic's required field, where agents
+    #: send their own model's maximum): above what the context allows it is capped to it and
+    #: the plan says so, instead of a 400.
+    cap_max_tokens: bool = False
 
 
 def validate(inp: ChatInput, default_profile: str) -> tuple[Profile, str]:

@@ -160,9 +160,12 @@ class Pipeline:
                 keep_alive=inp.keep_alive,
                 background=background,
                 runaway_chars=self.settings.runaway_chars,
+                cap_max_tokens=inp.cap_max_tokens,
+                max_reply_tokens=self.settings.max_reply_tokens,
             )
             for attempt in (1, 2):
                 decided = await self._decide(backend, name, facts, view.conversation_id, record)
+                decided.plan.decisions.extend(inp.notes)
                 try:
                     run = await self._act(backend, name, inp, view, decided, record, started)
                     run.place = place
@@ -226,7 +229,7 @@ class Pipeline:
         request = ChatRequest(
             model,
             decided.messages,
-            {**plan.params, **inp.params},  # the client's own values win
+            {**plan.params, **inp.params, **decided.capped},  # the client's values win
             plan.load,
             plan.keep_alive,
             conversation_id=view.conversation_id,

@@ -101,7 +101,13 @@ async def create_message(body: MessagesRequest, call: Call = CALL) -> Response:
         return _Answer(run, stream)
 
     inp = call.chat(
-        parts.messages, body.model, parts.params, source="anthropic", streamed=bool(body.stream)
+        parts.messages,
+        body.model,
+        parts.params,
+        source="anthropic",
+        streamed=bool(body.stream),
+        notes=parts.notes,
+        cap_max_tokens=True,  # a required field: agents send their own model's maximum
     )
     return await call.drive(pipeline.start(inp), answer, stream=bool(body.stream))
 

@@ -101,7 +101,9 @@ ToolResultBlock.model_rebuild()
 
 
 class MessageParam(Closed):
-    role: Literal["user", "assistant"]
+    #: ``system`` among the messages: Claude Code sends its environment that way (it joins
+    #: the system prompt, see anthropic_wire.to_messages).
+    role: Literal["user", "assistant", "system"]
     content: Blocks
 
 

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from autotune.server.fields import ANTHROPIC, check_fields
+from autotune.ground.decision import Decision
+from autotune.server.fields import ANTHROPIC, accepted_note, check_fields
 from autotune.server.wire_kit import bad as _bad
 from autotune.server.wire_kit import function_tools, system_prompt
 
@@ -63,6 +64,8 @@ class ChatParts:
     stop_sequences: list[str] = field(default_factory=list)
     #: The client asked for thinking: the engine's reasoning text becomes thinking blocks.
     thinking: bool = False
+    #: What the plan should say about the translation (fields accepted, system moved).
+    notes: list[Decision] = field(default_factory=list)
 
 
 def _text_of(value: Any, where: str) -> str:
@@ -186,21 +189,39 @@ def _assistant(content: Any, where: str) -> dict[str, Any]:
     return message
 
 
-def to_messages(system: Any, messages: Any) -> list[dict[str, Any]]:
-    """Anthropic ``system`` + ``messages`` as OpenAI chat messages."""
-    out = system_prompt(_text_of(system, "system") if system is not None else None)
+def to_messages(
+    system: Any, messages: Any, notes: list[Decision] | None = None
+) -> list[dict[str, Any]]:
+    """Anthropic ``system`` + ``messages`` as OpenAI chat messages.
+
+    A ``system`` message among ``messages`` (Claude Code sends its environment block so) joins
+    the system prompt, after ``system``, in the order sent: the one place every chat template
+    takes a system text (Gemma's, for one, refuses a system turn after the first), and a
+    prefix that stays the same from turn to turn, so the engine's prompt cache holds. When
+    ``notes`` is given, the plan's note saying so is added to it."""
+    texts = [_text_of(system, "system")] if system is not None else []
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must hold at least one message.", "messages")
+    turns: list[dict[str, Any]] = []
+    moved = 0
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         role = m.get("role") if isinstance(m, Mapping) else None
         if role == "user":
-            out.extend(_user(m.get("content"), f"{where}.content"))
+            turns.extend(_user(m.get("content"), f"{where}.content"))
         elif role == "assistant":
-            out.append(_assistant(m.get("content"), f"{where}.content"))
+            turns.append(_assistant(m.get("content"), f"{where}.content"))
+        elif role == "system":
+            texts.append(_text_of(m.get("content"), f"{where}.content"))
+            moved += 1
         else:
-            raise _bad(f"{where}.role must be 'user' or 'assistant'.", f"{where}.role")
-    return out
+            raise _bad(f"{where}.role must be 'user', 'assistant' or 'system'.", f"{where}.role")
+    if not turns:
+        raise _bad("'messages' must hold at least one user or assistant message.", "messages")
+    if moved and notes is not None:
+        why = "system messages among the messages join the system prompt, in the order sent"
+        notes.append(Decision("system", f"{moved} moved to the start", why))
+    return system_prompt("\n\n".join(t for t in texts if t) or None) + turns
 
 
 def _tool(tool: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -273,7 +294,8 @@ def to_chat(body: Mapping[str, Any], *, pass_unknown: bool = False) -> ChatParts
         extensions=False,
         forwarded=False,
     )
-    messages = to_messages(body.get("system"), body.get("messages"))
+    notes = accepted_note(body, FIELDS)
+    messages = to_messages(body.get("system"), body.get("messages"), notes)
     for name in ("max_tokens", "temperature", "top_p", "top_k"):
         if body.get(name) is not None:
             params[name] = body[name]
@@ -288,4 +310,4 @@ def to_chat(body: Mapping[str, Any], *, pass_unknown: bool = False) -> ChatParts
     stops = body.get("stop_sequences") or []
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
         raise _bad("'stop_sequences' must be a list of non-empty strings.", "stop_sequences")
-    return ChatParts(messages, params, list(stops), _thinking(body.get("thinking")))
+    return ChatParts(messages, params, list(stops), _thinking(body.get("thinking")), notes)

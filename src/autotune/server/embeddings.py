@@ -1,4 +1,5 @@
-"""Embeddings in two shapes: OpenAI's ``POST /v1/embeddings`` and Ollama's ``POST /api/embed``.
+"""Embeddings in two shapes: OpenAI's ``POST /v1/embeddings`` and Ollama's ``POST /api/embed``
+(and its legacy ``POST /api/embeddings``: one ``prompt`` in, one ``embedding`` out).
 
 Both are thin faces over :func:`autotune.pipeline.embed.embed` (the admission queue,
 telemetry, the model asked for: autotune's offline MiniLM as ``all-minilm``, an embedding
@@ -18,12 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autotune.ground.errors import InvalidRequest
 from autotune.pipeline.embed import Embeddings, embed
+from autotune.server.ollama_api import AnyContentType
 
 __all__ = ["ollama_router", "router"]
 
 router = APIRouter()
-#: ``/api/embed``: its errors answer in Ollama's shape (the path is Ollama's).
-ollama_router = APIRouter()
+#: ``/api/embed`` and ``/api/embeddings``: errors in Ollama's shape (the paths are Ollama's),
+#: bodies read as JSON whatever their Content-Type, as Ollama reads them.
+ollama_router = APIRouter(route_class=AnyContentType)
 
 
 class EmbeddingRequest(BaseModel):
@@ -50,6 +53,19 @@ class OllamaEmbedRequest(BaseModel):
     dimensions: int | None = Field(None, ge=1)
     keep_alive: str | int | float | None = None
     options: dict[str, Any] | None = None
+
+
+class OllamaLegacyEmbeddingsRequest(BaseModel):
+    """``POST /api/embeddings``, Ollama's first embedding API (LangChain's older
+    ``OllamaEmbeddings``, llm-ollama, many scripts): one ``prompt``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=512)
+    prompt: str = ""
+    keep_alive: str | int | float | None = None
+    options: dict[str, Any] | None = None
+    truncate: bool | None = None
 
 
 def _texts(value: str | list[str]) -> list[str]:
@@ -103,3 +119,17 @@ async def ollama_embed(body: OllamaEmbedRequest, request: Request) -> dict[str, 
         "load_duration": 0,
         "prompt_eval_count": result.prompt_tokens,
     }
+
+
+@ollama_router.post("/api/embeddings", responses={400: {}, 404: {}, 429: {}})
+async def ollama_embeddings(
+    body: OllamaLegacyEmbeddingsRequest, request: Request
+) -> dict[str, Any]:
+    """Ollama's legacy embeddings: ``{"embedding": [...]}`` for one ``prompt``. An empty prompt
+    answers an empty vector, as Ollama's does (clients send one to load the model)."""
+    if body.truncate is False:
+        raise InvalidRequest("'truncate: false' is not offered here; long inputs are cut.")
+    if not body.prompt:
+        return {"embedding": []}
+    result = await embed(request.app.state.pipeline, body.model, [body.prompt])
+    return {"embedding": result.vectors[0]}

@@ -188,13 +188,15 @@ class ErrorShape:
     body: Callable[[BackendError], Any] = _openai_body
     #: Paths of this API: exact, or a prefix of ``path/…``.
     paths: tuple[str, ...] = ()
+    #: Paths under those that are not this API's (exact, or a prefix of ``path/…``).
+    except_paths: tuple[str, ...] = ()
     #: ``messages[0].content`` in field names, else ``messages.0.content``.
     brackets: bool = False
     #: A body that does not validate, as this API words it (default: OpenAI's wording).
     describe: Callable[[RequestValidationError], InvalidRequest] | None = None
 
     def serves(self, path: str) -> bool:
-        return any(path == p or path.startswith(p + "/") for p in self.paths)
+        return _under(path, self.paths) and not _under(path, self.except_paths)
 
     def invalid(self, exc: RequestValidationError) -> InvalidRequest:
         if self.describe is not None:
@@ -209,6 +211,10 @@ class ErrorShape:
             out["Retry-After"] = str(retry_after)
         out.update(headers or {})
         return JSONResponse(self.body(exc), status_code=_status(exc), headers=out or None)
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
 
 
 #: OpenAI's shape: the default for every path no other API claims.

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from autotune.ground.decision import Decision
 from autotune.ground.errors import InvalidRequest
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "FIELDS",
     "RESPONSES",
     "Rule",
+    "accepted_note",
     "check_fields",
     "unknown_field",
 ]
@@ -48,6 +50,9 @@ class Rule:
     check: Check | None = None
     #: A refused field sent empty (``false``, ``0``) asks for nothing, and passes.
     empty_ok: bool = False
+    #: Accepted, and named in the plan (``X-Autotune-Plan: accepted=…``) when sent: a
+    #: client-side field of the hosted API that changes nothing here.
+    noted: bool = False
 
     def refuses(self, value: Any) -> bool:
         return self.action == "refuse" and not (self.empty_ok and value in (None, False, 0))
@@ -63,6 +68,11 @@ def forward(why: str) -> Rule:
 
 def accept(why: str) -> Rule:
     return Rule("accept", why)
+
+
+def noted(why: str, check: Check | None = None) -> Rule:
+    """Accepted, changing nothing here, and named in the plan when sent."""
+    return Rule("accept", why, check, noted=True)
 
 
 def refuse(why: str) -> Rule:
@@ -198,6 +208,15 @@ def unknown_field(name: str, schema: str = "OpenAI") -> InvalidRequest:
     )
 
 
+def accepted_note(body: Mapping[str, Any], table: Mapping[str, Rule]) -> list[Decision]:
+    """The plan's note naming the fields sent that ``table`` accepts as ``noted``."""
+    names = [name for name in body if (rule := table.get(name)) is not None and rule.noted]
+    if not names:
+        return []
+    why = "; ".join(f"{name}: {table[name].why}" for name in names)
+    return [Decision("accepted", ",".join(names), why)]
+
+
 def check_fields(
     body: Mapping[str, Any],
     *,
@@ -257,12 +276,35 @@ COMPLETIONS: dict[str, Rule] = {
 }
 
 
+#: Anthropic's context-management edits (beta ``context-management-2025-06-27``) that change
+#: nothing here: earlier thinking is never sent to the engine, and autotune's context window
+#: compacts old turns (tool results included) itself, rarely and in big steps.
+_CONTEXT_EDITS = ("clear_thinking_", "clear_tool_uses_")
+
+
+def _context_edits(value: Any) -> str | None:
+    edits = value.get("edits") if isinstance(value, Mapping) else None
+    if not isinstance(edits, list):
+        return "it must be an object with a list of 'edits'"
+    for i, edit in enumerate(edits):
+        kind = edit.get("type") if isinstance(edit, Mapping) else None
+        if not isinstance(kind, str) or not kind.startswith(_CONTEXT_EDITS):
+            return f"edits[{i}] of type {kind!r} is not one autotune's context window does"
+    return None
+
+
 #: ``POST /v1/messages`` (Anthropic): forwarded fields are translated by the face.
 ANTHROPIC: dict[str, Rule] = {
     "model": own("the engine is chosen by model name"),
-    "messages": own("translated to chat messages; the newest is never cut"),
+    "messages": own(
+        "translated to chat messages; the newest is never cut; system messages among them join "
+        "the system prompt (the plan says system=<n> moved to the start)"
+    ),
     "system": own("the system prompt (a string or text blocks)"),
-    "max_tokens": forward("as max_tokens"),
+    "max_tokens": forward(
+        "a ceiling: above what the context leaves beside the prompt it is capped to it, and the "
+        "plan says max_tokens=<cap>"
+    ),
     "stream": own("Anthropic's server-sent events"),
     "stop_sequences": own("matched by autotune on the streamed text, so the answer names one"),
     "temperature": forward("an older Messages field Claude Code still sends"),
@@ -282,7 +324,11 @@ ANTHROPIC: dict[str, Rule] = {
     "workspace_id": accept("metadata"),
     "container": refuse("code-execution containers are a service of Anthropic's platform"),
     "mcp_servers": refuse("remote MCP servers are a service of Anthropic's platform"),
-    "context_management": refuse("autotune manages the context itself"),
+    "context_management": noted(
+        "its edits (clearing earlier thinking or tool results) are what autotune's own context "
+        "window does; earlier thinking is never sent to the engine",
+        lambda value, body: _context_edits(value),
+    ),
 }
 
 
@@ -299,7 +345,10 @@ RESPONSES: dict[str, Rule] = {
     "max_output_tokens": forward("as max_tokens"),
     "temperature": forward("sent to the engine"),
     "top_p": forward("sent to the engine"),
-    "tools": forward("function tools; built-in tools are refused by type"),
+    "tools": forward(
+        "function tools; namespace groups flattened into functions; built-in tools (web "
+        "search …) not offered to the model, said in the plan; other types refused"
+    ),
     "tool_choice": forward("auto, none, required or one function"),
     "parallel_tool_calls": forward("sent to the engine"),
     "text": forward("format as response_format (JSON mode, JSON schema)"),
@@ -314,6 +363,7 @@ RESPONSES: dict[str, Rule] = {
     "prompt_cache_options": accept("autotune's prompt caching is automatic"),
     "service_tier": accept("a local engine has one tier"),
     "max_tool_calls": accept("autotune runs no built-in tools"),
+    "client_metadata": noted("Codex's own turn metadata (its session and thread ids)"),
     "background": refuse_given("background responses are not offered; stream instead"),
     "background_options": refuse_given("background responses are not offered"),
     "prompt": refuse_given("stored prompt templates are a service of OpenAI's platform"),

@@ -16,12 +16,13 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 
 from autotune.ground.errors import BackendError, InvalidRequest, ModelNotFound
 from autotune.ground.types import PullProgress
@@ -49,7 +50,7 @@ from autotune.server.ollama_wire import (
     validation_message,
 )
 
-__all__ = ["ERRORS", "router"]
+__all__ = ["AUTOTUNE_API_PATHS", "ERRORS", "AnyContentType", "router"]
 
 _NDJSON = "application/x-ndjson"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -68,10 +69,50 @@ def _invalid(exc: RequestValidationError) -> InvalidRequest:
     return InvalidRequest(validation_message(exc.errors()))
 
 
-#: Ollama's error shape, for every path of Ollama's API (those autotune does not offer too).
-ERRORS = ErrorShape("Ollama", _error, paths=OLLAMA_PATHS, describe=_invalid)
+#: autotune's own routes under ``/api`` (the dashboard's and the conversations'): every other
+#: ``/api/…`` path is Ollama's, and an unknown one is a 404 in Ollama's shape.
+AUTOTUNE_API_PATHS = (
+    "/api/conversations",
+    "/api/events",
+    "/api/hardware",
+    "/api/kv",
+    "/api/profiles",
+    "/api/requests",
+    "/api/running_models",
+)
 
-router = APIRouter(tags=["ollama"])
+#: Ollama's error shape, for every path of Ollama's API (those autotune does not offer too,
+#: and any other ``/api/…`` path that is not autotune's own).
+ERRORS = ErrorShape(
+    "Ollama",
+    _error,
+    paths=(*OLLAMA_PATHS, "/api"),
+    except_paths=AUTOTUNE_API_PATHS,
+    describe=_invalid,
+)
+
+
+class AnyContentType(APIRoute):
+    """A route that reads its body as JSON whatever the ``Content-Type`` says, as Ollama does
+    (its handlers bind JSON without looking at the header): litellm (aider's ``ollama_chat/``)
+    posts without one, and the curl examples of Ollama's docs send ``-d`` as a form."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            kind = request.headers.get("content-type", "")
+            if request.method != "GET" and "json" not in kind.lower():
+                headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+                scope = {**request.scope, "headers": [*headers, (b"content-type", _JSON)]}
+                request = Request(scope, request.receive)
+            return await handler(request)
+
+        return route
+
+
+_JSON = b"application/json"
+router = APIRouter(tags=["ollama"], route_class=AnyContentType)
 
 
 def _pipeline(request: Request) -> Pipeline:
@@ -169,12 +210,14 @@ class _Answer:
 
     def _done(self) -> dict[str, Any]:
         run = self.run
+        record = run.record
         return done_fields(
             run.stats,
             total_ns=time.monotonic_ns() - self.arrived,
             waited_ns=self.waited,
             finish_reason=run.finish_reason,
             usage=run.usage,
+            paid_load_ms=record.load_ms if record.reloaded else None,
         )
 
     async def frames(self) -> AsyncIterator[bytes]:

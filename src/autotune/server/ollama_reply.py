@@ -33,20 +33,31 @@ def done_fields(
     waited_ns: int,
     finish_reason: str | None,
     usage: Mapping[str, Any] | None = None,
+    paid_load_ms: float | None = None,
 ) -> dict[str, Any]:
     """``done``, ``done_reason`` and the timings of Ollama's last object, in nanoseconds.
 
     The counts and durations are the engine's own (``prompt_eval_count`` is the whole
-    prompt, cached part included, as Ollama counts it); ``total_duration`` is autotune's wall
-    clock from the request's arrival. ``load_duration`` is the engine's figure when it gives
-    one, else, when the engine says it (re)loaded, the wait for its first token less the
-    prompt's evaluation; else 0. Figures the engine did not report are left out."""
+    prompt, cached part included, as Ollama counts it).
+
+    ``total_duration`` is the wall clock from the request's arrival to its end, the time in
+    autotune's admission queue included — as Ollama's is: its handlers stamp the start before
+    the scheduler (``checkpointStart``) and report ``time.Since`` it, so a request waiting for
+    a busy runner or a parallel slot counts that wait in ``total_duration`` (server/routes.go).
+
+    ``load_duration`` is the load this request paid: the load autotune ran ahead of it
+    (``paid_load_ms``), else the engine's own figure, else, when the engine says it
+    (re)loaded, the wait for its first token less the prompt's evaluation; else 0 — a
+    request that found its model loaded paid none. (Ollama's own spans its scheduler call,
+    ``checkpointLoaded - checkpointStart``: the load, plus any wait for the scheduler, a few
+    milliseconds on a warm model.) Figures the engine did not report are left out."""
     prompt_ns = _ns(stats.prompt_ms) if stats else None
+    load_ns = _ns(paid_load_ms) if paid_load_ms else _load_ns(stats, waited_ns, prompt_ns)
     fields: dict[str, Any] = {
         "done": True,
         "done_reason": "length" if finish_reason == "length" else "stop",
         "total_duration": max(0, total_ns),
-        "load_duration": _load_ns(stats, waited_ns, prompt_ns),
+        "load_duration": load_ns,
     }
     prompt, completion = _counts(stats, usage)
     for key, value in (

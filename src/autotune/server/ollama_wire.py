@@ -93,7 +93,13 @@ class WireMessage(ollama_types.Message):
 
 
 class ChatBody(ollama_types.ChatRequest):
-    """``POST /api/chat``; ``stream`` defaults to true, as Ollama's does."""
+    """``POST /api/chat``; ``stream`` defaults to true, as Ollama's does.
+
+    Two fields Open WebUI's Ollama payload carries outside Ollama's schema are taken, not
+    refused (Ollama ignores unknown fields): ``metadata``, its own bookkeeping (chat and
+    message ids, the task), which changes nothing; and a top-level ``num_predict``, where its
+    payload puts a request's ``max_tokens`` — honoured as ``options.num_predict`` (unless that
+    is set), the limit Open WebUI meant for its background tasks."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -101,6 +107,8 @@ class ChatBody(ollama_types.ChatRequest):
     tools: list[dict[str, Any]] | None = None  # type: ignore[assignment]
     options: dict[str, Any] | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    metadata: dict[str, Any] | None = Field(None, exclude=True)
+    num_predict: int | None = Field(None, exclude=True)
 
 
 class GenerateBody(ollama_types.GenerateRequest):
@@ -502,6 +510,10 @@ def translate(body: ChatBody | GenerateBody) -> Translated:
         out.messages = chat_messages(body.messages or [])
         if body.tools:
             out.params["tools"] = [dict(tool) for tool in body.tools]
+        if body.num_predict is not None and "num_predict" not in (body.options or {}):
+            body = body.model_copy(
+                update={"options": {**(body.options or {}), "num_predict": body.num_predict}}
+            )
     _common(body, out)
     return out
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from autotune.ground.errors import BackendError
-from autotune.operations.inventory import served_names
+from autotune.operations.inventory import listed
 from autotune.pipeline import ChatRun, Pipeline
 from autotune.server.driver import CALL, Call
 from autotune.server.errors import error_body
@@ -88,7 +88,7 @@ async def aggregate(run: ChatRun, model_id: str) -> dict[str, Any]:
 
 
 async def _models(request: Request) -> dict[str, dict[str, Any]]:
-    served = await served_names(_pipeline(request).backends)
+    served = await listed(_pipeline(request).backends)  # embedding models included
     return {
         name: {"id": name, "object": "model", "created": 0, "owned_by": engine}
         for name, (engine, _) in served.items()

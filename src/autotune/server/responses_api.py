@@ -142,6 +142,7 @@ async def create_response(body: ResponsesRequest, call: Call = CALL) -> Response
             raw,
             body.model or run.model,
             input_estimate=pipeline.tokens.count(run.model, run.request.messages),
+            tools=parts.tools,
         )
         stream.conversation_id = run.conversation_id if store else None
         return _Answer(run, stream, responses, store)
@@ -155,6 +156,7 @@ async def create_response(body: ResponsesRequest, call: Call = CALL) -> Response
         overflow=call.headers.overflow or parts.overflow,
         source="responses",
         streamed=bool(body.stream),
+        notes=parts.notes,
     )
     started = pipeline.start(inp)
     return await call.drive(started, answer, stream=bool(body.stream), conversation_header=store)

@@ -19,13 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from autotune.ground.decision import Decision
 from autotune.ground.types import EngineStats
-from autotune.server.fields import RESPONSES, check_fields
+from autotune.server.fields import RESPONSES, accepted_note, check_fields
+from autotune.server.responses_tools import Tools, translate_tools
 from autotune.server.wire_kit import bad as _bad
 from autotune.server.wire_kit import (
     call_piece,
     deltas,
-    function_tools,
     system_prompt,
     token_counts,
 )
@@ -59,6 +60,10 @@ class ChatParts:
     messages: list[dict[str, Any]]
     params: dict[str, Any] = field(default_factory=dict)
     overflow: str = "refuse"
+    #: The tools as the engine has them (a call to a namespaced one is named back).
+    tools: Tools = field(default_factory=Tools)
+    #: What the plan should say about the translation (fields accepted, tools dropped).
+    notes: list[Decision] = field(default_factory=list)
 
 
 def _part(part: Any, where: str) -> dict[str, Any]:
@@ -100,14 +105,17 @@ def _text(value: Any, where: str) -> str:
     return content
 
 
-def _function_call(item: Mapping[str, Any], where: str, out: list[dict[str, Any]]) -> None:
+def _function_call(
+    item: Mapping[str, Any], where: str, out: list[dict[str, Any]], tools: Tools
+) -> None:
     for key in ("call_id", "name", "arguments"):
         if not isinstance(item.get(key), str):
             raise _bad(f"{where}.{key} must be a string.", f"{where}.{key}")
+    name = tools.engine_name(item["name"], item.get("namespace"))
     call = {
         "id": item["call_id"],
         "type": "function",
-        "function": {"name": item["name"], "arguments": item["arguments"]},
+        "function": {"name": name, "arguments": item["arguments"]},
     }
     last = out[-1] if out else None
     if last is not None and last["role"] == "assistant" and "tool_calls" not in last:
@@ -118,7 +126,7 @@ def _function_call(item: Mapping[str, Any], where: str, out: list[dict[str, Any]
         out.append({"role": "assistant", "content": None, "tool_calls": [call]})
 
 
-def _item(item: Any, where: str, out: list[dict[str, Any]]) -> None:
+def _item(item: Any, where: str, out: list[dict[str, Any]], tools: Tools) -> None:
     if not isinstance(item, Mapping):
         raise _bad(f"{where} must be an object.", where)
     kind = item.get("type", "message")
@@ -128,7 +136,7 @@ def _item(item: Any, where: str, out: list[dict[str, Any]]) -> None:
             raise _bad(f"{where}.role must be user, system, developer or assistant.", where)
         out.append({"role": role, "content": _content(item.get("content"), f"{where}.content")})
     elif kind == "function_call":
-        _function_call(item, where, out)
+        _function_call(item, where, out, tools)
     elif kind == "function_call_output":
         call_id = item.get("call_id")
         if not isinstance(call_id, str):
@@ -145,38 +153,20 @@ def _item(item: Any, where: str, out: list[dict[str, Any]]) -> None:
         )
 
 
-def to_messages(instructions: Any, items: Any) -> list[dict[str, Any]]:
-    """``instructions`` and ``input`` as chat messages."""
+def to_messages(instructions: Any, items: Any, tools: Tools | None = None) -> list[dict[str, Any]]:
+    """``instructions`` and ``input`` as chat messages (calls named as ``tools`` has them)."""
+    tools = tools or Tools()
     out = system_prompt(_text(instructions, "instructions") if instructions is not None else None)
     if isinstance(items, str):
         out.append({"role": "user", "content": items})
     elif isinstance(items, list):
         for i, item in enumerate(items):
-            _item(item, f"input[{i}]", out)
+            _item(item, f"input[{i}]", out, tools)
     else:
         raise _bad("'input' must be a string or a list of input items.", "input")
     if not any(m["role"] != "system" for m in out):
         raise _bad("'input' must hold at least one message or item.", "input")
     return out
-
-
-def _tool(tool: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """One function tool (a built-in tool is refused by type)."""
-    kind = tool.get("type")
-    if kind != "function":
-        raise _bad(
-            f"{where}: the built-in tool {kind!r} is not offered by local engines; only "
-            "function tools are.",
-            f"{where}.type",
-        )
-    name = tool.get("name")
-    if not isinstance(name, str) or not name:
-        raise _bad(f"{where}.name must be a non-empty string.", f"{where}.name")
-    function: dict[str, Any] = {"name": name}
-    for key in ("description", "parameters", "strict"):
-        if tool.get(key) is not None:
-            function[key] = tool[key]
-    return function
 
 
 def _tool_choice(choice: Any) -> Any:
@@ -215,14 +205,17 @@ def to_chat(body: Mapping[str, Any], *, pass_unknown: bool = False) -> ChatParts
     params = check_fields(
         body, table=FIELDS, pass_unknown=pass_unknown, extensions=False, forwarded=False
     )
-    messages = to_messages(body.get("instructions"), body.get("input"))
+    notes = accepted_note(body, FIELDS)
+    tools = translate_tools(body["tools"]) if body.get("tools") else Tools()
+    notes += tools.notes()
+    messages = to_messages(body.get("instructions"), body.get("input"), tools)
     if body.get("max_output_tokens") is not None:
         params["max_tokens"] = body["max_output_tokens"]
     for name in ("temperature", "top_p", "parallel_tool_calls"):
         if body.get(name) is not None:
             params[name] = body[name]
-    if body.get("tools"):
-        params["tools"] = function_tools(body["tools"], _tool)
+    if tools.functions:
+        params["tools"] = tools.functions
     if body.get("tool_choice") is not None:
         params["tool_choice"] = _tool_choice(body["tool_choice"])
         if params["tool_choice"] not in ("auto", "none") and not params.get("tools"):
@@ -235,7 +228,8 @@ def to_chat(body: Mapping[str, Any], *, pass_unknown: bool = False) -> ChatParts
     truncation = body.get("truncation", "disabled")
     if truncation not in ("auto", "disabled"):
         raise _bad("'truncation' must be auto or disabled.", "truncation")
-    return ChatParts(messages, params, "truncate-oldest" if truncation == "auto" else "refuse")
+    overflow = "truncate-oldest" if truncation == "auto" else "refuse"
+    return ChatParts(messages, params, overflow, tools, notes)
 
 
 # ---------------------------------------------------------------------- reply → Responses
@@ -261,8 +255,16 @@ class ResponseStream:
     """Turns the engine's chat chunks into Responses events, keeping the output items so
     :meth:`response` answers a non-streaming request with the same content."""
 
-    def __init__(self, request: Mapping[str, Any], model: str, *, input_estimate: int = 0) -> None:
+    def __init__(
+        self,
+        request: Mapping[str, Any],
+        model: str,
+        *,
+        input_estimate: int = 0,
+        tools: Tools | None = None,
+    ) -> None:
         self.id = new_response_id()
+        self.tools = tools or Tools()
         self.created_at = int(time.time())
         self.request = request
         self.model = model
@@ -407,14 +409,17 @@ class ResponseStream:
         if self._open != f"call:{piece.index}":
             events += self._close()
             self._open = f"call:{piece.index}"
+            name, namespace = self.tools.client_name(piece.name or "")
             opened = {
                 "type": "function_call",
                 "id": "fc_" + uuid.uuid4().hex,
                 "call_id": piece.id or "call_" + uuid.uuid4().hex[:24],
-                "name": piece.name,
+                "name": name,
                 "arguments": "",
                 "status": "in_progress",
             }
+            if namespace is not None:
+                opened["namespace"] = namespace  # as the client named the function
             events.append(self._item_added(opened))
         if piece.arguments:
             item = self.output[-1]

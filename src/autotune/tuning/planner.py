@@ -178,6 +178,10 @@ class Plan:
         "kv_reused",
         "runaway",
         "priority",
+        "max_tokens",
+        "system",
+        "tools",
+        "accepted",
     )
 
 
