@@ -98,9 +98,11 @@ def decide(req: RequestFacts, snap: Snapshot, window: ContextWindow | None) -> D
     """The plan for ``req`` given ``snap``; raises the 4xx/503 a refusal is."""
     _choices(req.params, snap)
     max_tokens = _max_tokens(req.params, snap, req.cap_max_tokens)
-    # A ceiling (an agent's 32,000) does not size the context: the context is planned as for
-    # a request without a limit, then the ceiling is capped to what it leaves (_cap).
-    sizing = None if req.cap_max_tokens else max_tokens
+    # A ceiling (an agent's 32,000) sizes the context no more than a request without a limit
+    # would (a small one, as it is); then it is capped to what the context leaves (_cap).
+    sizing = max_tokens
+    if req.cap_max_tokens and max_tokens:
+        sizing = min(max_tokens, DEFAULT_OUTPUT_RESERVE)
     counts = snap.counts
     tools = _tool_tokens(req.params, counts)
     sacred = counts.count(sacred_part(req.messages)) + tools
