@@ -102,6 +102,20 @@ def test_sigterm_mid_stream_ends_every_faces_stream_with_its_error_event(
     (``incomplete chunked read``), and serve logged "timeout graceful shutdown exceeded"
     and a traceback."""
     server = serve_process(AUTOTUNE_MAX_CONCURRENT="4").start()
+    # Load the model first at the context the longest of the four asks for (a stop word ends
+    # this reply at once). Started cold and together, the faces plan different contexts (an
+    # Anthropic max_tokens is a ceiling, sized up to the default reserve only), and the load
+    # for the bigger one may stop the worker under a stream already started on the smaller:
+    # a 503 for that stream, on whichever face came first.
+    openai.OpenAI(
+        base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=600
+    ).chat.completions.create(
+        model=GEMMA,
+        messages=[{"role": "user", "content": "Say OK."}],
+        max_tokens=LIMIT,
+        temperature=0,
+        stop=[".", "\n", "!"],
+    )
     streams = {face: Stream(read) for face, read in _readers(server.url).items()}
     for stream in streams.values():
         stream.start()
